@@ -1,0 +1,545 @@
+//! Capture: frames from a V4L2 camera or from a folder of images, as 8-bit gray.
+//!
+//! The `dir` source replays PNG, JPEG and BMP files in file-name order (colour becomes
+//! gray); a file that cannot be decoded is logged, counted and skipped. Decoded images are
+//! kept in memory up to a budget, so a looping replay does not decode every frame again.
+//!
+//! The `v4l2` source negotiates GREY, YUYV or MJPG and converts to gray. When the camera
+//! disappears it is closed and reopened with backoff (1 s doubling to 30 s); the daemon
+//! keeps running and `stats` says the camera is down. The device code is thin; the pixel
+//! conversions are plain functions, tested on real images.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::config::{CaptureConfig, SourceKind};
+use crate::frame::Frame;
+use crate::telemetry::Stats;
+
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    #[error("capture.path {path}: {reason}")]
+    Folder { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Image { path: PathBuf, reason: String },
+    #[error("camera {device}: {reason}")]
+    Camera { device: PathBuf, reason: String },
+}
+
+/// What a read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The frame was filled.
+    Frame,
+    /// Nothing this time (a skipped file, a camera being reopened): ask again.
+    Nothing,
+    /// A non-looping folder is done.
+    End,
+}
+
+pub enum Source {
+    Dir(DirSource),
+    Camera(CameraSource),
+}
+
+impl Source {
+    pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
+        match cfg.source {
+            SourceKind::Dir => {
+                let path = cfg.path.clone().ok_or_else(|| CaptureError::Folder {
+                    path: PathBuf::new(),
+                    reason: "capture.path is not set".into(),
+                })?;
+                Ok(Source::Dir(DirSource::open(&path, cfg.r#loop, cfg.fps)?))
+            }
+            SourceKind::V4l2 => Ok(Source::Camera(CameraSource::new(cfg))),
+        }
+    }
+
+    /// Fills `frame` (already reset with its sequence number) with the next frame.
+    pub fn read(&mut self, frame: &mut Frame, stats: &Stats, stop: &AtomicBool) -> Read {
+        match self {
+            Source::Dir(d) => d.read(frame, stats, stop),
+            Source::Camera(c) => c.read(frame, stats, stop),
+        }
+    }
+}
+
+/// Sleeps up to `d`, waking early when `stop` is set.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !stop.load(Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// Keeps frames at a steady rate; `fps == 0` does not pace.
+struct Pacer {
+    period: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(fps: f64) -> Self {
+        Self {
+            period: (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps)),
+            next: None,
+        }
+    }
+
+    fn wait(&mut self, stop: &AtomicBool) {
+        let Some(period) = self.period else { return };
+        let now = Instant::now();
+        let due = self.next.unwrap_or(now);
+        if due > now {
+            sleep_unless_stopped(due - now, stop);
+        }
+        // When far behind, start afresh rather than bursting to catch up.
+        let base = if now > due + period { now } else { due };
+        self.next = Some(base + period);
+    }
+}
+
+pub fn is_image_file(p: &Path) -> bool {
+    matches!(
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("png" | "jpg" | "jpeg" | "bmp")
+    )
+}
+
+/// Decodes an image file to 8-bit gray: (width, height, pixels).
+pub fn load_gray(path: &Path) -> Result<(u32, u32, Vec<u8>), CaptureError> {
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| CaptureError::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .decode()
+        .map_err(|e| CaptureError::Image {
+            path: path.to_path_buf(),
+            reason: format!("cannot decode: {e}"),
+        })?;
+    let gray = img.into_luma8();
+    let (w, h) = gray.dimensions();
+    if w == 0 || h == 0 {
+        return Err(CaptureError::Image {
+            path: path.to_path_buf(),
+            reason: "empty image".into(),
+        });
+    }
+    Ok((w, h, gray.into_raw()))
+}
+
+/// Decoded images kept for replay, up to this many bytes.
+const CACHE_BUDGET: usize = 256 << 20;
+
+pub struct DirSource {
+    files: Vec<PathBuf>,
+    cache: Vec<Option<(u32, u32, Vec<u8>)>>,
+    cached_bytes: usize,
+    next: usize,
+    looping: bool,
+    pacer: Pacer,
+    good_this_pass: usize,
+}
+
+impl DirSource {
+    pub fn open(path: &Path, looping: bool, fps: f64) -> Result<DirSource, CaptureError> {
+        let folder_err = |reason: String| CaptureError::Folder {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let entries = std::fs::read_dir(path).map_err(|e| folder_err(e.to_string()))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image_file(p))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(folder_err("holds no PNG, JPEG or BMP image".into()));
+        }
+        info!(folder = %path.display(), images = files.len(), looping, "Replaying a folder of images.");
+        Ok(DirSource {
+            cache: vec![None; files.len()],
+            files,
+            cached_bytes: 0,
+            next: 0,
+            looping,
+            pacer: Pacer::new(fps),
+            good_this_pass: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn read(&mut self, frame: &mut Frame, stats: &Stats, stop: &AtomicBool) -> Read {
+        if self.next == self.files.len() {
+            if !self.looping {
+                return Read::End;
+            }
+            if self.good_this_pass == 0 {
+                // Every file failed: do not spin on a folder of broken files.
+                sleep_unless_stopped(Duration::from_secs(1), stop);
+            }
+            self.next = 0;
+            self.good_this_pass = 0;
+        }
+        let i = self.next;
+        self.next += 1;
+        let path = &self.files[i];
+        if self.cache[i].is_none() {
+            match load_gray(path) {
+                Ok(img) => {
+                    if self.cached_bytes + img.2.len() <= CACHE_BUDGET {
+                        self.cached_bytes += img.2.len();
+                        self.cache[i] = Some(img);
+                    } else {
+                        self.pacer.wait(stop);
+                        fill(frame, img.0, img.1, &img.2, path);
+                        self.good_this_pass += 1;
+                        return Read::Frame;
+                    }
+                }
+                Err(e) => {
+                    stats.corrupt_files.fetch_add(1, Relaxed);
+                    warn!(error = %e, "Skipped an image that cannot be read.");
+                    return Read::Nothing;
+                }
+            }
+        }
+        let (w, h, px) = self.cache[i].as_ref().expect("cached above");
+        self.pacer.wait(stop);
+        fill(frame, *w, *h, px, path);
+        self.good_this_pass += 1;
+        Read::Frame
+    }
+}
+
+fn fill(frame: &mut Frame, w: u32, h: u32, px: &[u8], path: &Path) {
+    frame.width = w;
+    frame.height = h;
+    frame.pixels.clear();
+    frame.pixels.extend_from_slice(px);
+    frame.origin.clear();
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        frame.origin.push_str(name);
+    }
+}
+
+/// 8-bit gray from packed YUYV (4:2:2): the Y bytes are the gray image.
+pub fn gray_from_yuyv(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    dst: &mut Vec<u8>,
+) -> Result<(), String> {
+    let n = (width * height) as usize;
+    if src.len() < n * 2 {
+        return Err(format!(
+            "YUYV buffer of {} bytes is short for {width}x{height}",
+            src.len()
+        ));
+    }
+    dst.clear();
+    dst.extend(src[..n * 2].iter().step_by(2));
+    Ok(())
+}
+
+/// 8-bit gray from one MJPEG frame. A frame cut short (USB cameras deliver those) is
+/// refused: it must end with the JPEG end-of-image marker, which the decoder does not check.
+pub fn gray_from_mjpeg(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    dst: &mut Vec<u8>,
+) -> Result<(), String> {
+    let end = src.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if end < 2 || src[end - 2..end] != [0xFF, 0xD9] {
+        return Err("MJPEG frame is cut short (no end-of-image marker)".into());
+    }
+    let img = image::load_from_memory_with_format(src, image::ImageFormat::Jpeg)
+        .map_err(|e| format!("MJPEG frame cannot be decoded: {e}"))?
+        .into_luma8();
+    if img.dimensions() != (width, height) {
+        return Err(format!(
+            "MJPEG frame is {:?}, expected {width}x{height}",
+            img.dimensions()
+        ));
+    }
+    dst.clear();
+    dst.extend_from_slice(img.as_raw());
+    Ok(())
+}
+
+/// 8-bit gray from GREY: a copy, checking the size.
+pub fn gray_from_grey(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    dst: &mut Vec<u8>,
+) -> Result<(), String> {
+    let n = (width * height) as usize;
+    if src.len() < n {
+        return Err(format!(
+            "GREY buffer of {} bytes is short for {width}x{height}",
+            src.len()
+        ));
+    }
+    dst.clear();
+    dst.extend_from_slice(&src[..n]);
+    Ok(())
+}
+
+struct OpenCamera {
+    // The stream borrows the device's handle internally (an Arc); keep both.
+    stream: v4l::io::mmap::Stream<'static>,
+    _device: v4l::Device,
+    width: u32,
+    height: u32,
+    fourcc: [u8; 4],
+}
+
+pub struct CameraSource {
+    device: PathBuf,
+    width: u32,
+    height: u32,
+    fourcc: [u8; 4],
+    fps: f64,
+    open: Option<OpenCamera>,
+    backoff: Duration,
+    failures: u32,
+}
+
+impl CameraSource {
+    fn new(cfg: &CaptureConfig) -> Self {
+        let mut fourcc = [b' '; 4];
+        for (d, s) in fourcc.iter_mut().zip(cfg.pixel_format.bytes()) {
+            *d = s;
+        }
+        CameraSource {
+            device: cfg.device.clone(),
+            width: cfg.width,
+            height: cfg.height,
+            fourcc,
+            fps: cfg.fps,
+            open: None,
+            backoff: Duration::from_secs(1),
+            failures: 0,
+        }
+    }
+
+    fn open_device(&self) -> Result<OpenCamera, CaptureError> {
+        use v4l::video::Capture;
+        let err = |reason: String| CaptureError::Camera {
+            device: self.device.clone(),
+            reason,
+        };
+        let dev =
+            v4l::Device::with_path(&self.device).map_err(|e| err(format!("cannot open: {e}")))?;
+        let mut fmt = dev
+            .format()
+            .map_err(|e| err(format!("cannot read the format: {e}")))?;
+        fmt.width = self.width;
+        fmt.height = self.height;
+        fmt.fourcc = v4l::FourCC::new(&self.fourcc);
+        let got = dev
+            .set_format(&fmt)
+            .map_err(|e| err(format!("cannot set the format: {e}")))?;
+        if got.fourcc.repr != self.fourcc {
+            return Err(err(format!(
+                "asked for {} but the camera offers {}",
+                String::from_utf8_lossy(&self.fourcc),
+                String::from_utf8_lossy(&got.fourcc.repr)
+            )));
+        }
+        if self.fps > 0.0 {
+            let params = v4l::video::capture::Parameters::with_fps(self.fps.round() as u32);
+            if let Err(e) = dev.set_params(&params) {
+                warn!(device = %self.device.display(), error = %e, "Camera refused the frame rate; using its own.");
+            }
+        }
+        let stream = v4l::io::mmap::Stream::with_buffers(&dev, v4l::buffer::Type::VideoCapture, 4)
+            .map_err(|e| err(format!("cannot start streaming: {e}")))?;
+        Ok(OpenCamera {
+            stream,
+            _device: dev,
+            width: got.width,
+            height: got.height,
+            fourcc: got.fourcc.repr,
+        })
+    }
+
+    fn read(&mut self, frame: &mut Frame, stats: &Stats, stop: &AtomicBool) -> Read {
+        use v4l::io::traits::CaptureStream;
+        if self.open.is_none() {
+            match self.open_device() {
+                Ok(cam) => {
+                    if self.failures > 0 {
+                        stats.camera_reconnects.fetch_add(1, Relaxed);
+                    }
+                    info!(device = %self.device.display(), width = cam.width, height = cam.height,
+                        format = %String::from_utf8_lossy(&cam.fourcc), "Camera streaming.");
+                    stats.camera_down.store(0, Relaxed);
+                    self.open = Some(cam);
+                    self.backoff = Duration::from_secs(1);
+                    self.failures = 0;
+                }
+                Err(e) => {
+                    stats.camera_down.store(1, Relaxed);
+                    self.failures += 1;
+                    warn!(error = %e, retry_in_s = self.backoff.as_secs(), "Camera unavailable; retrying.");
+                    sleep_unless_stopped(self.backoff, stop);
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+                    return Read::Nothing;
+                }
+            }
+        }
+        let cam = self.open.as_mut().expect("opened above");
+        let (w, h, fourcc) = (cam.width, cam.height, cam.fourcc);
+        let buf = match cam.stream.next() {
+            Ok((buf, _meta)) => buf,
+            Err(e) => {
+                warn!(device = %self.device.display(), error = %e, "Camera read failed; closing it to reopen.");
+                self.open = None;
+                stats.camera_down.store(1, Relaxed);
+                self.failures += 1;
+                return Read::Nothing;
+            }
+        };
+        frame.width = w;
+        frame.height = h;
+        let res = match &fourcc {
+            b"GREY" => gray_from_grey(buf, w, h, &mut frame.pixels),
+            b"YUYV" => gray_from_yuyv(buf, w, h, &mut frame.pixels),
+            _ => gray_from_mjpeg(buf, w, h, &mut frame.pixels),
+        };
+        match res {
+            Ok(()) => Read::Frame,
+            Err(e) => {
+                stats.frame_errors.fetch_add(1, Relaxed);
+                debug!(error = %e, "Dropped a camera frame that cannot be converted.");
+                Read::Nothing
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn neu_image() -> (u32, u32, Vec<u8>) {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples");
+        let first = std::fs::read_dir(&p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| is_image_file(p))
+            .unwrap();
+        load_gray(&first).unwrap()
+    }
+
+    #[test]
+    fn yuyv_made_from_a_real_image_converts_back_exactly() {
+        let (w, h, gray) = neu_image();
+        // Encode: Y from the image, U and V a neutral 128.
+        let yuyv: Vec<u8> = gray.iter().flat_map(|&y| [y, 128]).collect();
+        let mut back = Vec::new();
+        gray_from_yuyv(&yuyv, w, h, &mut back).unwrap();
+        assert_eq!(back, gray);
+        assert!(gray_from_yuyv(&yuyv[..10], w, h, &mut back).is_err());
+    }
+
+    #[test]
+    fn mjpeg_made_from_a_real_image_converts_back_closely() {
+        let (w, h, gray) = neu_image();
+        let mut jpeg = Vec::new();
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
+        image::ImageEncoder::write_image(enc, &gray, w, h, image::ExtendedColorType::L8).unwrap();
+        let mut back = Vec::new();
+        gray_from_mjpeg(&jpeg, w, h, &mut back).unwrap();
+        let mean_abs: f64 = gray
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / gray.len() as f64;
+        assert!(mean_abs < 2.0, "mean abs difference {mean_abs}");
+        assert!(
+            gray_from_mjpeg(&jpeg, w + 1, h, &mut back).is_err(),
+            "a size mismatch is refused"
+        );
+        assert!(
+            gray_from_mjpeg(&jpeg[..jpeg.len() / 3], w, h, &mut back).is_err(),
+            "a cut frame is refused"
+        );
+    }
+
+    #[test]
+    fn a_colour_image_becomes_gray() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.png");
+        image::RgbImage::from_pixel(4, 3, image::Rgb([200, 100, 50]))
+            .save(&path)
+            .unwrap();
+        let (w, h, px) = load_gray(&path).unwrap();
+        assert_eq!((w, h, px.len()), (4, 3, 12));
+        assert!(
+            px.iter().all(|&p| p == px[0] && (110..=140).contains(&p)),
+            "{px:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_empty_folder_is_an_error_naming_it() {
+        let err = DirSource::open(Path::new("/no/such/folder"), false, 0.0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/no/such/folder"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = DirSource::open(dir.path(), false, 0.0).err().unwrap();
+        assert!(err.to_string().contains("no PNG"), "{err}");
+    }
+
+    #[test]
+    fn the_folder_replays_in_name_order_skipping_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, v) in [("b.png", 2u8), ("a.png", 1), ("c.bmp", 3)] {
+            image::GrayImage::from_pixel(2, 2, image::Luma([v]))
+                .save(dir.path().join(name))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("b2.png"), b"not a png").unwrap();
+        let mut src = DirSource::open(dir.path(), false, 0.0).unwrap();
+        let stats = Stats::default();
+        let stop = AtomicBool::new(false);
+        let mut frame = Frame::default();
+        let mut seen = Vec::new();
+        loop {
+            match src.read(&mut frame, &stats, &stop) {
+                Read::Frame => seen.push(frame.pixels[0]),
+                Read::Nothing => {}
+                Read::End => break,
+            }
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(stats.corrupt_files.load(Relaxed), 1);
+    }
+}

@@ -1,0 +1,827 @@
+//! The operator's interface: one TOML file, overridable from the environment as
+//! `INSPECTD__<SECTION>__<KEY>`. Every field's `///` comment is its documentation;
+//! `config/inspectd.toml` repeats them for the people who edit the file.
+//!
+//! Loading is two steps: serde shapes the file into [`Settings`] (unknown keys and wrong
+//! types are errors), then [`Settings::validate`] checks the values and reports every
+//! problem it finds, each naming its key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything inspectd reads from its config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where this daemon stands; the three names form the MQTT topic root.
+    pub station: StationConfig,
+    /// Where frames come from.
+    pub capture: CaptureConfig,
+    /// Blur, Otsu threshold and candidate regions.
+    #[serde(default)]
+    pub preprocess: PreprocessConfig,
+    /// The ONNX model and how it is run.
+    pub model: ModelConfig,
+    /// Per-class score thresholds.
+    #[serde(default)]
+    pub decide: DecideConfig,
+    /// N-of-M alarms with hysteresis.
+    #[serde(default)]
+    pub alarm: AlarmConfig,
+    /// The broker and the topics.
+    pub mqtt: MqttConfig,
+    /// Where the alarm outbox and counters live.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    /// Plant or site name, e.g. `plant1`.
+    pub site: String,
+    /// Line name, e.g. `hsm2`.
+    pub line: String,
+    /// Station name on that line, e.g. `coiler`.
+    pub station: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A V4L2 camera (`capture.device`).
+    V4l2,
+    /// A folder of images replayed in file-name order (`capture.path`).
+    Dir,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// `v4l2` or `dir`.
+    pub source: SourceKind,
+    /// V4L2 device node.
+    #[serde(default = "default_device")]
+    pub device: PathBuf,
+    /// V4L2 frame width in pixels.
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// V4L2 frame height in pixels.
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// V4L2 pixel format: `GREY`, `YUYV` or `MJPG`.
+    #[serde(default = "default_pixel_format")]
+    pub pixel_format: String,
+    /// `dir` source: the folder of PNG, JPEG or BMP images.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `dir` source: replay the folder forever (`true`) or once (`false`).
+    #[serde(default)]
+    pub r#loop: bool,
+    /// Frames per second: the camera rate for V4L2, the replay rate for `dir`
+    /// (0 = as fast as the pipeline takes them).
+    #[serde(default)]
+    pub fps: f64,
+    /// Frames that may wait between capture and preprocess; when full, the oldest is dropped.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// Gaussian kernel size in pixels: odd, 3 to 15.
+    #[serde(default = "default_blur_kernel")]
+    pub blur_kernel: u32,
+    /// Gaussian sigma in pixels; 0 derives it from the kernel size as OpenCV does.
+    #[serde(default)]
+    pub blur_sigma: f64,
+    /// Smallest candidate region kept, in pixels.
+    #[serde(default = "default_min_region_area")]
+    pub min_region_area: u32,
+    /// Largest candidate region kept, in pixels.
+    #[serde(default = "default_max_region_area")]
+    pub max_region_area: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The ONNX file; its metadata (`<name>.json`) sits beside it.
+    pub path: PathBuf,
+    /// Tile stride in pixels; 0 takes the stride from the model's metadata. A larger
+    /// stride classifies fewer tiles per frame (faster, coarser boxes).
+    #[serde(default)]
+    pub tile_stride: u32,
+    /// Tiles classified per model run.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DecideConfig {
+    /// Per-class score thresholds, e.g. `{ scratches = 0.8 }`; classes not named use
+    /// `default_threshold`.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f64>,
+    /// Threshold for classes not named in `thresholds`.
+    #[serde(default = "default_threshold")]
+    pub default_threshold: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmConfig {
+    /// M: how many of the latest frames are looked at.
+    #[serde(default = "default_window")]
+    pub window: u32,
+    /// N: raise when at least this many of the last M frames had the class.
+    #[serde(default = "default_raise")]
+    pub raise: u32,
+    /// N_clear: clear when at most this many of the last M frames had it.
+    #[serde(default = "default_clear")]
+    pub clear: u32,
+    /// Hold a raised alarm until it is acknowledged on `cmd/ack`.
+    #[serde(default)]
+    pub latch: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    /// Connect to a broker at `mqtt.host:mqtt.port`.
+    External,
+    /// Run a broker inside inspectd, listening on `mqtt.host:mqtt.port`.
+    Embedded,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `external` or `embedded`.
+    #[serde(default = "default_mode")]
+    pub mode: MqttMode,
+    /// Broker host (external) or the address to listen on (embedded).
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_port")]
+    pub port: u32,
+    /// First part of every topic.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// MQTT client id; empty derives `inspectd-<site>-<line>-<station>`.
+    #[serde(default)]
+    pub client_id: String,
+    /// QoS of `result` and `result/ok`: 0 or 1.
+    #[serde(default)]
+    pub result_qos: u8,
+    /// Seconds between `stats` messages.
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_s: f64,
+    /// MQTT keep-alive in seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// First reconnect delay in milliseconds; doubles up to `reconnect_max_ms`.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay in milliseconds.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// Results waiting for the broker; beyond this they are dropped and counted.
+    #[serde(default = "default_result_queue")]
+    pub result_queue: usize,
+    /// User name for the broker (optional).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the broker password (never put the password in this file).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// TLS: CA certificate (PEM); setting it turns TLS on.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: client certificate (PEM), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: client private key (PEM), with `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for the alarm outbox (systemd: `/var/lib/inspectd`).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Largest size of the pending alarms in the outbox; beyond it the oldest are dropped
+    /// with an ERROR log and counted in `stats`.
+    #[serde(default = "default_max_outbox_bytes")]
+    pub max_outbox_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+    Journald,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `info,inspectd::publish=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `pretty`, `json` or `journald`.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+}
+
+fn default_device() -> PathBuf {
+    PathBuf::from("/dev/video0")
+}
+fn default_width() -> u32 {
+    1280
+}
+fn default_height() -> u32 {
+    1024
+}
+fn default_pixel_format() -> String {
+    "YUYV".into()
+}
+fn default_queue() -> usize {
+    4
+}
+fn default_blur_kernel() -> u32 {
+    5
+}
+fn default_min_region_area() -> u32 {
+    16
+}
+fn default_max_region_area() -> u32 {
+    1 << 20
+}
+fn default_batch() -> usize {
+    12
+}
+fn default_threshold() -> f64 {
+    0.5
+}
+fn default_window() -> u32 {
+    5
+}
+fn default_raise() -> u32 {
+    3
+}
+fn default_clear() -> u32 {
+    1
+}
+fn default_mode() -> MqttMode {
+    MqttMode::External
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u32 {
+    1883
+}
+fn default_prefix() -> String {
+    "inspectd".into()
+}
+fn default_stats_interval() -> f64 {
+    5.0
+}
+fn default_keep_alive() -> u64 {
+    5
+}
+fn default_reconnect_min() -> u64 {
+    250
+}
+fn default_reconnect_max() -> u64 {
+    10_000
+}
+fn default_result_queue() -> usize {
+    64
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/inspectd")
+}
+fn default_max_outbox_bytes() -> u64 {
+    16 << 20
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Pretty
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            blur_kernel: default_blur_kernel(),
+            blur_sigma: 0.0,
+            min_region_area: default_min_region_area(),
+            max_region_area: default_max_region_area(),
+        }
+    }
+}
+
+impl Default for DecideConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: BTreeMap::new(),
+            default_threshold: default_threshold(),
+        }
+    }
+}
+
+impl Default for AlarmConfig {
+    fn default() -> Self {
+        Self {
+            window: default_window(),
+            raise: default_raise(),
+            clear: default_clear(),
+            latch: false,
+        }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+            max_outbox_bytes: default_max_outbox_bytes(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+/// Every problem found in a config, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} problem(s)", self.source, self.problems.len())?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The sections of the file, in the order they are checked.
+const SECTIONS: &[&str] = &[
+    "station",
+    "capture",
+    "preprocess",
+    "model",
+    "decide",
+    "alarm",
+    "mqtt",
+    "state",
+    "log",
+];
+
+impl Settings {
+    /// Reads `path`, applies `INSPECTD__SECTION__KEY` overrides from the environment and
+    /// validates. Relative paths in the file are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given (tests pass their own).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigErrors> {
+        let source = path.display().to_string();
+        let fail = |problems: Vec<String>| ConfigErrors {
+            source: source.clone(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(vec![format!("cannot read the file: {e}")]))?;
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("INSPECTD__"))
+            .collect();
+        let merged = ::config::Config::builder()
+            .add_source(::config::File::from_str(&text, ::config::FileFormat::Toml))
+            .add_source(
+                ::config::Environment::with_prefix("INSPECTD")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| fail(vec![e.to_string()]))?;
+        let mut settings = Self::deserialize_sections(&merged).map_err(fail)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        settings.resolve_paths(base);
+        let problems = settings.validate();
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Deserialises section by section so that a typo in one section does not hide the
+    /// problems of the others.
+    fn deserialize_sections(merged: &::config::Config) -> Result<Settings, Vec<String>> {
+        let mut problems = Vec::new();
+        let table = merged
+            .clone()
+            .try_deserialize::<BTreeMap<String, ::config::Value>>()
+            .unwrap_or_default();
+        for key in table.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(format!(
+                    "{key}: unknown section (known: {})",
+                    SECTIONS.join(", ")
+                ));
+            }
+        }
+        for section in SECTIONS {
+            if let Some(value) = table.get(*section) {
+                let res = match *section {
+                    "station" => value.clone().try_deserialize::<StationConfig>().map(drop),
+                    "capture" => value.clone().try_deserialize::<CaptureConfig>().map(drop),
+                    "preprocess" => value
+                        .clone()
+                        .try_deserialize::<PreprocessConfig>()
+                        .map(drop),
+                    "model" => value.clone().try_deserialize::<ModelConfig>().map(drop),
+                    "decide" => value.clone().try_deserialize::<DecideConfig>().map(drop),
+                    "alarm" => value.clone().try_deserialize::<AlarmConfig>().map(drop),
+                    "mqtt" => value.clone().try_deserialize::<MqttConfig>().map(drop),
+                    "state" => value.clone().try_deserialize::<StateConfig>().map(drop),
+                    _ => value.clone().try_deserialize::<LogConfig>().map(drop),
+                };
+                if let Err(e) = res {
+                    problems.push(format!("{section}: {e}"));
+                }
+            } else if matches!(*section, "station" | "capture" | "model" | "mqtt") {
+                problems.push(format!("{section}: missing section"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        merged
+            .clone()
+            .try_deserialize::<Settings>()
+            .map_err(|e| vec![e.to_string()])
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.model.path);
+        fix(&mut self.state.dir);
+        if let Some(p) = self.capture.path.as_mut() {
+            fix(p);
+        }
+        for p in [
+            &mut self.mqtt.password_file,
+            &mut self.mqtt.ca_file,
+            &mut self.mqtt.cert_file,
+            &mut self.mqtt.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+    }
+
+    /// Checks the values; returns every problem found, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (key, value) in [
+            ("station.site", &self.station.site),
+            ("station.line", &self.station.line),
+            ("station.station", &self.station.station),
+            ("mqtt.prefix", &self.mqtt.prefix),
+        ] {
+            if value.is_empty() {
+                p.push(format!("{key}: must not be empty"));
+            } else if value.contains(['/', '+', '#']) || value.chars().any(char::is_whitespace) {
+                p.push(format!("{key}: {value:?} must not contain '/', '+', '#' or spaces (it is part of a topic)"));
+            }
+        }
+        let c = &self.capture;
+        match c.source {
+            SourceKind::Dir => match &c.path {
+                None => p.push("capture.path: required when capture.source = \"dir\"".into()),
+                Some(path) if !path.is_dir() => {
+                    p.push(format!("capture.path: {} is not a folder", path.display()))
+                }
+                Some(_) => {}
+            },
+            SourceKind::V4l2 => {
+                if !matches!(c.pixel_format.as_str(), "GREY" | "YUYV" | "MJPG") {
+                    p.push(format!(
+                        "capture.pixel_format: {:?} is not one of GREY, YUYV, MJPG",
+                        c.pixel_format
+                    ));
+                }
+                if c.width == 0 || c.height == 0 || c.width > 16384 || c.height > 16384 {
+                    p.push(format!(
+                        "capture.width/height: {}x{} is not a frame size",
+                        c.width, c.height
+                    ));
+                }
+            }
+        }
+        if !(c.fps.is_finite() && (0.0..=1000.0).contains(&c.fps)) {
+            p.push(format!("capture.fps: {} is not a rate (0 to 1000)", c.fps));
+        }
+        if !(1..=1024).contains(&c.queue) {
+            p.push(format!(
+                "capture.queue: {} is not a queue length (1 to 1024)",
+                c.queue
+            ));
+        }
+        let pre = &self.preprocess;
+        if pre.blur_kernel % 2 == 0 || !(3..=15).contains(&pre.blur_kernel) {
+            p.push(format!(
+                "preprocess.blur_kernel: {} is not an odd size from 3 to 15",
+                pre.blur_kernel
+            ));
+        }
+        if !(pre.blur_sigma.is_finite() && (0.0..=20.0).contains(&pre.blur_sigma)) {
+            p.push(format!(
+                "preprocess.blur_sigma: {} is not a sigma (0 to 20; 0 = from the kernel)",
+                pre.blur_sigma
+            ));
+        }
+        if pre.min_region_area > pre.max_region_area {
+            p.push(format!(
+                "preprocess.min_region_area: {} is larger than preprocess.max_region_area ({})",
+                pre.min_region_area, pre.max_region_area
+            ));
+        }
+        if !self.model.path.is_file() {
+            p.push(format!(
+                "model.path: {} does not exist",
+                self.model.path.display()
+            ));
+        }
+        if !(1..=1024).contains(&self.model.batch) {
+            p.push(format!(
+                "model.batch: {} is not a batch size (1 to 1024)",
+                self.model.batch
+            ));
+        }
+        for (class, t) in &self.decide.thresholds {
+            if !(0.0..=1.0).contains(t) {
+                p.push(format!(
+                    "decide.thresholds.{class}: {t} is not a score (0 to 1)"
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.decide.default_threshold) {
+            p.push(format!(
+                "decide.default_threshold: {} is not a score (0 to 1)",
+                self.decide.default_threshold
+            ));
+        }
+        let a = &self.alarm;
+        if !(1..=1000).contains(&a.window) {
+            p.push(format!(
+                "alarm.window: {} is not a window (1 to 1000 frames)",
+                a.window
+            ));
+        }
+        if a.raise == 0 || a.raise > a.window {
+            p.push(format!(
+                "alarm.raise: {} must be from 1 to alarm.window ({})",
+                a.raise, a.window
+            ));
+        }
+        if a.clear >= a.raise {
+            p.push(format!(
+                "alarm.clear: {} must be below alarm.raise ({}) for hysteresis",
+                a.clear, a.raise
+            ));
+        }
+        let m = &self.mqtt;
+        if !(1..=65535).contains(&m.port) {
+            p.push(format!("mqtt.port: {} is not a port (1-65535)", m.port));
+        }
+        if m.host.is_empty() {
+            p.push("mqtt.host: must not be empty".into());
+        }
+        if m.result_qos > 1 {
+            p.push(format!("mqtt.result_qos: {} is not 0 or 1", m.result_qos));
+        }
+        if !(m.stats_interval_s.is_finite() && m.stats_interval_s >= 0.1) {
+            p.push(format!(
+                "mqtt.stats_interval_s: {} is too short (at least 0.1)",
+                m.stats_interval_s
+            ));
+        }
+        if !(1..=3600).contains(&m.keep_alive_s) {
+            p.push(format!(
+                "mqtt.keep_alive_s: {} is not from 1 to 3600",
+                m.keep_alive_s
+            ));
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+            p.push(format!(
+                "mqtt.reconnect_min_ms: {} must be at least 1 and at most mqtt.reconnect_max_ms ({})",
+                m.reconnect_min_ms, m.reconnect_max_ms
+            ));
+        }
+        if m.result_queue == 0 {
+            p.push("mqtt.result_queue: must be at least 1".into());
+        }
+        if m.password_file.is_some() && m.username.is_none() {
+            p.push("mqtt.password_file: set mqtt.username too".into());
+        }
+        if let Some(f) = &m.password_file {
+            if !f.is_file() {
+                p.push(format!(
+                    "mqtt.password_file: {} does not exist",
+                    f.display()
+                ));
+            }
+        }
+        for (key, file) in [
+            ("mqtt.ca_file", &m.ca_file),
+            ("mqtt.cert_file", &m.cert_file),
+            ("mqtt.key_file", &m.key_file),
+        ] {
+            if let Some(f) = file {
+                if !f.is_file() {
+                    p.push(format!("{key}: {} does not exist", f.display()));
+                }
+            }
+        }
+        if m.cert_file.is_some() != m.key_file.is_some() {
+            p.push("mqtt.cert_file: set together with mqtt.key_file".into());
+        }
+        if (m.cert_file.is_some() || m.key_file.is_some()) && m.ca_file.is_none() {
+            p.push("mqtt.ca_file: required when a client certificate is set".into());
+        }
+        if m.mode == MqttMode::Embedded && m.ca_file.is_some() {
+            p.push(
+                "mqtt.ca_file: TLS is for external brokers; the embedded broker serves plain MQTT"
+                    .into(),
+            );
+        }
+        if self.state.max_outbox_bytes < 4096 {
+            p.push(format!(
+                "state.max_outbox_bytes: {} is too small (at least 4096)",
+                self.state.max_outbox_bytes
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(format!(
+                "log.level: {:?} is not a tracing filter: {e}",
+                self.log.level
+            ));
+        }
+        p
+    }
+
+    /// `<prefix>/<site>/<line>/<station>`
+    pub fn topic_root(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.mqtt.prefix, self.station.site, self.station.line, self.station.station
+        )
+    }
+
+    pub fn client_id(&self) -> String {
+        if self.mqtt.client_id.is_empty() {
+            format!(
+                "inspectd-{}-{}-{}",
+                self.station.site, self.station.line, self.station.station
+            )
+        } else {
+            self.mqtt.client_id.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        std::fs::write(dir.join("m.onnx"), b"x").unwrap();
+        std::fs::create_dir_all(dir.join("imgs")).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+
+    const GOOD: &str = r#"
+[station]
+site = "s"
+line = "l"
+station = "st"
+[capture]
+source = "dir"
+path = "imgs"
+[model]
+path = "m.onnx"
+[mqtt]
+port = 1883
+"#;
+
+    #[test]
+    fn a_minimal_file_loads_with_defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
+        assert_eq!(s.alarm.window, 5);
+        assert_eq!(s.model.path, dir.path().join("m.onnx"));
+        assert_eq!(s.topic_root(), "inspectd/s/l/st");
+        assert_eq!(s.client_id(), "inspectd-s-l-st");
+    }
+
+    #[test]
+    fn environment_overrides_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("INSPECTD__MQTT__PORT".to_string(), "1884".to_string())];
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), env).unwrap();
+        assert_eq!(s.mqtt.port, 1884);
+    }
+
+    #[test]
+    fn unknown_keys_in_two_sections_are_both_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = GOOD
+            .replace("port = 1883", "port = 1883\nprot = 1")
+            .replace("[model]", "[model]\npaht = 1");
+        let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0].starts_with("model:") && err.problems[0].contains("paht"),
+            "{err}"
+        );
+        assert!(
+            err.problems[1].starts_with("mqtt:") && err.problems[1].contains("prot"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = GOOD.replace("port = 1883", "port = 70000")
+            + "[alarm]\nwindow = 3\nraise = 5\nclear = 5\n[preprocess]\nblur_kernel = 4\n";
+        let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "mqtt.port: 70000 is not a port (1-65535)",
+            "alarm.raise: 5 must be from 1 to alarm.window (3)",
+            "alarm.clear: 5 must be below alarm.raise",
+            "preprocess.blur_kernel: 4 is not an odd size",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert_eq!(err.problems.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn a_missing_capture_folder_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = GOOD.replace("path = \"imgs\"", "path = \"nowhere\"");
+        let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+        assert!(
+            err.to_string().contains("capture.path:") && err.to_string().contains("nowhere"),
+            "{err}"
+        );
+    }
+}

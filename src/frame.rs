@@ -1,0 +1,186 @@
+//! The unit of work that travels the pipeline, and the pool that recycles it.
+//!
+//! A [`Frame`] carries the pixels and everything the stages learn about them. Frames are
+//! taken from a [`FramePool`] by capture and go back to it when the last stage drops them,
+//! so in the steady state no stage allocates per frame: buffers keep their capacity.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// A candidate region: a connected blob of the Otsu mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub area: u32,
+    /// x, y, w, h in frame pixels.
+    pub bbox: [u32; 4],
+}
+
+/// One defect found in a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defect {
+    /// Index into the model's labels.
+    pub label: usize,
+    pub score: f32,
+    /// x, y, w, h in frame pixels.
+    pub bbox: [u32; 4],
+}
+
+/// What decide concluded about a frame.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verdict {
+    pub ok: bool,
+    pub defects: Vec<Defect>,
+    /// Mean tile probability of every label over the frame: the evidence used to rank
+    /// the defect classes of a whole frame (eval's predicted class is the top one).
+    pub evidence: Vec<f32>,
+}
+
+/// Per-stage time spent on a frame, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    pub preprocess_us: u32,
+    pub classify_us: u32,
+    pub decide_us: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Frame {
+    /// Capture sequence number, increasing from 1 for each run of the daemon.
+    pub seq: u64,
+    /// Capture time, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Capture time, for latency.
+    pub captured_at: Option<Instant>,
+    pub width: u32,
+    pub height: u32,
+    /// 8-bit gray, row-major, `width * height` bytes.
+    pub pixels: Vec<u8>,
+    /// Where the frame came from (file name for the `dir` source), for logs.
+    pub origin: String,
+    /// Otsu level of the blurred frame.
+    pub otsu_level: u8,
+    pub regions: Vec<Region>,
+    /// Tile origins (x, y) and, row by row, each tile's label probabilities.
+    pub tiles: Vec<[u32; 2]>,
+    pub probs: Vec<f32>,
+    pub verdict: Verdict,
+    pub times: StageTimes,
+}
+
+impl Frame {
+    /// Resets the frame for new pixels, keeping every buffer's capacity.
+    pub fn reset(&mut self, seq: u64, width: u32, height: u32) {
+        self.seq = seq;
+        self.ts_ms = unix_ms();
+        self.captured_at = Some(Instant::now());
+        self.width = width;
+        self.height = height;
+        self.pixels.clear();
+        self.pixels.resize((width * height) as usize, 0);
+        self.origin.clear();
+        self.otsu_level = 0;
+        self.regions.clear();
+        self.tiles.clear();
+        self.probs.clear();
+        self.verdict.ok = true;
+        self.verdict.defects.clear();
+        self.verdict.evidence.clear();
+        self.times = StageTimes::default();
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A bounded set of reusable frames. Taking blocks never: when every frame is in use a
+/// new one is allocated (and kept afterwards, up to the pool's capacity).
+#[derive(Clone)]
+pub struct FramePool {
+    free_tx: Sender<Box<Frame>>,
+    free_rx: Receiver<Box<Frame>>,
+}
+
+impl FramePool {
+    pub fn new(capacity: usize) -> Self {
+        let (free_tx, free_rx) = crossbeam_channel::bounded(capacity);
+        Self { free_tx, free_rx }
+    }
+
+    pub fn take(&self) -> PooledFrame {
+        let frame = self.free_rx.try_recv().unwrap_or_default();
+        PooledFrame {
+            frame: Some(frame),
+            home: self.free_tx.clone(),
+        }
+    }
+
+    /// Frames waiting in the pool (for tests and stats).
+    pub fn idle(&self) -> usize {
+        self.free_rx.len()
+    }
+}
+
+/// A frame on loan from a [`FramePool`]; dropping it returns it.
+pub struct PooledFrame {
+    frame: Option<Box<Frame>>,
+    home: Sender<Box<Frame>>,
+}
+
+impl Deref for PooledFrame {
+    type Target = Frame;
+    fn deref(&self) -> &Frame {
+        self.frame.as_ref().expect("frame present until drop")
+    }
+}
+
+impl DerefMut for PooledFrame {
+    fn deref_mut(&mut self) -> &mut Frame {
+        self.frame.as_mut().expect("frame present until drop")
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        if let Some(f) = self.frame.take() {
+            // A full pool means more frames were in flight than it keeps: let this one go.
+            let _ = self.home.try_send(f);
+        }
+    }
+}
+
+impl std::fmt::Debug for PooledFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledFrame")
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_frame_returns_to_the_pool_with_its_buffers() {
+        let pool = FramePool::new(2);
+        let mut f = pool.take();
+        f.reset(1, 64, 32);
+        let ptr = f.pixels.as_ptr();
+        drop(f);
+        assert_eq!(pool.idle(), 1);
+        let mut g = pool.take();
+        g.reset(2, 64, 32);
+        assert_eq!(
+            g.pixels.as_ptr(),
+            ptr,
+            "the pixel buffer is reused, not reallocated"
+        );
+        assert_eq!(g.seq, 2);
+    }
+}

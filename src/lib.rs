@@ -1,0 +1,23 @@
+//! inspectd: an edge daemon for unattended visual inspection of steel surfaces.
+//!
+//! Frames flow through one thread per stage, in the order of these modules:
+//! [`capture`] → [`preprocess`] → [`classify`] → [`decide`] → [`publish`], wired by
+//! [`pipeline`] and run by [`daemon`]. [`config`] is the operator's interface, [`outbox`]
+//! keeps alarms on disk until the broker has them, [`telemetry`] holds logs and counters.
+//! [`inspect`], [`eval`] and [`watch`] serve the command line.
+
+pub mod broker;
+pub mod capture;
+pub mod classify;
+pub mod config;
+pub mod daemon;
+pub mod decide;
+pub mod eval;
+pub mod frame;
+pub mod inspect;
+pub mod outbox;
+pub mod pipeline;
+pub mod preprocess;
+pub mod publish;
+pub mod telemetry;
+pub mod watch;

@@ -1,0 +1,295 @@
+//! The command line: parses arguments and calls into the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use inspectd::config::{DecideConfig, ModelConfig, PreprocessConfig, Settings};
+use inspectd::inspect::Inspector;
+
+/// Edge daemon for unattended visual inspection of steel surfaces.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground (systemd runs this).
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every problem, exit 1 if there is any.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Classify images: one verdict per image, through the daemon's own stages.
+    Classify {
+        /// Image files (PNG, JPEG, BMP).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Take the model, preprocess and thresholds from this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The ONNX model (without --config).
+        #[arg(long, default_value = "models/neu_tiles.onnx")]
+        model: PathBuf,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accuracy report on a labelled Pascal VOC folder.
+    Eval {
+        /// Folder with IMAGES/ + ANNOTATIONS/ (or JPEGImages/ + Annotations/).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Only these images: a split file with a "val" list, or one stem per line.
+        #[arg(long)]
+        holdout: Option<PathBuf>,
+        /// Take the model, preprocess and thresholds from this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The ONNX model (without --config).
+        #[arg(long, default_value = "models/neu_tiles.onnx")]
+        model: PathBuf,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Subscribe to a station's topics and print them readably.
+    Watch {
+        /// The daemon's config file (broker and topic root).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run { config } => run(&config),
+        Cmd::CheckConfig { file } => match Settings::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Classify {
+            images,
+            config,
+            model,
+            json,
+        } => classify(&images, config.as_deref(), model, json),
+        Cmd::Eval {
+            dataset,
+            holdout,
+            config,
+            model,
+            json,
+        } => eval(
+            &dataset,
+            holdout.as_deref(),
+            config.as_deref(),
+            model,
+            json.as_deref(),
+        ),
+        Cmd::Watch {
+            config,
+            count,
+            timeout,
+        } => {
+            let s = match Settings::load(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let host = if s.mqtt.host == "0.0.0.0" {
+                "127.0.0.1".to_string()
+            } else {
+                s.mqtt.host.clone()
+            };
+            let timeout = timeout.map(Duration::from_secs_f64);
+            match inspectd::watch::watch(&host, s.mqtt.port as u16, &s.topic_root(), count, timeout)
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn run(config: &Path) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = inspectd::telemetry::init_logging(&settings.log.level, settings.log.format) {
+        eprintln!("error: cannot start logging: {e:#}");
+        return ExitCode::from(1);
+    }
+    match inspectd::daemon::run(config, settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "inspectd cannot start.");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The stages' configs: from a config file, or defaults around a model path.
+fn stage_configs(
+    config: Option<&Path>,
+    model: PathBuf,
+) -> Result<(PreprocessConfig, ModelConfig, DecideConfig), String> {
+    match config {
+        Some(c) => {
+            let s = Settings::load(c).map_err(|e| e.to_string())?;
+            Ok((s.preprocess, s.model, s.decide))
+        }
+        None => Ok((
+            PreprocessConfig::default(),
+            ModelConfig {
+                path: model,
+                tile_stride: 0,
+                batch: 12,
+            },
+            DecideConfig::default(),
+        )),
+    }
+}
+
+fn inspector(config: Option<&Path>, model: PathBuf) -> Result<Inspector, ExitCode> {
+    let (pre, model, decide) = stage_configs(config, model).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })?;
+    Inspector::new(&pre, &model, &decide).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn classify(images: &[PathBuf], config: Option<&Path>, model: PathBuf, json: bool) -> ExitCode {
+    let mut insp = match inspector(config, model) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let labels = insp.labels().to_vec();
+    let ok = insp.ok_index();
+    let mut failed = false;
+    for path in images {
+        match insp.inspect_file(path) {
+            Ok(frame) => {
+                let top = &labels[inspectd::inspect::top_class(frame, ok)];
+                let defects: Vec<serde_json::Value> = frame
+                    .verdict
+                    .defects
+                    .iter()
+                    .map(|d| serde_json::json!({"class": labels[d.label], "score": (d.score * 1e4).round() / 1e4, "bbox": d.bbox}))
+                    .collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"image": path.display().to_string(), "ok": frame.verdict.ok,
+                            "top_class": top, "defects": defects})
+                    );
+                } else if frame.verdict.ok {
+                    println!("{}: ok (closest class {top})", path.display());
+                } else {
+                    let list: Vec<String> = frame
+                        .verdict
+                        .defects
+                        .iter()
+                        .map(|d| format!("{} {:.2} at {:?}", labels[d.label], d.score, d.bbox))
+                        .collect();
+                    println!("{}: DEFECT {top}: {}", path.display(), list.join("; "));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn eval(
+    dataset: &Path,
+    holdout: Option<&Path>,
+    config: Option<&Path>,
+    model: PathBuf,
+    json: Option<&Path>,
+) -> ExitCode {
+    let only = match holdout.map(inspectd::eval::read_holdout).transpose() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let samples = match inspectd::eval::list_samples(dataset, only.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut insp = match inspector(config, model) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let total = samples.len();
+    let report = inspectd::eval::evaluate(&mut insp, dataset, &samples, |k| {
+        if k % 100 == 0 {
+            eprintln!("{k}/{total} images");
+        }
+    });
+    match report {
+        Ok(r) => {
+            print!("{}", r.table());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&r).expect("report serialises");
+                if let Err(e) = std::fs::write(path, text + "\n") {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,785 @@
+//! Publish: results, alarms and stats over MQTT, per the contract in README.md.
+//!
+//! Two threads. `mqtt` owns the connection: it connects with backoff, and on every
+//! ConnAck republishes the retained truth (`status` online, `alarm/active`, every
+//! `alarm/<class>/active`), subscribes to `cmd/ack` and sends every alarm event still in
+//! the outbox, in id order. `publish` takes decided frames from the pipeline and never
+//! waits on the broker: results go out when connected and are dropped with a counter when
+//! not, alarms are already on disk and go out from the outbox.
+//!
+//! Delivery of alarms: rumqttc reports each publish it writes as `Outgoing::Publish(pkid)`
+//! in the order the requests were made, so a queue of "what was asked" maps packet ids to
+//! outbox ids; the matching PubAck removes the event from the outbox. Each connection gets
+//! a fresh client and event loop, so nothing is retransmitted behind our back: after a
+//! reconnect the outbox alone says what still has to go.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use rumqttc::{Client, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Settings;
+use crate::decide::AlarmChange;
+use crate::frame::Frame;
+use crate::outbox::Outbox;
+use crate::telemetry::Stats;
+
+/// Most alarm events in flight (published, not yet acknowledged) at once.
+const ALARM_WINDOW: usize = 32;
+
+/// Every topic of the contract, built once from the config.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub root: String,
+    pub status: String,
+    pub result: String,
+    pub result_ok: String,
+    pub alarm: String,
+    pub alarm_active: String,
+    pub stats: String,
+    pub cmd_ack: String,
+    /// `alarm/<class>/active`, in class order.
+    pub class_active: Vec<String>,
+}
+
+impl Topics {
+    pub fn new(root: &str, classes: &[String]) -> Topics {
+        Topics {
+            root: root.to_string(),
+            status: format!("{root}/status"),
+            result: format!("{root}/result"),
+            result_ok: format!("{root}/result/ok"),
+            alarm: format!("{root}/alarm"),
+            alarm_active: format!("{root}/alarm/active"),
+            stats: format!("{root}/stats"),
+            cmd_ack: format!("{root}/cmd/ack"),
+            class_active: classes
+                .iter()
+                .map(|c| format!("{root}/alarm/{c}/active"))
+                .collect(),
+        }
+    }
+}
+
+/// The alarm JSON of the contract.
+pub fn alarm_json(id: u64, change: &AlarmChange) -> Vec<u8> {
+    let mut s = format!(
+        "{{\"v\":1,\"ts\":{},\"id\":{id},\"event\":\"{}\",\"class\":\"{}\",\"frames\":{},\"window\":{},\"seq\":{}",
+        crate::frame::unix_ms(),
+        change.kind.as_str(),
+        change.class,
+        change.frames,
+        change.window,
+        change.seq
+    );
+    if let Some(r) = change.raised_id {
+        s.push_str(&format!(",\"raised_id\":{r}"));
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
+/// Writes the result JSON of the contract into `out` (cleared first).
+pub fn result_json(
+    frame: &Frame,
+    labels: &[String],
+    model: &str,
+    latency_ms: f64,
+    out: &mut String,
+) {
+    use std::fmt::Write;
+    out.clear();
+    let _ = write!(
+        out,
+        "{{\"v\":1,\"ts\":{},\"seq\":{},\"ok\":{},\"defects\":[",
+        frame.ts_ms, frame.seq, frame.verdict.ok
+    );
+    for (i, d) in frame.verdict.defects.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let [x, y, w, h] = d.bbox;
+        let _ = write!(
+            out,
+            "{{\"class\":\"{}\",\"score\":{:.4},\"bbox\":[{x},{y},{w},{h}]}}",
+            labels[d.label], d.score
+        );
+    }
+    let _ = write!(
+        out,
+        "],\"latency_ms\":{latency_ms:.3},\"model\":\"{model}\",\"regions\":{}}}",
+        frame.regions.len()
+    );
+}
+
+/// Commands that arrive from the broker for the decide stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Acknowledge the alarm raised with this id, or all (`None`).
+    Ack(Option<u64>),
+}
+
+/// Parses a `cmd/ack` payload: an alarm id or `all`.
+pub fn parse_ack(payload: &[u8]) -> Result<Command, String> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| "payload is not text".to_string())?
+        .trim();
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(Command::Ack(None));
+    }
+    text.parse::<u64>()
+        .map(|id| Command::Ack(Some(id)))
+        .map_err(|_| format!("{text:?} is neither an alarm id nor `all`"))
+}
+
+/// State shared by the `publish` and `mqtt` threads.
+struct Session {
+    client: Option<Client>,
+    /// One entry per publish request made on this client, in order: the outbox id for
+    /// alarm events, None for everything else.
+    asked: VecDeque<Option<u64>>,
+    /// QoS 1 packet ids written and not yet acknowledged -> outbox id (if an alarm).
+    inflight: HashMap<u16, Option<u64>>,
+    /// Outbox ids published on this connection and not yet acknowledged.
+    sent: BTreeSet<u64>,
+    /// The retained truth: which alarms are active, in class order.
+    active: Vec<bool>,
+}
+
+impl Session {
+    fn publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        alarm: Option<u64>,
+    ) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        match client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => {
+                self.asked.push_back(alarm);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn publish_alarm_state(&mut self, topics: &Topics) {
+        let any = self.active.iter().any(|&a| a);
+        self.publish(
+            &topics.alarm_active,
+            QoS::AtLeastOnce,
+            true,
+            flag(any),
+            None,
+        );
+        for i in 0..self.active.len() {
+            let a = self.active[i];
+            self.publish(
+                &topics.class_active[i],
+                QoS::AtLeastOnce,
+                true,
+                flag(a),
+                None,
+            );
+        }
+    }
+
+    /// Publishes outbox events not yet sent on this connection, oldest first.
+    fn pump(&mut self, outbox: &Mutex<Outbox>, topics: &Topics, stats: &Stats) {
+        if self.client.is_none() {
+            return;
+        }
+        let outbox = outbox.lock().expect("outbox lock");
+        stats
+            .outbox_pending
+            .store(outbox.pending_count() as u64, Relaxed);
+        for (id, payload) in outbox.pending() {
+            if self.sent.len() >= ALARM_WINDOW {
+                break;
+            }
+            if self.sent.contains(&id) {
+                continue;
+            }
+            if !self.publish(
+                &topics.alarm,
+                QoS::AtLeastOnce,
+                false,
+                payload.to_vec(),
+                Some(id),
+            ) {
+                break;
+            }
+            self.sent.insert(id);
+            stats.alarms_published.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn flag(on: bool) -> Vec<u8> {
+    vec![if on { b'1' } else { b'0' }]
+}
+
+/// Everything the publish stage needs from the config.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub result_qos: QoS,
+    pub keep_alive: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub request_queue: usize,
+    pub username: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl PublishConfig {
+    pub fn from_settings(s: &Settings) -> PublishConfig {
+        let m = &s.mqtt;
+        let host = if m.mode == crate::config::MqttMode::Embedded
+            && (m.host == "0.0.0.0" || m.host == "::")
+        {
+            "127.0.0.1".to_string()
+        } else {
+            m.host.clone()
+        };
+        PublishConfig {
+            host,
+            port: m.port as u16,
+            client_id: s.client_id(),
+            result_qos: if m.result_qos == 1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            },
+            keep_alive: Duration::from_secs(m.keep_alive_s),
+            reconnect_min: Duration::from_millis(m.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(m.reconnect_max_ms),
+            request_queue: m.result_queue,
+            username: m.username.clone(),
+            password_file: m.password_file.clone(),
+            ca_file: m.ca_file.clone(),
+            cert_file: m.cert_file.clone(),
+            key_file: m.key_file.clone(),
+        }
+    }
+
+    fn options(&self, topics: &Topics) -> Result<MqttOptions, String> {
+        let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
+        o.set_keep_alive(self.keep_alive);
+        o.set_clean_session(true);
+        o.set_last_will(LastWill::new(
+            &topics.status,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_inflight(100);
+        if let Some(user) = &self.username {
+            let password = match &self.password_file {
+                Some(f) => read_password(f)?,
+                None => String::new(),
+            };
+            o.set_credentials(user, password);
+        }
+        if let Some(ca) = &self.ca_file {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                self.tls_config(ca)?.into(),
+            ));
+        }
+        Ok(o)
+    }
+
+    fn tls_config(
+        &self,
+        ca: &std::path::Path,
+    ) -> Result<rumqttc::tokio_rustls::rustls::ClientConfig, String> {
+        use rumqttc::tokio_rustls::rustls;
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_pem = read(ca)?;
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("mqtt.ca_file {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("mqtt.ca_file {}: {e}", ca.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "mqtt.ca_file {}: no certificate in it",
+                ca.display()
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => {
+                let certs = rustls_pemfile::certs(&mut read(c)?.as_slice())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("mqtt.cert_file {}: {e}", c.display()))?;
+                let key = rustls_pemfile::private_key(&mut read(k)?.as_slice())
+                    .map_err(|e| format!("mqtt.key_file {}: {e}", k.display()))?
+                    .ok_or_else(|| {
+                        format!("mqtt.key_file {}: no private key in it", k.display())
+                    })?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| format!("mqtt.cert_file: {e}"))
+            }
+            _ => Ok(builder.with_no_client_auth()),
+        }
+    }
+}
+
+/// Reads a password file (first line), warning when others may read it.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("mqtt.password_file {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        warn!(path = %path.display(), "The MQTT password file is readable by every user; chmod 600 it.");
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("mqtt.password_file {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// A decided frame and the alarm events it caused (ids already given by the outbox).
+pub struct Decided {
+    pub frame: crate::frame::PooledFrame,
+    pub alarms: Vec<(u64, AlarmChange)>,
+    /// Active alarms after this frame, in class order, as a bit set.
+    pub active: u64,
+}
+
+/// The publish side of the pipeline: call [`Publisher::publish`] per decided frame.
+pub struct Publisher {
+    session: Arc<Mutex<Session>>,
+    outbox: Arc<Mutex<Outbox>>,
+    topics: Topics,
+    stats: Arc<Stats>,
+    labels: Vec<String>,
+    model: String,
+    result_qos: QoS,
+    last_active: u64,
+    json: String,
+    stop_io: Arc<AtomicBool>,
+    io: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Publisher {
+    /// Starts the `mqtt` thread. `commands` receives `cmd/ack` requests for decide.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        cfg: PublishConfig,
+        topics: Topics,
+        outbox: Arc<Mutex<Outbox>>,
+        stats: Arc<Stats>,
+        labels: Vec<String>,
+        model: String,
+        initial_active: Vec<bool>,
+        commands: Sender<Command>,
+    ) -> Result<Publisher, String> {
+        // Fail early on a broken TLS or password setup: that needs the operator.
+        cfg.options(&topics)?;
+        let session = Arc::new(Mutex::new(Session {
+            client: None,
+            asked: VecDeque::new(),
+            inflight: HashMap::new(),
+            sent: BTreeSet::new(),
+            active: initial_active.clone(),
+        }));
+        let stop_io = Arc::new(AtomicBool::new(false));
+        let result_qos = cfg.result_qos;
+        let io = {
+            let (session, outbox, topics, stats, stop) = (
+                session.clone(),
+                outbox.clone(),
+                topics.clone(),
+                stats.clone(),
+                stop_io.clone(),
+            );
+            std::thread::Builder::new()
+                .name("mqtt".into())
+                .spawn(move || run_connection(cfg, topics, session, outbox, stats, commands, stop))
+                .map_err(|e| e.to_string())?
+        };
+        let last_active = initial_active
+            .iter()
+            .enumerate()
+            .fold(0u64, |m, (i, &a)| m | ((a as u64) << i));
+        Ok(Publisher {
+            session,
+            outbox,
+            topics,
+            stats,
+            labels,
+            model,
+            result_qos,
+            last_active,
+            json: String::with_capacity(512),
+            stop_io,
+            io: Some(io),
+        })
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Publishes one decided frame: result, result/ok, alarm state changes; alarm events
+    /// go out from the outbox.
+    pub fn publish(&mut self, d: &Decided) {
+        let frame = &d.frame;
+        let latency_ms = frame
+            .captured_at
+            .map(|t| t.elapsed().as_secs_f64() * 1e3)
+            .unwrap_or(0.0);
+        result_json(frame, &self.labels, &self.model, latency_ms, &mut self.json);
+        let mut s = self.session.lock().expect("session lock");
+        let sent = s.publish(
+            &self.topics.result,
+            self.result_qos,
+            false,
+            self.json.as_bytes().to_vec(),
+            None,
+        ) && s.publish(
+            &self.topics.result_ok,
+            self.result_qos,
+            true,
+            flag(frame.verdict.ok),
+            None,
+        );
+        if !sent {
+            self.stats.dropped_results.fetch_add(1, Relaxed);
+        }
+        if d.active != self.last_active {
+            for (i, a) in s.active.iter_mut().enumerate() {
+                *a = d.active & (1 << i) != 0;
+            }
+            self.last_active = d.active;
+            s.publish_alarm_state(&self.topics);
+        }
+        if !d.alarms.is_empty()
+            || s.sent.len() < self.outbox.lock().map(|o| o.pending_count()).unwrap_or(0)
+        {
+            s.pump(&self.outbox, &self.topics, &self.stats);
+        }
+        self.stats.frames_published.fetch_add(1, Relaxed);
+        if let Some(t) = frame.captured_at {
+            self.stats
+                .end_to_end
+                .record_us(t.elapsed().as_micros() as u64);
+        }
+    }
+
+    /// Sends outbox events that are not on their way yet.
+    pub fn publish_pending(&mut self) {
+        let mut s = self.session.lock().expect("session lock");
+        s.pump(&self.outbox, &self.topics, &self.stats);
+    }
+
+    /// Publishes a `stats` message (QoS 0, dropped when disconnected).
+    pub fn publish_stats(&self, json: String) {
+        let mut s = self.session.lock().expect("session lock");
+        s.publish(
+            &self.topics.stats,
+            QoS::AtMostOnce,
+            false,
+            json.into_bytes(),
+            None,
+        );
+    }
+
+    /// Tells the alarm-state topics the current truth (after an acknowledgement, say).
+    pub fn set_active(&mut self, active: u64) {
+        if active != self.last_active {
+            let mut s = self.session.lock().expect("session lock");
+            for (i, a) in s.active.iter_mut().enumerate() {
+                *a = active & (1 << i) != 0;
+            }
+            self.last_active = active;
+            s.publish_alarm_state(&self.topics);
+        }
+    }
+
+    /// Sends what can still be sent within `grace` (pending alarms), then `status`
+    /// offline, and disconnects.
+    pub fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        loop {
+            let done = {
+                let mut s = self.session.lock().expect("session lock");
+                s.pump(&self.outbox, &self.topics, &self.stats);
+                s.client.is_none()
+                    || (s.inflight.is_empty() && s.asked.is_empty() && s.sent.is_empty())
+            };
+            if done || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        {
+            let mut s = self.session.lock().expect("session lock");
+            if s.publish(
+                &self.topics.status,
+                QoS::AtLeastOnce,
+                true,
+                b"offline".to_vec(),
+                None,
+            ) {
+                // Wait briefly for the broker to take it before the disconnect.
+                drop(s);
+                let until = Instant::now() + Duration::from_millis(1000).min(grace);
+                while Instant::now() < until {
+                    let s = self.session.lock().expect("session lock");
+                    if s.asked.is_empty() && s.inflight.is_empty() {
+                        break;
+                    }
+                    drop(s);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let s = self.session.lock().expect("session lock");
+                if let Some(c) = &s.client {
+                    let _ = c.try_disconnect();
+                }
+            }
+        }
+        self.stop_io.store(true, Relaxed);
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop_io.store(true, Relaxed);
+        if let Some(c) = self.session.lock().ok().and_then(|s| s.client.clone()) {
+            let _ = c.try_disconnect();
+        }
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+    }
+}
+
+fn sleep_unless(d: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !stop.load(Relaxed) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `mqtt` thread: one connection after another until stopped.
+fn run_connection(
+    cfg: PublishConfig,
+    topics: Topics,
+    session: Arc<Mutex<Session>>,
+    outbox: Arc<Mutex<Outbox>>,
+    stats: Arc<Stats>,
+    commands: Sender<Command>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut backoff = cfg.reconnect_min;
+    let mut ever_connected = false;
+    let mut last_error = String::new();
+    while !stop.load(Relaxed) {
+        let options = match cfg.options(&topics) {
+            Ok(o) => o,
+            Err(e) => {
+                error!(error = %e, "MQTT settings unusable; retrying.");
+                sleep_unless(backoff, &stop);
+                backoff = (backoff * 2).min(cfg.reconnect_max);
+                continue;
+            }
+        };
+        let (client, mut connection) = Client::new(options, cfg.request_queue.max(16));
+        let mut connected = false;
+        loop {
+            if stop.load(Relaxed) && !connected {
+                break;
+            }
+            let event = match connection.recv_timeout(Duration::from_millis(200)) {
+                Ok(ev) => ev,
+                Err(rumqttc::RecvTimeoutError::Timeout) => continue,
+                Err(rumqttc::RecvTimeoutError::Disconnected) => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != rumqttc::ConnectReturnCode::Success {
+                        let msg = format!("broker refused the connection: {:?}", ack.code);
+                        if msg != last_error {
+                            error!(host = %cfg.host, port = cfg.port, reason = ?ack.code, "MQTT broker refused the connection; check mqtt.username and mqtt.password_file.");
+                            last_error = msg;
+                        }
+                        break;
+                    }
+                    connected = true;
+                    last_error.clear();
+                    backoff = cfg.reconnect_min;
+                    if ever_connected {
+                        stats.mqtt_reconnects.fetch_add(1, Relaxed);
+                    }
+                    ever_connected = true;
+                    stats.mqtt_connected.store(1, Relaxed);
+                    info!(host = %cfg.host, port = cfg.port, "Connected to the MQTT broker.");
+                    let mut s = session.lock().expect("session lock");
+                    s.client = Some(client.clone());
+                    s.asked.clear();
+                    s.inflight.clear();
+                    s.sent.clear();
+                    if let Err(e) = client.try_subscribe(&topics.cmd_ack, QoS::AtLeastOnce) {
+                        warn!(error = %e, "Could not subscribe to cmd/ack.");
+                    }
+                    s.publish(
+                        &topics.status,
+                        QoS::AtLeastOnce,
+                        true,
+                        b"online".to_vec(),
+                        None,
+                    );
+                    s.publish_alarm_state(&topics);
+                    s.pump(&outbox, &topics, &stats);
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    let mut s = session.lock().expect("session lock");
+                    let alarm = s.asked.pop_front().flatten();
+                    if pkid != 0 {
+                        s.inflight.insert(pkid, alarm);
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let mut s = session.lock().expect("session lock");
+                    if let Some(Some(id)) = s.inflight.remove(&ack.pkid) {
+                        s.sent.remove(&id);
+                        if let Err(e) = outbox.lock().expect("outbox lock").ack(id) {
+                            error!(error = %e, id, "Could not record an acknowledged alarm in the outbox.");
+                        }
+                        stats.alarms_acked_by_broker.fetch_add(1, Relaxed);
+                        debug!(id, "Broker acknowledged an alarm event.");
+                        s.pump(&outbox, &topics, &stats);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.cmd_ack => {
+                    match parse_ack(&p.payload) {
+                        Ok(cmd) => {
+                            info!(command = ?cmd, "Alarm acknowledgement received.");
+                            let _ = commands.send(cmd);
+                        }
+                        Err(e) => warn!(error = %e, "Ignored a malformed cmd/ack message."),
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    if connected {
+                        warn!(error = %msg, "Lost the MQTT broker; reconnecting.");
+                    } else if msg != last_error {
+                        warn!(host = %cfg.host, port = cfg.port, error = %msg, "Cannot reach the MQTT broker; retrying.");
+                    }
+                    last_error = msg;
+                    break;
+                }
+            }
+        }
+        {
+            let mut s = session.lock().expect("session lock");
+            s.client = None;
+            s.asked.clear();
+            s.inflight.clear();
+            s.sent.clear();
+        }
+        stats.mqtt_connected.store(0, Relaxed);
+        if stop.load(Relaxed) {
+            break;
+        }
+        sleep_unless(backoff, &stop);
+        backoff = (backoff * 2).min(cfg.reconnect_max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::AlarmKind;
+
+    #[test]
+    fn ack_commands_parse_ids_and_all() {
+        assert_eq!(parse_ack(b"17"), Ok(Command::Ack(Some(17))));
+        assert_eq!(parse_ack(b" all\n"), Ok(Command::Ack(None)));
+        assert!(parse_ack(b"seventeen").is_err());
+        assert!(parse_ack(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn alarm_json_follows_the_contract() {
+        let change = AlarmChange {
+            kind: AlarmKind::Cleared,
+            class: "scratches".into(),
+            frames: 1,
+            window: 5,
+            seq: 42,
+            raised_id: Some(7),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&alarm_json(9, &change)).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["event"], "cleared");
+        assert_eq!(v["class"], "scratches");
+        assert_eq!(v["frames"], 1);
+        assert_eq!(v["window"], 5);
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["raised_id"], 7);
+        assert!(v["ts"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+
+    #[test]
+    fn result_json_follows_the_contract() {
+        let mut f = Frame::default();
+        f.reset(5, 200, 200);
+        f.verdict.ok = false;
+        f.verdict.defects.push(crate::frame::Defect {
+            label: 1,
+            score: 0.97,
+            bbox: [1, 2, 64, 64],
+        });
+        let mut out = String::new();
+        result_json(
+            &f,
+            &["ok".into(), "scratches".into()],
+            "m1",
+            3.14159,
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["seq"], 5);
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["defects"][0]["class"], "scratches");
+        assert_eq!(v["defects"][0]["bbox"], serde_json::json!([1, 2, 64, 64]));
+        assert!((v["defects"][0]["score"].as_f64().unwrap() - 0.97).abs() < 1e-4);
+        assert_eq!(v["model"], "m1");
+        assert!((v["latency_ms"].as_f64().unwrap() - 3.142).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,194 @@
+//! Logs and counters: the tracing subscriber (`pretty`, `json`, `journald`) and the
+//! lock-free [`Stats`] every stage updates and `stats` publishes.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global tracing subscriber. `level` is a tracing filter; `RUST_LOG`, when
+/// set, wins. The embedded broker's chatter is kept at WARN unless asked for.
+pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
+        _ => EnvFilter::try_new(format!("rumqttd=warn,rumqttc=warn,{level}"))?,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()?,
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()?,
+        LogFormat::Journald => registry.with(tracing_journald::layer()?).try_init()?,
+    }
+    Ok(())
+}
+
+/// Latency histogram with log-spaced buckets from 1 µs to ~16 s; lock-free, read and
+/// reset by the stats publisher.
+pub struct Histogram {
+    buckets: [AtomicU32; 96],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+impl Histogram {
+    /// Four buckets per doubling.
+    fn bucket(us: u64) -> usize {
+        if us <= 1 {
+            return 0;
+        }
+        let lz = 63 - us.leading_zeros() as usize;
+        let frac = ((us >> lz.saturating_sub(2)) & 0b11) as usize;
+        (lz * 4 + frac).min(95)
+    }
+
+    fn bucket_upper_us(i: usize) -> f64 {
+        let lz = i / 4;
+        let frac = i % 4;
+        let base = (1u64 << lz) as f64;
+        base + base * (frac as f64 + 1.0) / 4.0
+    }
+
+    pub fn record_us(&self, us: u64) {
+        self.buckets[Self::bucket(us)].fetch_add(1, Relaxed);
+    }
+
+    /// (count, p50 ms, p99 ms) since the last call; resets.
+    pub fn take(&self) -> (u64, f64, f64) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.swap(0, Relaxed) as u64)
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let q = |frac: f64| -> f64 {
+            if total == 0 {
+                return 0.0;
+            }
+            let want = (frac * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return Self::bucket_upper_us(i) / 1000.0;
+                }
+            }
+            0.0
+        };
+        (total, q(0.5), q(0.99))
+    }
+}
+
+/// Counters shared by every stage. Totals since start, except the histograms.
+#[derive(Default)]
+pub struct Stats {
+    pub frames_captured: AtomicU64,
+    pub frames_published: AtomicU64,
+    pub dropped_capture_queue: AtomicU64,
+    pub dropped_results: AtomicU64,
+    pub corrupt_files: AtomicU64,
+    pub frame_errors: AtomicU64,
+    pub camera_reconnects: AtomicU64,
+    pub camera_down: AtomicU64,
+    pub outbox_pending: AtomicU64,
+    pub outbox_dropped: AtomicU64,
+    pub alarms_published: AtomicU64,
+    pub alarms_acked_by_broker: AtomicU64,
+    pub mqtt_connected: AtomicU64,
+    pub mqtt_reconnects: AtomicU64,
+    pub preprocess: Histogram,
+    pub classify: Histogram,
+    pub decide: Histogram,
+    pub end_to_end: Histogram,
+}
+
+impl Stats {
+    /// The `stats` JSON: totals, and fps and latencies since the previous call.
+    pub fn snapshot_json(&self, since: &mut (Instant, u64), model: &str) -> String {
+        let now = Instant::now();
+        let published = self.frames_published.load(Relaxed);
+        let secs = now.duration_since(since.0).as_secs_f64().max(1e-9);
+        let fps = (published - since.1) as f64 / secs;
+        *since = (now, published);
+        let stage = |h: &Histogram| {
+            let (n, p50, p99) = h.take();
+            serde_json::json!({ "n": n, "p50_ms": round3(p50), "p99_ms": round3(p99) })
+        };
+        serde_json::json!({
+            "v": 1,
+            "ts": crate::frame::unix_ms(),
+            "model": model,
+            "frames": self.frames_captured.load(Relaxed),
+            "published": published,
+            "fps": round3(fps),
+            "drops": {
+                "capture_queue": self.dropped_capture_queue.load(Relaxed),
+                "results": self.dropped_results.load(Relaxed),
+                "outbox": self.outbox_dropped.load(Relaxed),
+            },
+            "corrupt_files": self.corrupt_files.load(Relaxed),
+            "frame_errors": self.frame_errors.load(Relaxed),
+            "camera": {
+                "down": self.camera_down.load(Relaxed) == 1,
+                "reconnects": self.camera_reconnects.load(Relaxed),
+            },
+            "mqtt": {
+                "connected": self.mqtt_connected.load(Relaxed) == 1,
+                "reconnects": self.mqtt_reconnects.load(Relaxed),
+            },
+            "alarms": {
+                "outbox_pending": self.outbox_pending.load(Relaxed),
+                "published": self.alarms_published.load(Relaxed),
+                "acked_by_broker": self.alarms_acked_by_broker.load(Relaxed),
+            },
+            "latency": {
+                "preprocess": stage(&self.preprocess),
+                "classify": stage(&self.classify),
+                "decide": stage(&self.decide),
+                "end_to_end": stage(&self.end_to_end),
+            },
+        })
+        .to_string()
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_land_in_the_right_bucket() {
+        let h = Histogram::default();
+        for _ in 0..98 {
+            h.record_us(1000);
+        }
+        h.record_us(50_000);
+        h.record_us(50_000);
+        let (n, p50, p99) = h.take();
+        assert_eq!(n, 100);
+        assert!((1.0..=1.25).contains(&p50), "{p50}");
+        assert!((50.0..=62.5).contains(&p99), "{p99}");
+        assert_eq!(h.take().0, 0, "take resets");
+    }
+}
