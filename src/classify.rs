@@ -121,7 +121,7 @@ impl ModelMeta {
 pub fn tile_positions(length: usize, tile: usize, stride: usize) -> impl Iterator<Item = usize> {
     let last = length.saturating_sub(tile);
     let regular = (0..=last).step_by(stride.max(1));
-    let extra = (length > tile && last % stride.max(1) != 0).then_some(last);
+    let extra = (length > tile && !last.is_multiple_of(stride.max(1))).then_some(last);
     regular.chain(extra)
 }
 

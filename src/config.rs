@@ -572,7 +572,7 @@ impl Settings {
             ));
         }
         let pre = &self.preprocess;
-        if pre.blur_kernel % 2 == 0 || !(3..=15).contains(&pre.blur_kernel) {
+        if pre.blur_kernel.is_multiple_of(2) || !(3..=15).contains(&pre.blur_kernel) {
             p.push(format!(
                 "preprocess.blur_kernel: {} is not an odd size from 3 to 15",
                 pre.blur_kernel

@@ -524,12 +524,15 @@ impl Publisher {
     /// offline, and disconnects.
     pub fn shutdown(mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
+        // Wait, within the grace period, until every stored alarm is acknowledged (which
+        // may first need the connection to come up) and nothing else is on its way.
         loop {
             let done = {
                 let mut s = self.session.lock().expect("session lock");
                 s.pump(&self.outbox, &self.topics, &self.stats);
-                s.client.is_none()
-                    || (s.inflight.is_empty() && s.asked.is_empty() && s.sent.is_empty())
+                let pending = self.outbox.lock().expect("outbox lock").pending_count();
+                pending == 0
+                    && (s.client.is_none() || (s.inflight.is_empty() && s.asked.is_empty()))
             };
             if done || Instant::now() >= deadline {
                 break;
@@ -769,7 +772,7 @@ mod tests {
             &f,
             &["ok".into(), "scratches".into()],
             "m1",
-            3.14159,
+            1.23456,
             &mut out,
         );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -780,6 +783,6 @@ mod tests {
         assert_eq!(v["defects"][0]["bbox"], serde_json::json!([1, 2, 64, 64]));
         assert!((v["defects"][0]["score"].as_f64().unwrap() - 0.97).abs() < 1e-4);
         assert_eq!(v["model"], "m1");
-        assert!((v["latency_ms"].as_f64().unwrap() - 3.142).abs() < 1e-9);
+        assert!((v["latency_ms"].as_f64().unwrap() - 1.235).abs() < 1e-9);
     }
 }

@@ -1,0 +1,446 @@
+//! Shared helpers for the integration tests: a real mosquitto on a free port, the real
+//! inspectd binary on a folder of real NEU images, and a subscriber that records what the
+//! daemon published.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_inspectd"))
+}
+
+/// The shared NEU dataset beside the repository.
+pub fn neu() -> PathBuf {
+    repo().join("../shared/datasets/neu")
+}
+
+pub fn neu_image(stem: &str) -> PathBuf {
+    neu().join("IMAGES").join(format!("{stem}.png"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A mosquitto started for one test, on its own port, optionally with persistence so that
+/// a restart keeps sessions and queued messages like a production broker would.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        // Started as root, mosquitto drops to its own user: it must be able to write its
+        // persistence file here, or a restart forgets sessions and queued messages.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        m.launch();
+        m
+    }
+
+    fn launch(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 10000\n",
+                self.port,
+                self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto)");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                self.port
+            ))
+            .is_ok()),
+            "mosquitto did not start on port {}",
+            self.port
+        );
+    }
+
+    /// Stops the broker gracefully (it saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+    pub at: Instant,
+}
+
+impl Msg {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.payload)
+            .unwrap_or_else(|e| panic!("{}: {e}: {}", self.topic, self.payload))
+    }
+}
+
+/// Subscribes to `filter` and records every message, reconnecting when the broker
+/// restarts. With `persistent`, the session survives disconnects (clean session off), so
+/// QoS 1 messages published while it was away are delivered when it returns.
+pub struct Subscriber {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+    connected: Arc<Mutex<u32>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    client: Client,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, filter: &str, persistent: bool) -> Subscriber {
+        let id = format!("test-sub-{}-{}", std::process::id(), free_port());
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_clean_session(!persistent);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = Client::new(opts, 64);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let connected = Arc::new(Mutex::new(0u32));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, c, cl, f, st) = (
+            msgs.clone(),
+            connected.clone(),
+            client.clone(),
+            filter.to_string(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let ev = match conn.recv_timeout(Duration::from_millis(100)) {
+                    Ok(ev) => ev,
+                    Err(rumqttc::RecvTimeoutError::Timeout) => continue,
+                    Err(rumqttc::RecvTimeoutError::Disconnected) => break,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = cl.try_subscribe(&f, QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => *c.lock().unwrap() += 1,
+                    Ok(Event::Incoming(Packet::Publish(p))) => m.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        retain: p.retain,
+                        at: Instant::now(),
+                    }),
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        let s = Subscriber {
+            msgs,
+            connected,
+            stop,
+            client,
+            thread: Some(thread),
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || s.subscriptions() >= 1),
+            "subscriber did not subscribe"
+        );
+        s
+    }
+
+    /// How many times the subscription was acknowledged (once per connection).
+    pub fn subscriptions(&self) -> u32 {
+        *self.connected.lock().unwrap()
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<Msg> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    pub fn wait_for(&self, timeout: Duration, f: impl Fn(&[Msg]) -> bool) -> bool {
+        wait_until(timeout, || f(&self.msgs.lock().unwrap()))
+    }
+
+    pub fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .unwrap();
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A folder of copies of NEU images, named so that file-name order is the given order.
+pub fn image_folder(stems: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, stem) in stems.iter().enumerate() {
+        std::fs::copy(
+            neu_image(stem),
+            dir.path().join(format!("{i:04}_{stem}.png")),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+pub struct Station {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub root: String,
+}
+
+/// Writes a config for a station replaying `images` to the broker on `port`; `extra` is
+/// appended TOML (sections it names must not appear above: use `overrides` for those).
+pub fn station(
+    images: &Path,
+    port: u16,
+    looping: bool,
+    fps: f64,
+    alarm: (u32, u32, u32, bool),
+    extra: &str,
+) -> Station {
+    let dir = tempfile::tempdir().unwrap();
+    let site = format!("t{}", free_port());
+    let (window, raise, clear, latch) = alarm;
+    let config = dir.path().join("inspectd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[station]
+site = "{site}"
+line = "l1"
+station = "s1"
+
+[capture]
+source = "dir"
+path = "{images}"
+loop = {looping}
+fps = {fps}
+queue = 64
+
+[model]
+path = "{model}"
+
+[alarm]
+window = {window}
+raise = {raise}
+clear = {clear}
+latch = {latch}
+
+[state]
+dir = "{state}"
+
+[log]
+level = "info"
+format = "json"
+{extra}
+"#,
+            images = images.display(),
+            model = repo().join("models/neu_tiles.onnx").display(),
+            state = dir.path().join("state").display(),
+        ),
+    )
+    .unwrap();
+    let root = format!("inspectd/{site}/l1/s1");
+    let text = std::fs::read_to_string(&config).unwrap();
+    if !text.contains("[mqtt]") {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&config)
+            .unwrap();
+        use std::io::Write;
+        writeln!(f, "[mqtt]\nport = {port}\nkeep_alive_s = 2\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nstats_interval_s = 0.5").unwrap();
+    }
+    Station { dir, config, root }
+}
+
+/// The daemon as a child process, with its JSON log lines collected.
+pub struct Daemon {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<serde_json::Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("INSPECTD_TEST_LOG").is_some() {
+                    eprintln!("daemon: {line}");
+                }
+                let v = serde_json::from_str(&line).unwrap_or(serde_json::json!({ "raw": line }));
+                l.lock().unwrap().push(v);
+            }
+        });
+        Daemon {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Alarm ids the daemon logged as stored in its outbox.
+    pub fn logged_alarm_ids(&self) -> Vec<u64> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"] == "Alarm." || v["fields"]["message"] == "Alarm.")
+            .filter_map(|v| v["id"].as_u64().or_else(|| v["fields"]["id"].as_u64()))
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `inspectd classify --json` on files: one JSON object per file.
+pub fn classify_json(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .arg("classify")
+        .arg("--json")
+        .arg("--model")
+        .arg(repo().join("models/neu_tiles.onnx"))
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The folder's image files in file-name order.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
