@@ -1,5 +1,6 @@
-//! Classify on one thread: a batch of tiles (compared with ONNX Runtime on the same
-//! model and shape), a 200 x 200 NEU image, and a 1280 x 1024 camera frame.
+//! Classify on one thread: one tile (the daemon's default batch, compared with ONNX
+//! Runtime on the same model and input shape), a batch of 12 tiles (likewise), a 200 x 200
+//! NEU image, and a 1280 x 1024 camera frame.
 
 mod support;
 
@@ -19,6 +20,14 @@ fn frame_from(path: &std::path::Path) -> Frame {
 fn bench(c: &mut Criterion) {
     let model = support::repo().join("models/neu_tiles.onnx");
     let batch = 12;
+    let mut single = Classifier::new(&ModelConfig {
+        path: model.clone(),
+        tile_stride: 64,
+        batch: 1,
+    })
+    .unwrap();
+    let mut one_tile = Frame::default();
+    one_tile.reset(1, 64, 64);
     let mut neu = frame_from(&support::repo().join("models/samples/scratches_13.png"));
     let mut line = frame_from(&support::line_frame());
     let mut dense = Classifier::new(&ModelConfig {
@@ -48,6 +57,9 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("classify");
     g.throughput(Throughput::Elements(1));
+    g.bench_function("one_tile", |b| {
+        b.iter(|| single.classify(&mut one_tile).unwrap())
+    });
     g.bench_function("batch_of_12_tiles", |b| {
         b.iter(|| per_batch.classify(&mut one_batch).unwrap())
     });
@@ -60,26 +72,31 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    let tile_ms = support::median_ms(1000, || single.classify(&mut one_tile).unwrap());
     let ours = support::median_ms(300, || per_batch.classify(&mut one_batch).unwrap());
     let neu_ms = support::median_ms(100, || dense.classify(&mut neu).unwrap());
     let line_ms = support::median_ms(10, || coarse.classify(&mut line).unwrap());
-    println!("tract, one thread: batch of {batch} tiles {ours:.3} ms; 200x200 image ({} tiles) {neu_ms:.2} ms; \
+    println!("tract, one thread: one tile {tile_ms:.4} ms; batch of {batch} tiles {ours:.3} ms; 200x200 image ({} tiles) {neu_ms:.2} ms; \
               1280x1024 frame ({} tiles) {line_ms:.1} ms", neu.tiles.len(), line.tiles.len());
-    let shape = format!("{batch},1,64,64");
-    match support::anchor(
-        "ort_infer.py",
-        &[model.display().to_string(), "--shape".into(), shape],
-    ) {
-        Some(ort) => {
-            let theirs = ort["median_ms"].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "ONNX Runtime {}, one thread: batch of {batch} tiles {theirs:.3} ms; tract / ORT = {:.2}",
-                ort["version"], ours / theirs
-            );
+    for (n, ours) in [(1usize, tile_ms), (batch, ours)] {
+        let args = [
+            model.display().to_string(),
+            "--shape".into(),
+            format!("{n},1,64,64"),
+        ];
+        match support::anchor("ort_infer.py", &args) {
+            Some(ort) => {
+                let theirs = ort["median_ms"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "ONNX Runtime {}, one thread, input [{n},1,64,64]: {theirs:.4} ms; tract {ours:.4} ms; tract / ORT = {:.2}",
+                    ort["version"],
+                    ours / theirs
+                );
+            }
+            None => println!(
+                "ONNX Runtime anchor not run (set INSPECTD_PYTHON to a python with onnxruntime)"
+            ),
         }
-        None => println!(
-            "ONNX Runtime anchor not run (set INSPECTD_PYTHON to a python with onnxruntime)"
-        ),
     }
 }
 

@@ -119,7 +119,8 @@ pub struct ModelConfig {
     /// stride classifies fewer tiles per frame (faster, coarser boxes).
     #[serde(default)]
     pub tile_stride: u32,
-    /// Tiles classified per model run.
+    /// Tiles classified per model run. tract runs this model fastest one tile at a time
+    /// (benches/classify.rs measures it); larger batches cost more per tile.
     #[serde(default = "default_batch")]
     pub batch: usize,
 }
@@ -271,7 +272,7 @@ fn default_max_region_area() -> u32 {
     1 << 20
 }
 fn default_batch() -> usize {
-    12
+    1
 }
 fn default_threshold() -> f64 {
     0.5

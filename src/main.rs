@@ -177,7 +177,7 @@ fn stage_configs(
             ModelConfig {
                 path: model,
                 tile_stride: 0,
-                batch: 12,
+                batch: 1,
             },
             DecideConfig::default(),
         )),
