@@ -34,16 +34,18 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Latency histogram with log-spaced buckets from 1 µs to ~16 s; lock-free, read and
-/// reset by the stats publisher.
+/// Latency histogram with log-spaced buckets from 1 µs to ~16 s; lock-free. The stats
+/// publisher reads and resets one copy; the other counts since start.
 pub struct Histogram {
     buckets: [AtomicU32; 96],
+    totals: [AtomicU32; 96],
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Self {
             buckets: std::array::from_fn(|_| AtomicU32::new(0)),
+            totals: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 }
@@ -67,16 +69,27 @@ impl Histogram {
     }
 
     pub fn record_us(&self, us: u64) {
-        self.buckets[Self::bucket(us)].fetch_add(1, Relaxed);
+        let b = Self::bucket(us);
+        self.buckets[b].fetch_add(1, Relaxed);
+        self.totals[b].fetch_add(1, Relaxed);
     }
 
     /// (count, p50 ms, p99 ms) since the last call; resets.
     pub fn take(&self) -> (u64, f64, f64) {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.swap(0, Relaxed) as u64)
-            .collect();
+        Self::quantiles(
+            self.buckets
+                .iter()
+                .map(|b| b.swap(0, Relaxed) as u64)
+                .collect(),
+        )
+    }
+
+    /// (count, p50 ms, p99 ms) since start.
+    pub fn since_start(&self) -> (u64, f64, f64) {
+        Self::quantiles(self.totals.iter().map(|b| b.load(Relaxed) as u64).collect())
+    }
+
+    fn quantiles(counts: Vec<u64>) -> (u64, f64, f64) {
         let total: u64 = counts.iter().sum();
         let q = |frac: f64| -> f64 {
             if total == 0 {
@@ -190,5 +203,6 @@ mod tests {
         assert!((1.0..=1.25).contains(&p50), "{p50}");
         assert!((50.0..=62.5).contains(&p99), "{p99}");
         assert_eq!(h.take().0, 0, "take resets");
+        assert_eq!(h.since_start().0, 100, "the totals do not");
     }
 }
