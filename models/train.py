@@ -12,6 +12,7 @@ Usage (from the repository root):
 
 Writes, next to this script:
     neu_tiles.onnx            the model (input [N,1,64,64] float, output [N,7] probabilities)
+    neu_tiles.pt              its PyTorch weights (not committed: regenerate references from them)
     neu_tiles.json            the metadata inspectd reads (labels, input, normalisation, tiling, id, sha256)
     neu_tiles.split.json      which images were trained on and which were held out for validation
     neu_tiles.reference.json  tile probabilities for the bundled sample images (the parity test)
@@ -269,6 +270,10 @@ def main():
     dummy = torch.zeros(1, 1, TILE, TILE)
     torch.onnx.export(Exported(model), dummy, onnx_path, input_names=["tiles"], output_names=["probs"],
                       dynamic_axes={"tiles": {0: "n"}, "probs": {0: "n"}}, opset_version=13, dynamo=False)
+    # The exporter restores the wrapper's mode afterwards, and a new module is in training
+    # mode: put the net back in eval mode before computing anything else with it.
+    model.eval()
+    torch.save(model.state_dict(), os.path.join(a.out, "neu_tiles.pt"))
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
 
     meta = {

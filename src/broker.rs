@@ -65,9 +65,10 @@ pub fn start(host: &str, port: u16) -> Result<(), String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    // Wait until it accepts connections, so the publisher's first attempt succeeds.
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok() {
+    // Wait until it listens: the address then refuses a second bind. (Connecting to find
+    // out would make the broker log an aborted connection as an error.)
+    for _ in 0..250 {
+        if TcpListener::bind(addr).is_err() {
             info!(%addr, "Embedded MQTT broker listening.");
             return Ok(());
         }

@@ -148,6 +148,8 @@ struct Session {
     sent: BTreeSet<u64>,
     /// The retained truth: which alarms are active, in class order.
     active: Vec<bool>,
+    /// What this connection last published of it.
+    published: Option<Vec<bool>>,
 }
 
 impl Session {
@@ -171,25 +173,34 @@ impl Session {
         }
     }
 
-    fn publish_alarm_state(&mut self, topics: &Topics) {
+    /// Publishes the retained alarm state: every topic when `all` (on connect), else only
+    /// the topics whose value changed since this connection last published them.
+    fn publish_alarm_state(&mut self, topics: &Topics, all: bool) {
         let any = self.active.iter().any(|&a| a);
-        self.publish(
-            &topics.alarm_active,
-            QoS::AtLeastOnce,
-            true,
-            flag(any),
-            None,
-        );
-        for i in 0..self.active.len() {
-            let a = self.active[i];
+        let before = if all { None } else { self.published.clone() };
+        let was_any = before.as_ref().map(|b| b.iter().any(|&a| a));
+        if was_any != Some(any) {
             self.publish(
-                &topics.class_active[i],
+                &topics.alarm_active,
                 QoS::AtLeastOnce,
                 true,
-                flag(a),
+                flag(any),
                 None,
             );
         }
+        for i in 0..self.active.len() {
+            let a = self.active[i];
+            if before.as_ref().map(|b| b[i]) != Some(a) {
+                self.publish(
+                    &topics.class_active[i],
+                    QoS::AtLeastOnce,
+                    true,
+                    flag(a),
+                    None,
+                );
+            }
+        }
+        self.published = Some(self.active.clone());
     }
 
     /// Publishes outbox events not yet sent on this connection, oldest first.
@@ -353,7 +364,8 @@ fn read_password(path: &std::path::Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| format!("mqtt.password_file {}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o004 != 0 {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if meta.permissions().mode() & 0o004 != 0 && !WARNED.swap(true, Relaxed) {
         warn!(path = %path.display(), "The MQTT password file is readable by every user; chmod 600 it.");
     }
     let text = std::fs::read_to_string(path)
@@ -405,6 +417,7 @@ impl Publisher {
             inflight: HashMap::new(),
             sent: BTreeSet::new(),
             active: initial_active.clone(),
+            published: None,
         }));
         let stop_io = Arc::new(AtomicBool::new(false));
         let result_qos = cfg.result_qos;
@@ -475,7 +488,7 @@ impl Publisher {
                 *a = d.active & (1 << i) != 0;
             }
             self.last_active = d.active;
-            s.publish_alarm_state(&self.topics);
+            s.publish_alarm_state(&self.topics, false);
         }
         if !d.alarms.is_empty()
             || s.sent.len() < self.outbox.lock().map(|o| o.pending_count()).unwrap_or(0)
@@ -516,7 +529,7 @@ impl Publisher {
                 *a = active & (1 << i) != 0;
             }
             self.last_active = active;
-            s.publish_alarm_state(&self.topics);
+            s.publish_alarm_state(&self.topics, false);
         }
     }
 
@@ -626,15 +639,8 @@ fn run_connection(
                 Err(rumqttc::RecvTimeoutError::Disconnected) => break,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    if ack.code != rumqttc::ConnectReturnCode::Success {
-                        let msg = format!("broker refused the connection: {:?}", ack.code);
-                        if msg != last_error {
-                            error!(host = %cfg.host, port = cfg.port, reason = ?ack.code, "MQTT broker refused the connection; check mqtt.username and mqtt.password_file.");
-                            last_error = msg;
-                        }
-                        break;
-                    }
+                // A refused connection comes as ConnectionError::ConnectionRefused below.
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     last_error.clear();
                     backoff = cfg.reconnect_min;
@@ -659,7 +665,7 @@ fn run_connection(
                         b"online".to_vec(),
                         None,
                     );
-                    s.publish_alarm_state(&topics);
+                    s.publish_alarm_state(&topics, true);
                     s.pump(&outbox, &topics, &stats);
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -694,6 +700,15 @@ fn run_connection(
                     break;
                 }
                 Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    let msg = format!("refused: {code:?}");
+                    if msg != last_error {
+                        error!(host = %cfg.host, port = cfg.port, reason = ?code,
+                            "MQTT broker refused the connection; check mqtt.username and mqtt.password_file. Retrying.");
+                    }
+                    last_error = msg;
+                    break;
+                }
                 Err(e) => {
                     let msg = e.to_string();
                     if connected {
