@@ -241,7 +241,7 @@ fn blur_into(
         let first = y as isize - r as isize;
         if narrow.is_some() {
             s.acc16.resize(width, 0);
-            column_pass16(weights, &s.rows, width, first, &mut s.acc16, out);
+            column_pass(weights, &s.rows, width, first, &mut s.acc16, out);
         } else {
             column_pass(weights, &s.rows, width, first, &mut s.acc, out);
         }
@@ -289,77 +289,67 @@ fn row_pass_generic(w: &[u16], padded: &[u8], out: &mut [u16]) {
     }
 }
 
-#[inline(always)]
-fn column_pass_generic(
-    w: &[u16],
-    rows: &[u16],
-    width: usize,
-    first: isize,
-    acc: &mut [u32],
-    out: &mut [u8],
-) {
-    let ks = w.len() as isize;
-    acc.fill(1 << 15);
-    for (k, &wk) in w.iter().enumerate() {
-        let slot = (first + k as isize).rem_euclid(ks) as usize;
-        let row = &rows[slot * width..(slot + 1) * width];
-        for (a, &v) in acc.iter_mut().zip(row) {
-            *a += wk as u32 * v as u32;
-        }
-    }
-    for (o, &a) in out.iter_mut().zip(acc.iter()) {
-        *o = (a >> 16) as u8;
+/// An accumulator lane of the column pass: u16 for 4-bit weights (rows hold at most
+/// 255 * 16, sums at most 255 * 256), u32 for 8-bit weights.
+trait Lane: Copy + std::ops::AddAssign + std::ops::Mul<Output = Self> + From<u16> {
+    /// Half of the final divisor, for rounding.
+    const HALF: Self;
+    fn to_pixel(self) -> u8;
+}
+
+impl Lane for u16 {
+    const HALF: u16 = 1 << 7;
+    fn to_pixel(self) -> u8 {
+        (self >> 8) as u8
     }
 }
 
-/// Column pass for 4-bit weights: rows hold at most 255 * 16, sums at most 255 * 256.
+impl Lane for u32 {
+    const HALF: u32 = 1 << 15;
+    fn to_pixel(self) -> u8 {
+        (self >> 16) as u8
+    }
+}
+
+/// Vertical pass over the ring of horizontally blurred rows, writing one output row.
 #[inline(always)]
-fn column_pass16_generic(
+fn column_pass_generic<A: Lane>(
     w: &[u16],
     rows: &[u16],
     width: usize,
     first: isize,
-    acc: &mut [u16],
+    acc: &mut [A],
     out: &mut [u8],
 ) {
     let ks = w.len() as isize;
-    acc.fill(1 << 7);
+    acc.fill(A::HALF);
     for (k, &wk) in w.iter().enumerate() {
         let slot = (first + k as isize).rem_euclid(ks) as usize;
         let row = &rows[slot * width..(slot + 1) * width];
+        let wk = A::from(wk);
         for (a, &v) in acc.iter_mut().zip(row) {
-            *a += wk * v;
+            *a += wk * A::from(v);
         }
     }
     for (o, &a) in out.iter_mut().zip(acc.iter()) {
-        *o = (a >> 8) as u8;
+        *o = a.to_pixel();
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod wide {
     #[target_feature(enable = "avx2")]
-    pub unsafe fn column_pass16(
-        w: &[u16],
-        rows: &[u16],
-        width: usize,
-        first: isize,
-        acc: &mut [u16],
-        out: &mut [u8],
-    ) {
-        super::column_pass16_generic(w, rows, width, first, acc, out)
-    }
-    #[target_feature(enable = "avx2")]
     pub unsafe fn row_pass(w: &[u16], padded: &[u8], out: &mut [u16]) {
         super::row_pass_generic(w, padded, out)
     }
+
     #[target_feature(enable = "avx2")]
-    pub unsafe fn column_pass(
+    pub unsafe fn column_pass<A: super::Lane>(
         w: &[u16],
         rows: &[u16],
         width: usize,
         first: isize,
-        acc: &mut [u32],
+        acc: &mut [A],
         out: &mut [u8],
     ) {
         super::column_pass_generic(w, rows, width, first, acc, out)
@@ -385,12 +375,12 @@ fn row_pass(w: &[u16], padded: &[u8], out: &mut [u16]) {
     row_pass_generic(w, padded, out)
 }
 
-fn column_pass(
+fn column_pass<A: Lane>(
     w: &[u16],
     rows: &[u16],
     width: usize,
     first: isize,
-    acc: &mut [u32],
+    acc: &mut [A],
     out: &mut [u8],
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -399,22 +389,6 @@ fn column_pass(
         return unsafe { wide::column_pass(w, rows, width, first, acc, out) };
     }
     column_pass_generic(w, rows, width, first, acc, out)
-}
-
-fn column_pass16(
-    w: &[u16],
-    rows: &[u16],
-    width: usize,
-    first: isize,
-    acc: &mut [u16],
-    out: &mut [u8],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU was checked for AVX2 above.
-        return unsafe { wide::column_pass16(w, rows, width, first, acc, out) };
-    }
-    column_pass16_generic(w, rows, width, first, acc, out)
 }
 
 /// Run-based 8-connected labelling of a thresholded image, with buffers kept between frames.
