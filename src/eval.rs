@@ -417,9 +417,9 @@ impl Report {
         let width = self
             .classes
             .iter()
-            .map(|c| c.len())
+            .map(|c| c.len() + 4)
             .max()
-            .unwrap_or(5)
+            .unwrap_or(9)
             .max(9);
         let _ = writeln!(
             s,
