@@ -201,3 +201,68 @@ fn a_latched_alarm_clears_on_cmd_ack_with_an_acked_event() {
         .iter()
         .any(|m| m.topic == class_active && m.payload == "0")));
 }
+
+#[test]
+fn a_broker_that_forgot_everything_gets_the_retained_truth_back_and_results_are_counted_as_dropped()
+{
+    let mut broker = Mosquitto::start_forgetful();
+    let images = image_folder(&["scratches_114", "scratches_13"]);
+    // Latched, so the alarm stays active across the outage.
+    let st = station(images.path(), broker.port, true, 10.0, (3, 2, 0, true), "");
+    let mut daemon = Daemon::start(&st.config);
+    let first = Subscriber::start(broker.port, &format!("{}/alarm/active", st.root), false);
+    assert!(
+        first.wait_for(Duration::from_secs(60), |m| m
+            .iter()
+            .any(|m| m.payload == "1")),
+        "{}",
+        daemon.log_text()
+    );
+    drop(first);
+
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon
+            .log_text()
+            .matches("Connected to the MQTT broker.")
+            .count()
+            >= 2),
+        "{}",
+        daemon.log_text()
+    );
+    // A newcomer on the restarted (empty) broker learns the truth from inspectd.
+    let late = Subscriber::start(broker.port, &format!("{}/#", st.root), false);
+    let retained = |topic: String, payload: &'static str| {
+        move |m: &[Msg]| {
+            m.iter()
+                .any(|m| m.topic == topic && m.retain && m.payload == payload)
+        }
+    };
+    assert!(late.wait_for(
+        Duration::from_secs(10),
+        retained(format!("{}/status", st.root), "online")
+    ));
+    assert!(late.wait_for(
+        Duration::from_secs(10),
+        retained(format!("{}/alarm/active", st.root), "1")
+    ));
+    assert!(late.wait_for(
+        Duration::from_secs(10),
+        retained(format!("{}/alarm/scratches/active", st.root), "1")
+    ));
+    // Frames kept flowing during the outage; their results were dropped and counted.
+    let stats_topic = format!("{}/stats", st.root);
+    assert!(late.wait_for(Duration::from_secs(10), |m| m
+        .iter()
+        .any(|m| m.topic == stats_topic)));
+    let stats = late.on(&stats_topic).last().unwrap().json();
+    assert!(stats["drops"]["results"].as_u64().unwrap() >= 10, "{stats}");
+    assert!(
+        stats["mqtt"]["reconnects"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(5)), Some(0));
+}

@@ -54,9 +54,22 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    persistence: bool,
 }
 
 impl Mosquitto {
+    /// A broker that forgets everything (retained messages, sessions) when restarted.
+    pub fn start_forgetful() -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            persistence: false,
+        };
+        m.launch();
+        m
+    }
+
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         // Started as root, mosquitto drops to its own user: it must be able to write its
@@ -67,6 +80,7 @@ impl Mosquitto {
             port: free_port(),
             dir,
             child: None,
+            persistence: true,
         };
         m.launch();
         m
@@ -77,9 +91,10 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence {}\npersistence_location {}/\n\
                  max_queued_messages 10000\n",
                 self.port,
+                self.persistence,
                 self.dir.path().display()
             ),
         )
