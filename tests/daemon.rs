@@ -411,6 +411,18 @@ fn a_bad_config_is_refused_with_every_problem_named() {
     }
 }
 
+/// Runs `inspectd classify --model MODEL IMAGE`, expects exit 1, returns stderr.
+fn refused_model(model: &std::path::Path, image: &std::path::Path) -> String {
+    let out = std::process::Command::new(bin())
+        .args(["classify", "--model"])
+        .arg(model)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_missing_model_is_a_startup_error_naming_the_file() {
     let images = image_folder(&["crazing_1"]);
@@ -422,14 +434,8 @@ fn a_missing_model_is_a_startup_error_naming_the_file() {
         dir.path().join("broken.json"),
     )
     .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["classify", "--model"])
-        .arg(&fake)
-        .arg(images.path().join("0000_crazing_1.png"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let image = images.path().join("0000_crazing_1.png");
+    let err = refused_model(&fake, &image);
     assert!(
         err.contains("broken.onnx") && err.contains("not a readable ONNX model"),
         "{err}"
@@ -443,14 +449,7 @@ fn a_missing_model_is_a_startup_error_naming_the_file() {
     .unwrap();
     meta["labels"].as_array_mut().unwrap().push("extra".into());
     std::fs::write(dir.path().join("real.json"), meta.to_string()).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["classify", "--model"])
-        .arg(&real)
-        .arg(images.path().join("0000_crazing_1.png"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_model(&real, &image);
     assert!(
         err.contains("real.onnx") && err.contains("8 labels"),
         "{err}"

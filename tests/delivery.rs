@@ -28,18 +28,25 @@ fn alarm_ids(sub: &Subscriber, root: &str) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn alarms_raised_while_the_broker_is_down_all_arrive_after_it_returns() {
-    let mut broker = Mosquitto::start();
+/// A broker, a station replaying `STEMS` at 10 frames/s (M=3, N=2, N_clear=0), a
+/// persistent subscriber to its alarms, and the daemon, once the first alarm arrived.
+fn alarming_station() -> (Mosquitto, tempfile::TempDir, Station, Subscriber, Daemon) {
+    let broker = Mosquitto::start();
     let images = image_folder(&STEMS);
     let st = station(images.path(), broker.port, true, 10.0, (3, 2, 0, false), "");
     let sub = Subscriber::start(broker.port, &format!("{}/alarm", st.root), true);
-    let mut daemon = Daemon::start(&st.config);
+    let daemon = Daemon::start(&st.config);
     assert!(
         sub.wait_for(Duration::from_secs(60), |m| !m.is_empty()),
         "{}",
         daemon.log_text()
     );
+    (broker, images, st, sub, daemon)
+}
+
+#[test]
+fn alarms_raised_while_the_broker_is_down_all_arrive_after_it_returns() {
+    let (mut broker, _images, st, sub, mut daemon) = alarming_station();
 
     broker.stop();
     let before_outage = daemon.logged_alarm_ids().len();
@@ -109,16 +116,7 @@ fn alarms_raised_while_the_broker_is_down_all_arrive_after_it_returns() {
 
 #[test]
 fn alarms_pending_when_the_daemon_is_killed_arrive_after_both_restart() {
-    let mut broker = Mosquitto::start();
-    let images = image_folder(&STEMS);
-    let st = station(images.path(), broker.port, true, 10.0, (3, 2, 0, false), "");
-    let sub = Subscriber::start(broker.port, &format!("{}/alarm", st.root), true);
-    let mut daemon = Daemon::start(&st.config);
-    assert!(
-        sub.wait_for(Duration::from_secs(60), |m| !m.is_empty()),
-        "{}",
-        daemon.log_text()
-    );
+    let (mut broker, images, st, sub, mut daemon) = alarming_station();
     broker.stop();
     let before = daemon.logged_alarm_ids().len();
     assert!(wait_until(Duration::from_secs(30), || daemon
