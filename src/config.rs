@@ -441,9 +441,8 @@ impl Settings {
             )
             .build()
             .map_err(|e| fail(vec![e.to_string()]))?;
-        let mut settings = Self::deserialize_sections(&merged).map_err(fail)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        settings.resolve_paths(base);
+        let settings = Self::deserialize_sections(&merged, base).map_err(fail)?;
         let problems = settings.validate();
         if problems.is_empty() {
             Ok(settings)
@@ -453,8 +452,12 @@ impl Settings {
     }
 
     /// Deserialises section by section so that a typo in one section does not hide the
-    /// problems of the others.
-    fn deserialize_sections(merged: &::config::Config) -> Result<Settings, Vec<String>> {
+    /// problems of the others. When some sections fail, the ones that parsed are still
+    /// validated (with placeholders for the rest), so one run reports every problem.
+    fn deserialize_sections(
+        merged: &::config::Config,
+        base: &Path,
+    ) -> Result<Settings, Vec<String>> {
         let mut problems = Vec::new();
         let table = merged
             .clone()
@@ -468,36 +471,66 @@ impl Settings {
                 ));
             }
         }
-        for section in SECTIONS {
-            if let Some(value) = table.get(*section) {
-                let res = match *section {
-                    "station" => value.clone().try_deserialize::<StationConfig>().map(drop),
-                    "capture" => value.clone().try_deserialize::<CaptureConfig>().map(drop),
-                    "preprocess" => value
-                        .clone()
-                        .try_deserialize::<PreprocessConfig>()
-                        .map(drop),
-                    "model" => value.clone().try_deserialize::<ModelConfig>().map(drop),
-                    "decide" => value.clone().try_deserialize::<DecideConfig>().map(drop),
-                    "alarm" => value.clone().try_deserialize::<AlarmConfig>().map(drop),
-                    "mqtt" => value.clone().try_deserialize::<MqttConfig>().map(drop),
-                    "state" => value.clone().try_deserialize::<StateConfig>().map(drop),
-                    _ => value.clone().try_deserialize::<LogConfig>().map(drop),
-                };
-                if let Err(e) = res {
-                    problems.push(format!("{section}: {e}"));
-                }
-            } else if matches!(*section, "station" | "capture" | "model" | "mqtt") {
-                problems.push(format!("{section}: missing section"));
-            }
+        let mut failed = Vec::new();
+        fn section<T: serde::de::DeserializeOwned>(
+            table: &BTreeMap<String, ::config::Value>,
+            name: &'static str,
+            required: bool,
+            problems: &mut Vec<String>,
+            failed: &mut Vec<&'static str>,
+        ) -> Option<T> {
+            let parsed = match table.get(name) {
+                Some(v) => v
+                    .clone()
+                    .try_deserialize::<T>()
+                    .map_err(|e| format!("{name}: {e}")),
+                None if required => Err(format!("{name}: missing section")),
+                // An absent optional section takes its defaults.
+                None => toml::from_str::<T>("").map_err(|e| format!("{name}: {e}")),
+            };
+            parsed
+                .map_err(|e| {
+                    problems.push(e);
+                    failed.push(name);
+                })
+                .ok()
         }
-        if !problems.is_empty() {
-            return Err(problems);
+        let (p, f) = (&mut problems, &mut failed);
+        let station = section::<StationConfig>(&table, "station", true, p, f);
+        let capture = section::<CaptureConfig>(&table, "capture", true, p, f);
+        let preprocess = section::<PreprocessConfig>(&table, "preprocess", false, p, f);
+        let model = section::<ModelConfig>(&table, "model", true, p, f);
+        let decide = section::<DecideConfig>(&table, "decide", false, p, f);
+        let alarm = section::<AlarmConfig>(&table, "alarm", false, p, f);
+        let mqtt = section::<MqttConfig>(&table, "mqtt", true, p, f);
+        let state = section::<StateConfig>(&table, "state", false, p, f);
+        let log = section::<LogConfig>(&table, "log", false, p, f);
+        let mut settings = Settings {
+            station: station.unwrap_or_else(|| StationConfig {
+                site: "x".into(),
+                line: "x".into(),
+                station: "x".into(),
+            }),
+            capture: capture.unwrap_or_else(|| {
+                toml::from_str("source = \"v4l2\"").expect("placeholder parses")
+            }),
+            preprocess: preprocess.unwrap_or_default(),
+            model: model
+                .unwrap_or_else(|| toml::from_str("path = \"\"").expect("placeholder parses")),
+            decide: decide.unwrap_or_default(),
+            alarm: alarm.unwrap_or_default(),
+            mqtt: mqtt.unwrap_or_else(|| toml::from_str("").expect("placeholder parses")),
+            state: state.unwrap_or_default(),
+            log: log.unwrap_or_default(),
+        };
+        settings.resolve_paths(base);
+        if problems.is_empty() {
+            return Ok(settings);
         }
-        merged
-            .clone()
-            .try_deserialize::<Settings>()
-            .map_err(|e| vec![e.to_string()])
+        // The placeholders' own complaints are not the operator's problems.
+        let broken = |key: &str| failed.iter().any(|f| key.starts_with(&format!("{f}.")));
+        problems.extend(settings.validate().into_iter().filter(|p| !broken(p)));
+        Err(problems)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -795,6 +828,25 @@ port = 1883
             err.problems[1].starts_with("mqtt:") && err.problems[1].contains("prot"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_typo_does_not_hide_the_bad_values_of_other_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = GOOD.replace("port = 1883", "port = 70000")
+            + "[alarm]\nwindow = 3\nraise = 5\nwindoww = 1\n";
+        let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("alarm: unknown field `windoww`"), "{text}");
+        assert!(
+            text.contains("mqtt.port: 70000 is not a port (1-65535)"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("alarm.raise"),
+            "the broken section is reported once, by serde: {text}"
+        );
+        assert_eq!(err.problems.len(), 2, "{text}");
     }
 
     #[test]
