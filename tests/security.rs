@@ -100,7 +100,8 @@ fn tls_broker(dir: &Path) -> TlsBroker {
         .arg(&passwd)
         .args(["inspectd", "s3cret"]));
     std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (tls_port, plain_port) = (free_port(), free_port());
+    let ports = free_ports(2);
+    let (tls_port, plain_port) = (ports[0], ports[1]);
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -113,16 +114,23 @@ fn tls_broker(dir: &Path) -> TlsBroker {
         ),
     )
     .unwrap();
+    let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
     let child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
-    }));
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            tls_port
+        ))
+        .is_ok()),
+        "TLS mosquitto did not start:\n{}",
+        std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default()
+    );
     TlsBroker {
         child,
         tls_port,

@@ -29,6 +29,16 @@ pub fn neu_image(stem: &str) -> PathBuf {
     neu().join("IMAGES").join(format!("{stem}.png"))
 }
 
+/// `n` distinct free ports (the probe sockets are held together, so none repeats).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -99,11 +109,17 @@ impl Mosquitto {
             ),
         )
         .unwrap();
+        let log_path = self.dir.path().join("mosquitto.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("mosquitto must be installed (apt-get install mosquitto)");
         self.child = Some(child);
@@ -113,8 +129,9 @@ impl Mosquitto {
                 self.port
             ))
             .is_ok()),
-            "mosquitto did not start on port {}",
-            self.port
+            "mosquitto did not start on port {}:\n{}",
+            self.port,
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         );
     }
 
