@@ -10,11 +10,12 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global tracing subscriber. `level` is a tracing filter; `RUST_LOG`, when
-/// set, wins. The embedded broker's chatter is kept at WARN unless asked for.
+/// set, wins. The embedded broker (rumqttd) logs routine client disconnects as errors, so
+/// its logs are off unless asked for (`RUST_LOG=info,rumqttd=info`).
 pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
-        _ => EnvFilter::try_new(format!("rumqttd=warn,rumqttc=warn,{level}"))?,
+        _ => EnvFilter::try_new(format!("rumqttd=off,rumqttc=warn,{level}"))?,
     };
     let registry = tracing_subscriber::registry().with(filter);
     match format {
