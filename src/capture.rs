@@ -182,14 +182,6 @@ impl DirSource {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     fn read(&mut self, frame: &mut Frame, stats: &Stats, stop: &AtomicBool) -> Read {
         if self.next == self.files.len() {
             if !self.looping {

@@ -63,10 +63,8 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     control: Sender<Control>,
-    stats: Arc<Stats>,
     heartbeats: Arc<[AtomicU64; 5]>,
     started: Instant,
-    model_id: String,
 }
 
 impl Pipeline {
@@ -353,10 +351,8 @@ impl Pipeline {
             stop,
             threads,
             control: ctl_tx,
-            stats,
             heartbeats,
             started,
-            model_id: meta.id,
         })
     }
 
@@ -385,14 +381,6 @@ impl Pipeline {
         if self.control.try_send(msg).is_err() {
             warn!("Decide stage is not taking control messages; dropped one.");
         }
-    }
-
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
-    }
-
-    pub fn model_id(&self) -> &str {
-        &self.model_id
     }
 
     /// The stage that has not shown life for longest, and how long (for the watchdog).

@@ -34,7 +34,6 @@ const ALARM_WINDOW: usize = 32;
 /// Every topic of the contract, built once from the config.
 #[derive(Debug, Clone)]
 pub struct Topics {
-    pub root: String,
     pub status: String,
     pub result: String,
     pub result_ok: String,
@@ -49,7 +48,6 @@ pub struct Topics {
 impl Topics {
     pub fn new(root: &str, classes: &[String]) -> Topics {
         Topics {
-            root: root.to_string(),
             status: format!("{root}/status"),
             result: format!("{root}/result"),
             result_ok: format!("{root}/result/ok"),
@@ -201,6 +199,14 @@ impl Session {
             }
         }
         self.published = Some(self.active.clone());
+    }
+
+    /// Takes a new active set (bit i = class i) and publishes the topics that changed.
+    fn set_active(&mut self, active: u64, topics: &Topics) {
+        for (i, a) in self.active.iter_mut().enumerate() {
+            *a = active & (1 << i) != 0;
+        }
+        self.publish_alarm_state(topics, false);
     }
 
     /// Publishes outbox events not yet sent on this connection, oldest first.
@@ -453,10 +459,6 @@ impl Publisher {
         })
     }
 
-    pub fn topics(&self) -> &Topics {
-        &self.topics
-    }
-
     /// Publishes one decided frame: result, result/ok, alarm state changes; alarm events
     /// go out from the outbox.
     pub fn publish(&mut self, d: &Decided) {
@@ -484,11 +486,8 @@ impl Publisher {
             self.stats.dropped_results.fetch_add(1, Relaxed);
         }
         if d.active != self.last_active {
-            for (i, a) in s.active.iter_mut().enumerate() {
-                *a = d.active & (1 << i) != 0;
-            }
             self.last_active = d.active;
-            s.publish_alarm_state(&self.topics, false);
+            s.set_active(d.active, &self.topics);
         }
         if !d.alarms.is_empty()
             || s.sent.len() < self.outbox.lock().map(|o| o.pending_count()).unwrap_or(0)
@@ -524,12 +523,11 @@ impl Publisher {
     /// Tells the alarm-state topics the current truth (after an acknowledgement, say).
     pub fn set_active(&mut self, active: u64) {
         if active != self.last_active {
-            let mut s = self.session.lock().expect("session lock");
-            for (i, a) in s.active.iter_mut().enumerate() {
-                *a = active & (1 << i) != 0;
-            }
             self.last_active = active;
-            s.publish_alarm_state(&self.topics, false);
+            self.session
+                .lock()
+                .expect("session lock")
+                .set_active(active, &self.topics);
         }
     }
 
