@@ -153,6 +153,9 @@ impl Pipeline {
                                 }
                             }
                             seq += 1;
+                            // Stamp the frame when it arrived, not when the read began
+                            // (the replay pacer or the camera may have kept us waiting).
+                            frame.ts_ms = crate::frame::unix_ms();
                             frame.captured_at = Some(Instant::now());
                             stats.frames_captured.fetch_add(1, Relaxed);
                             let mut pending = frame;
