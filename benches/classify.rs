@@ -1,6 +1,8 @@
-//! Classify on one thread: one tile (the daemon's default batch, compared with ONNX
-//! Runtime on the same model and input shape), a batch of 12 tiles (likewise), a 200 x 200
-//! NEU image, and a 1280 x 1024 camera frame.
+//! Classify on one thread: the shipped detector on a 200 x 200 NEU image and on a
+//! 1280 x 1024 camera frame (the whole stage: fill, run, decode), beside
+//!  - the previous shipped setting, measured in the same run: the 64 x 64 tile classifier
+//!    (`benches/baseline/neu_tiles.onnx`) at stride 64, 320 tract runs per frame;
+//!  - ONNX Runtime on the same model and input shapes (`../shared/anchors/ort_infer.py`).
 
 mod support;
 
@@ -8,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inspectd::classify::Classifier;
 use inspectd::config::ModelConfig;
 use inspectd::frame::Frame;
+use tract_onnx::prelude::*;
 
 fn frame_from(path: &std::path::Path) -> Frame {
     let (w, h, px) = inspectd::capture::load_gray(path).unwrap();
@@ -17,78 +20,113 @@ fn frame_from(path: &std::path::Path) -> Frame {
     f
 }
 
+/// The tile classifier as the daemon ran it before: 64 x 64 tiles at stride 64, one
+/// tract run per tile, normalised on the way in.
+struct TileBaseline {
+    state: TypedSimpleState,
+    input: Tensor,
+}
+
+impl TileBaseline {
+    fn new() -> TileBaseline {
+        let plan = tract_onnx::onnx()
+            .model_for_path(support::repo().join("benches/baseline/neu_tiles.onnx"))
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 1, 64, 64]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        TileBaseline {
+            state: TypedSimpleState::new(&plan).unwrap(),
+            input: Tensor::zero::<f32>(&[1, 1, 64, 64]).unwrap(),
+        }
+    }
+
+    fn classify(&mut self, f: &Frame) -> f32 {
+        let (w, h) = (f.width as usize, f.height as usize);
+        // The tile model's metadata: mean 0.49964, std 0.21197 of pixels / 255.
+        let (a, b) = (1.0 / 255.0 / 0.211_972_6, -0.499_644_9 / 0.211_972_6);
+        let mut sum = 0.0;
+        for y in (0..=h - 64).step_by(64) {
+            for x in (0..=w - 64).step_by(64) {
+                {
+                    let mut v = self.input.try_as_plain_ram_mut().unwrap();
+                    let d = v.as_slice_mut::<f32>().unwrap();
+                    for ty in 0..64 {
+                        let row = &f.pixels[(y + ty) * w + x..][..64];
+                        for (o, &p) in d[ty * 64..][..64].iter_mut().zip(row) {
+                            *o = p as f32 * a + b;
+                        }
+                    }
+                }
+                let out = self.state.run(tvec!(self.input.clone().into())).unwrap();
+                sum += out[0]
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()[0];
+            }
+        }
+        sum
+    }
+}
+
 fn bench(c: &mut Criterion) {
-    let model = support::repo().join("models/neu_tiles.onnx");
-    let batch = 12;
-    let mut single = Classifier::new(&ModelConfig {
-        path: model.clone(),
-        tile_stride: 64,
-        batch: 1,
-    })
-    .unwrap();
-    let mut one_tile = Frame::default();
-    one_tile.reset(1, 64, 64);
+    let model = support::repo().join("models/neu_det.onnx");
     let mut neu = frame_from(&support::repo().join("models/samples/scratches_13.png"));
     let mut line = frame_from(&support::line_frame());
-    let mut dense = Classifier::new(&ModelConfig {
-        path: model.clone(),
-        tile_stride: 0,
-        batch,
-    })
-    .unwrap();
-    let mut coarse = Classifier::new(&ModelConfig {
-        path: model.clone(),
-        tile_stride: 64,
-        batch,
-    })
-    .unwrap();
-    // One batch of tiles: a 64 x 64 frame region repeated fills exactly `batch` tiles.
-    let mut one_batch = Frame::default();
-    one_batch.reset(1, 64 * batch as u32, 64);
-    for (i, p) in one_batch.pixels.iter_mut().enumerate() {
-        *p = neu.pixels[(i % 64) + 200 * ((i / (64 * batch)) % 64)];
-    }
-    let mut per_batch = Classifier::new(&ModelConfig {
-        path: model.clone(),
-        tile_stride: 64,
-        batch,
-    })
-    .unwrap();
+    let mut det =
+        Classifier::new(&ModelConfig::with_path(model.clone()), Some((200, 200))).unwrap();
+    det.classify(&mut line).unwrap();
+    let mut tiles = TileBaseline::new();
 
     let mut g = c.benchmark_group("classify");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("one_tile", |b| {
-        b.iter(|| single.classify(&mut one_tile).unwrap())
-    });
-    g.bench_function("batch_of_12_tiles", |b| {
-        b.iter(|| per_batch.classify(&mut one_batch).unwrap())
-    });
-    g.bench_function("neu_200x200_stride32", |b| {
-        b.iter(|| dense.classify(&mut neu).unwrap())
+    g.bench_function("detector_neu_200x200", |b| {
+        b.iter(|| det.classify(&mut neu).unwrap())
     });
     g.sample_size(20);
-    g.bench_function("frame_1280x1024_stride64", |b| {
-        b.iter(|| coarse.classify(&mut line).unwrap())
+    g.bench_function("detector_frame_1280x1024", |b| {
+        b.iter(|| det.classify(&mut line).unwrap())
+    });
+    g.bench_function("baseline_tiles_stride64_frame_1280x1024", |b| {
+        b.iter(|| tiles.classify(&line))
     });
     g.finish();
 
-    let tile_ms = support::median_ms(1000, || single.classify(&mut one_tile).unwrap());
-    let ours = support::median_ms(300, || per_batch.classify(&mut one_batch).unwrap());
-    let neu_ms = support::median_ms(100, || dense.classify(&mut neu).unwrap());
-    let line_ms = support::median_ms(10, || coarse.classify(&mut line).unwrap());
-    println!("tract, one thread: one tile {tile_ms:.4} ms; batch of {batch} tiles {ours:.3} ms; 200x200 image ({} tiles) {neu_ms:.2} ms; \
-              1280x1024 frame ({} tiles) {line_ms:.1} ms", neu.tiles.len(), line.tiles.len());
-    for (n, ours) in [(1usize, tile_ms), (batch, ours)] {
+    let neu_ms = support::median_ms(200, || det.classify(&mut neu).unwrap());
+    let line_ms = support::median_ms(20, || det.classify(&mut line).unwrap());
+    let base_ms = support::median_ms(20, || {
+        tiles.classify(&line);
+    });
+    let cpu = support::cpu_model();
+    println!("CPU: {cpu}");
+    println!(
+        "tract, one thread, detector: 200x200 image {neu_ms:.2} ms; 1280x1024 frame {line_ms:.1} ms \
+         ({} detections)",
+        line.detections.len()
+    );
+    println!(
+        "previous shipped setting (tile model, stride 64, 320 tiles): {base_ms:.1} ms per 1280x1024 frame; \
+         detector / previous = {:.2}",
+        line_ms / base_ms
+    );
+    for (shape, ours) in [("1,64,28,28", neu_ms), ("1,64,128,160", line_ms)] {
         let args = [
             model.display().to_string(),
             "--shape".into(),
-            format!("{n},1,64,64"),
+            shape.into(),
+            "--iters".into(),
+            "30".into(),
         ];
         match support::anchor("ort_infer.py", &args) {
             Some(ort) => {
                 let theirs = ort["median_ms"].as_f64().unwrap_or(f64::NAN);
                 println!(
-                    "ONNX Runtime {}, one thread, input [{n},1,64,64]: {theirs:.4} ms; tract {ours:.4} ms; tract / ORT = {:.2}",
+                    "ONNX Runtime {}, one thread, input [{shape}]: {theirs:.2} ms; tract (whole stage) {ours:.2} ms; \
+                     tract / ORT = {:.2}",
                     ort["version"],
                     ours / theirs
                 );

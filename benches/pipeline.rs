@@ -48,10 +48,10 @@ fn bench(c: &mut Criterion) {
         &config,
         format!(
             "[station]\nsite = \"bench\"\nline = \"l\"\nstation = \"s\"\n[capture]\nsource = \"dir\"\npath = \"{}\"\n\
-             loop = false\nfps = 0\nqueue = {FRAMES}\n[model]\npath = \"{}\"\ntile_stride = 64\n[mqtt]\nport = {port}\n\
+             loop = false\nfps = 0\nqueue = {FRAMES}\n[model]\npath = \"{}\"\n[mqtt]\nport = {port}\n\
              [state]\ndir = \"{}\"\n",
             images.display(),
-            support::repo().join("models/neu_tiles.onnx").display(),
+            support::repo().join("models/neu_det.onnx").display(),
             dir.path().join("state").display()
         ),
     )

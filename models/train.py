@@ -1,27 +1,37 @@
 #!/usr/bin/env python3
-"""Train inspectd's steel-surface tile classifier on the NEU database and export it.
+"""Train inspectd's steel-surface defect detector on the NEU database and export it.
 
-The model classifies 64 x 64 gray tiles into the six NEU defect classes plus `ok`
-(defect-free steel, learned from crops that touch no annotated box). inspectd cuts each
-frame into overlapping tiles, runs the model on every tile and builds the frame verdict
-from the tile probabilities (see neu_tiles.md for how).
+The model is fully convolutional: it takes a whole gray frame (any size that is a
+multiple of 32) and predicts, on a grid of 8-px cells,
+  - `heat`: per defect class, the probability that a defect's centre lies in the cell;
+  - `box`:  the distances in pixels from the cell's centre to the left, top, right and
+            bottom edges of the defect centred there.
+A defect is a local maximum of `heat` (3x3) above its class threshold, and its box is
+read from `box` at the same cell (CenterNet's peaks, TTFNet's training targets: a
+Gaussian heat map per box, box regression with a GIoU loss at the cells around its
+centre). inspectd decodes exactly this (classify.rs); nothing else is needed, no NMS.
 
 Usage (from the repository root):
     python3 -m venv models/.venv && models/.venv/bin/pip install -r models/requirements.txt
-    models/.venv/bin/python models/train.py --dataset ../shared/datasets/neu
+    models/.venv/bin/python models/train.py --dataset ../shared/datasets/neu --seed 1
 
-Writes, next to this script:
-    neu_tiles.onnx            the model (input [N,1,64,64] float, output [N,7] probabilities)
-    neu_tiles.pt              its PyTorch weights (not committed: regenerate references from them)
-    neu_tiles.json            the metadata inspectd reads (labels, input, normalisation, tiling, id, sha256)
-    neu_tiles.split.json      which images were trained on and which were held out for validation
-    neu_tiles.reference.json  tile probabilities for the bundled sample images (the parity test)
-    neu_tiles.metrics.json    validation metrics measured here in PyTorch
-    samples/                  a few held-out images, for the demo and the parity test
+Writes into --out (default: next to this script):
+    neu_det.onnx            the model (input [1,64,H/8,W/8]: the frame's 8x8 patches, raw
+                            gray levels 0..255 as float; outputs heat [1,6,H/8,W/8],
+                            box [1,4,H/8,W/8] and image [1,6])
+    neu_det.pt              its PyTorch weights (not committed)
+    neu_det.json            the metadata inspectd reads (labels, input, normalisation,
+                            outputs, id, sha256, training)
+    neu_det.split.json      which images were trained on and which were held out
+    neu_det.reference.json  PyTorch's outputs for the bundled sample images (parity test)
+    neu_det.metrics.<seed>.json  validation metrics measured here in PyTorch
+    samples/                a few held-out images, for the demo and the parity test
 """
 import argparse
+import copy
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -35,33 +45,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
-LABELS = ["ok"] + CLASSES
-TILE = 64
-STRIDE = 32
+STRIDE = 8
+MULTIPLE = 32
+SIDE = 224  # NEU's 200 px padded to the next multiple of 32, as inspectd pads a frame
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def tile_positions(length, tile, stride):
-    """Tile origins along one axis; the last tile is pushed back to end at the edge.
-
-    inspectd's classify stage computes exactly the same positions (classify.rs)."""
-    if length <= tile:
-        return [0]
-    out = list(range(0, length - tile + 1, stride))
-    if out[-1] + tile < length:
-        out.append(length - tile)
-    return out
+# The split stays the one the tile model used: the same 300 images are held out.
+SPLIT_SEED = 20261128
 
 
 def read_boxes(xml_path):
+    """Pascal VOC boxes as (class, x0, y0, x1, y1), 0-based, end-exclusive."""
     root = ET.parse(xml_path).getroot()
     boxes = []
     for obj in root.iter("object"):
         name = obj.findtext("name").strip()
         bb = obj.find("bndbox")
-        x0, y0 = int(float(bb.findtext("xmin"))) - 1, int(float(bb.findtext("ymin"))) - 1
-        x1, y1 = int(float(bb.findtext("xmax"))), int(float(bb.findtext("ymax")))
-        boxes.append((name, max(x0, 0), max(y0, 0), x1, y1))
+        x0, y0 = float(bb.findtext("xmin")) - 1, float(bb.findtext("ymin")) - 1
+        x1, y1 = float(bb.findtext("xmax")), float(bb.findtext("ymax"))
+        boxes.append((CLASSES.index(name), max(x0, 0.0), max(y0, 0.0), x1, y1))
     return boxes
 
 
@@ -69,21 +70,16 @@ def load_dataset(root):
     items = []
     for fname in sorted(os.listdir(os.path.join(root, "IMAGES"))):
         stem, _ = os.path.splitext(fname)
-        label = stem.rsplit("_", 1)[0]
         img = np.asarray(Image.open(os.path.join(root, "IMAGES", fname)).convert("L"), dtype=np.uint8)
-        boxes = read_boxes(os.path.join(root, "ANNOTATIONS", stem + ".xml"))
-        # One mask per class: which pixels lie inside a box of that class.
-        masks = np.zeros((len(CLASSES),) + img.shape, dtype=np.uint8)
-        for name, x0, y0, x1, y1 in boxes:
-            masks[CLASSES.index(name), y0:y1, x0:x1] = 1
-        items.append({"file": fname, "stem": stem, "label": label, "img": img, "masks": masks, "boxes": boxes})
+        items.append({"file": fname, "stem": stem, "label": CLASSES.index(stem.rsplit("_", 1)[0]),
+                      "img": img, "boxes": read_boxes(os.path.join(root, "ANNOTATIONS", stem + ".xml"))})
     return items
 
 
 def stratified_split(items, val_share, seed):
     rng = random.Random(seed)
     train, val = [], []
-    for c in CLASSES:
+    for c in range(len(CLASSES)):
         group = [it for it in items if it["label"] == c]
         rng.shuffle(group)
         n_val = int(round(len(group) * val_share))
@@ -92,110 +88,346 @@ def stratified_split(items, val_share, seed):
     return train, val
 
 
-def crop_label(item, x, y):
-    """The tile's training label: `ok` when it touches no box, the dominant class when
-    boxes cover enough of it (or it holds most of a small box), None when ambiguous."""
-    window = item["masks"][:, y:y + TILE, x:x + TILE]
-    cover = window.reshape(len(CLASSES), -1).mean(axis=1)
-    if window.max() == 0:
-        return 0
-    c = int(cover.argmax())
-    if cover[c] >= 0.25:
-        return 1 + c
-    for name, x0, y0, x1, y1 in item["boxes"]:
-        area = (x1 - x0) * (y1 - y0)
-        ix = max(0, min(x1, x + TILE) - max(x0, x))
-        iy = max(0, min(y1, y + TILE) - max(y0, y))
-        if area > 0 and ix * iy >= 0.5 * area:
-            return 1 + CLASSES.index(name)
-    return None
+def pad_to(img, side, ox=0, oy=0):
+    """The image at (ox, oy) in a side x side canvas, edges repeated outward (as inspectd
+    pads a frame to a multiple of 32)."""
+    h, w = img.shape
+    return np.pad(img, ((oy, side - h - oy), (ox, side - w - ox)), mode="edge")
 
 
-def sample_tiles(items, per_image, rng):
-    xs, ys = [], []
-    for item in items:
-        h, w = item["img"].shape
-        got, tries = 0, 0
-        while got < per_image and tries < per_image * 8:
-            tries += 1
-            x, y = rng.randrange(0, w - TILE + 1), rng.randrange(0, h - TILE + 1)
-            label = crop_label(item, x, y)
-            if label is None:
-                continue
-            xs.append(item["img"][y:y + TILE, x:x + TILE])
-            ys.append(label)
-            got += 1
-    return np.stack(xs), np.array(ys, dtype=np.int64)
+def augment(img, boxes, rng):
+    """Turns, flips, a shift inside the padded canvas, lighting drift. Steel texture has no
+    orientation the classes depend on; the line's lamp and gain drift."""
+    h, w = img.shape
+    boxes = [list(b) for b in boxes]
+    for _ in range(rng.randrange(4)):  # 90 degrees counter-clockwise
+        img = np.rot90(img)
+        boxes = [[c, y0, w - x1, y1, w - x0] for c, x0, y0, x1, y1 in boxes]
+        h, w = w, h
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+        boxes = [[c, w - x1, y0, w - x0, y1] for c, x0, y0, x1, y1 in boxes]
+    if rng.random() < 0.5:
+        img = img[::-1, :]
+        boxes = [[c, x0, h - y1, x1, h - y0] for c, x0, y0, x1, y1 in boxes]
+    ox, oy = rng.randrange(SIDE - w + 1), rng.randrange(SIDE - h + 1)
+    img = pad_to(np.ascontiguousarray(img), SIDE, ox, oy).astype(np.float32)
+    img = np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255)
+    boxes = [[c, x0 + ox, y0 + oy, x1 + ox, y1 + oy] for c, x0, y0, x1, y1 in boxes]
+    return img, boxes
 
 
-class TileNet(nn.Module):
-    """Patchify stem and strided 2x2 convolutions: shapes tract runs fast (anchors/README)."""
+def targets(boxes, side, alpha):
+    """TTFNet targets on the side/8 grid: a Gaussian per box on its class's heat map
+    (sigma from the box's size, so a long scratch gets a long ellipse), and box
+    regression weights around each centre (Gaussian, summing to log(area) per box, the
+    smaller box winning a shared cell)."""
+    g = side // STRIDE
+    heat = np.zeros((len(CLASSES), g, g), np.float32)
+    reg = np.zeros((4, g, g), np.float32)
+    weight = np.zeros((g, g), np.float32)
+    owner_area = np.full((g, g), np.inf, np.float32)
+    ys, xs = np.mgrid[0:g, 0:g].astype(np.float32)
+    for c, x0, y0, x1, y1 in sorted(boxes, key=lambda b: -(b[3] - b[1]) * (b[4] - b[2])):
+        bw, bh = x1 - x0, y1 - y0
+        if bw < 1 or bh < 1:
+            continue
+        cx, cy = (x0 + x1) / 2 / STRIDE - 0.5, (y0 + y1) / 2 / STRIDE - 0.5
+        sx, sy = max(alpha * bw / 6 / STRIDE, 0.5), max(alpha * bh / 6 / STRIDE, 0.5)
+        gauss = np.exp(-((xs - cx) ** 2 / (2 * sx * sx) + (ys - cy) ** 2 / (2 * sy * sy)))
+        ix, iy = min(max(int(round(cx)), 0), g - 1), min(max(int(round(cy)), 0), g - 1)
+        gauss[iy, ix] = 1.0
+        heat[c] = np.maximum(heat[c], gauss)
+        # Regression at the cells of the Gaussian's core that lie inside the box.
+        ccx, ccy = (xs + 0.5) * STRIDE, (ys + 0.5) * STRIDE
+        inside = (ccx > x0) & (ccx < x1) & (ccy > y0) & (ccy < y1) & (gauss > 0.3)
+        inside[iy, ix] = True
+        area = bw * bh
+        take = inside & (area <= owner_area)
+        if not take.any():
+            continue
+        w = gauss * take
+        w = w / w.sum() * math.log(area)
+        owner_area[take] = area
+        reg[:, take] = np.array([x0, y0, x1, y1], np.float32)[:, None]
+        weight[take] = w[take]
+    return heat, reg, weight
 
-    def __init__(self, mean, std, n_out=len(LABELS)):
+
+# Designs measured (model card): channel widths per level and convolutions per level.
+DESIGNS = {
+    # Today's tile net's widths, head on 8x8 patches: 3x3 only at 1/16 and 1/32.
+    "small": {"c8": 64, "c16": 128, "c32": 128, "n16": 1, "n32": 2, "head": 64},
+    # Deeper at 1/16 and wider at 1/32 (where tract's kernels run best), same 1/8 cost.
+    "deep": {"c8": 64, "c16": 128, "c32": 160, "n16": 2, "n32": 2, "head": 64},
+}
+PATCH = 8  # the first layer sees 8x8 pixel patches (space-to-depth, done by inspectd)
+
+
+class Detector(nn.Module):
+    """A patchify stem (8x8 patches in, as 64 channels: inspectd rearranges the frame, so
+    the network starts with a 1x1 convolution, a matrix product tract runs fast), strided
+    2x2 convolutions down to 1/32, 3x3 convolutions only at 1/16 and 1/32 (small maps,
+    many channels: where tract's kernels do well; anchors/README) for a receptive field
+    past 200 px, a top-down path back to 1/8 with 2x2 transposed convolutions, and 1x1
+    convolutions for the outputs."""
+
+    def __init__(self, design="small"):
         super().__init__()
-        self.mean, self.std = mean, std
+        d = DESIGNS[design]
+        c8, c16, c32, ch = d["c8"], d["c16"], d["c32"], d["head"]
 
-        def block(cin, cout, k, s, p=0):
+        def cbr(cin, cout, k, s, p=0):
             return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-        self.features = nn.Sequential(
-            block(1, 32, 4, 4),        # 64 -> 16
-            block(32, 64, 2, 2),       # 16 -> 8
-            block(64, 64, 3, 1, 1),
-            block(64, 128, 2, 2),      # 8 -> 4
-            block(128, 128, 3, 1, 1),
-        )
-        self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(128, n_out)
+        self.s8 = nn.Sequential(cbr(PATCH * PATCH, c8, 1, 1), cbr(c8, c8, 1, 1))
+        self.s16 = nn.Sequential(cbr(c8, c16, 2, 2), *[cbr(c16, c16, 3, 1, 1) for _ in range(d["n16"])])
+        self.s32 = nn.Sequential(cbr(c16, c32, 2, 2), *[cbr(c32, c32, 3, 1, 1) for _ in range(d["n32"])])
+        self.up32 = nn.Sequential(nn.ConvTranspose2d(c32, c16, 2, 2, bias=False), nn.BatchNorm2d(c16))
+        self.up16 = nn.Sequential(nn.ConvTranspose2d(c16, c8, 2, 2, bias=False), nn.BatchNorm2d(c8))
+        self.head = cbr(c8, ch, 1, 1)
+        self.heat = nn.Conv2d(ch, len(CLASSES), 1)
+        self.box = nn.Conv2d(ch, 4, 1)
+        self.image = nn.Linear(c32, len(CLASSES))
+        nn.init.constant_(self.heat.bias, -4.6)  # start near p = 0.01 (focal-loss prior)
+        nn.init.constant_(self.box.bias, math.log(4.0))
+
+    def features(self, patches):
+        f8 = self.s8(patches)
+        f16 = self.s16(f8)
+        f32 = self.s32(f16)
+        p16 = F.relu(f16 + self.up32(f32))
+        p8 = F.relu(f8 + self.up16(p16))
+        return self.head(p8), f32
 
     def forward(self, x):
-        # x: tiles already normalised by the caller with the mean and std from the metadata.
-        x = self.features(x)
-        x = x.mean(dim=(2, 3))
-        return self.head(self.dropout(x))
+        """x: normalised frames [N, 1, H, W]; returns heat logits, box distances (pixels)
+        and whole-image class logits."""
+        h, f32 = self.features(F.pixel_unshuffle(x, PATCH))
+        box = torch.exp(self.box(h).clamp(-4.0, 4.5)) * STRIDE
+        return self.heat(h), box, self.image(f32.mean(dim=(2, 3)))
 
 
-def augment(batch, rng):
-    # Flips and 90-degree turns: steel texture has no preferred orientation that the
-    # classes depend on. Mild gain/offset jitter models lighting drift on the line.
-    k = rng.randrange(4)
-    batch = torch.rot90(batch, k, dims=(2, 3))
-    if rng.random() < 0.5:
-        batch = torch.flip(batch, dims=(3,))
-    gain = torch.empty(batch.shape[0], 1, 1, 1).uniform_(0.85, 1.15)
-    offset = torch.empty(batch.shape[0], 1, 1, 1).uniform_(-0.08, 0.08)
-    return batch * gain + offset
+def focal_loss(logits, heat):
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = heat.eq(1.0).float()
+    neg = 1.0 - pos
+    pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos).sum()
+    neg_loss = -(torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * neg).sum()
+    return (pos_loss + neg_loss) / pos.sum().clamp(min=1.0)
 
 
-def normalise(tiles_u8, mean, std):
-    return (torch.from_numpy(tiles_u8).float().unsqueeze(1) / 255.0 - mean) / std
+def cell_centres(g, device=None):
+    c = (torch.arange(g, dtype=torch.float32, device=device) + 0.5) * STRIDE
+    return c.view(1, g), c.view(g, 1)  # x along columns, y along rows
 
 
-def frame_tiles(img):
-    h, w = img.shape
-    pos = [(x, y) for y in tile_positions(h, TILE, STRIDE) for x in tile_positions(w, TILE, STRIDE)]
-    return pos, np.stack([img[y:y + TILE, x:x + TILE] for x, y in pos])
+def giou_loss(box, reg, weight):
+    g = box.shape[-1]
+    cx, cy = cell_centres(g)
+    px0, py0, px1, py1 = cx - box[:, 0], cy - box[:, 1], cx + box[:, 2], cy + box[:, 3]
+    tx0, ty0, tx1, ty1 = reg[:, 0], reg[:, 1], reg[:, 2], reg[:, 3]
+    iw = (torch.min(px1, tx1) - torch.max(px0, tx0)).clamp(min=0)
+    ih = (torch.min(py1, ty1) - torch.max(py0, ty0)).clamp(min=0)
+    inter = iw * ih
+    union = (px1 - px0) * (py1 - py0) + (tx1 - tx0) * (ty1 - ty0) - inter
+    iou = inter / union.clamp(min=1e-6)
+    hull = (torch.max(px1, tx1) - torch.min(px0, tx0)) * (torch.max(py1, ty1) - torch.min(py0, ty0))
+    giou = iou - (hull - union) / hull.clamp(min=1e-6)
+    return ((1 - giou) * weight).sum() / weight.sum().clamp(min=1e-6)
+
+
+def decode(heat, box, k=50, floor=0.01):
+    """Peaks of the heat map (3x3 local maxima) as (class, score, x0, y0, x1, y1), best first.
+    The same rule as inspectd's classify.rs."""
+    heat = torch.as_tensor(heat)[None] if heat.ndim == 3 else torch.as_tensor(heat)
+    box = torch.as_tensor(box)[None] if box.ndim == 3 else torch.as_tensor(box)
+    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
+    n, c, g_h, g_w = heat.shape
+    scores, idx = peaks[0].reshape(-1).topk(min(k, c * g_h * g_w))
+    out = []
+    for s, i in zip(scores.tolist(), idx.tolist()):
+        if s < floor:
+            break
+        cls, rem = divmod(i, g_h * g_w)
+        iy, ix = divmod(rem, g_w)
+        l, t, r, b = box[0, :, iy, ix].tolist()
+        x, y = (ix + 0.5) * STRIDE, (iy + 0.5) * STRIDE
+        out.append((cls, s, x - l, y - t, x + r, y + b))
+    return out
+
+
+def iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / max((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter, 1e-9)
+
+
+def average_precision(dets, gts, cls, thr):
+    """VOC all-points AP of one class at one IoU threshold. dets: (image, score, box)."""
+    n_gt = sum(1 for boxes in gts.values() for b in boxes if b[0] == cls)
+    if n_gt == 0:
+        return None
+    used = {k: [False] * len(v) for k, v in gts.items()}
+    tp = []
+    for img, _, box in sorted(dets, key=lambda d: -d[1]):
+        best, best_j = thr, -1
+        for j, g in enumerate(gts[img]):
+            if g[0] != cls or used[img][j]:
+                continue
+            o = iou(box, g[1:])
+            if o >= best:
+                best, best_j = o, j
+        if best_j >= 0:
+            used[img][best_j] = True
+        tp.append(best_j >= 0)
+    tp = np.array(tp, dtype=np.float64)
+    if len(tp) == 0:
+        return 0.0
+    ctp = np.cumsum(tp)
+    recall = ctp / n_gt
+    precision = ctp / np.arange(1, len(tp) + 1)
+    mrec = np.concatenate([[0], recall, [1]])
+    mpre = np.concatenate([[0], precision, [0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
 
 
 @torch.no_grad()
-def image_probs(model, img, mean, std):
-    pos, tiles = frame_tiles(img)
-    return pos, F.softmax(model(normalise(tiles, mean, std)), dim=1).numpy()
+def predict(model, img):
+    x = torch.from_numpy(pad_to(img, SIDE).astype(np.float32))[None, None]
+    heat_logits, box, image_logits = model(x)
+    return torch.sigmoid(heat_logits)[0], box[0], image_logits[0]
 
 
-def image_class(probs):
-    """The defect class with the most evidence over the frame: the mean tile probability
-    of each defect class (the `ok` column is not a candidate). Same rule as decide.rs."""
-    return int(probs[:, 1:].mean(axis=0).argmax())
+@torch.no_grad()
+def validate(model, val):
+    model.eval()
+    dets, gts = [], {}
+    confusion = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    heat_correct = 0
+    boxfree_flagged, boxfree_total = 0, 0
+    for it in val:
+        heat, box, image_logits = predict(model, it["img"])
+        found = decode(heat, box)
+        h, w = it["img"].shape
+        gts[it["stem"]] = [(c, x0, y0, x1, y1) for c, x0, y0, x1, y1 in it["boxes"]]
+        for c, s, x0, y0, x1, y1 in found:
+            dets.append((c, it["stem"], s, (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))))
+        # The image's class: the whole-image head (what inspectd reports as the frame's
+        # class); the highest heat peak is scored beside it for comparison.
+        confusion[it["label"], int(image_logits.argmax())] += 1
+        evidence = heat[:, : (h + STRIDE - 1) // STRIDE, : (w + STRIDE - 1) // STRIDE].amax(dim=(1, 2))
+        heat_correct += int(evidence.argmax()) == it["label"]
+        # Box-free surface inside reported boxes (score >= 0.3).
+        truth = np.zeros((h, w), bool)
+        for _, x0, y0, x1, y1 in it["boxes"]:
+            truth[int(y0):int(math.ceil(y1)), int(x0):int(math.ceil(x1))] = True
+        flagged = np.zeros((h, w), bool)
+        for c, s, x0, y0, x1, y1 in found:
+            if s >= 0.3:
+                flagged[max(int(y0), 0):max(int(math.ceil(y1)), 0), max(int(x0), 0):max(int(math.ceil(x1)), 0)] = True
+        boxfree_flagged += int((flagged & ~truth).sum())
+        boxfree_total += int((~truth).sum())
+    ap50 = {}
+    ap5095 = []
+    for c in range(len(CLASSES)):
+        per = [(img, s, b) for cc, img, s, b in dets if cc == c]
+        a = average_precision(per, gts, c, 0.5)
+        if a is None:
+            continue
+        ap50[CLASSES[c]] = a
+        ap5095.append(np.mean([average_precision(per, gts, c, t) for t in np.arange(0.5, 0.96, 0.05)]))
+    return {
+        "image_accuracy": float(np.trace(confusion) / confusion.sum()),
+        "image_accuracy_by_heat": heat_correct / len(val),
+        "map50": float(np.mean(list(ap50.values()))),
+        "map50_95": float(np.mean(ap5095)),
+        "ap50": ap50,
+        "boxfree_flagged_at_0.3": boxfree_flagged / max(boxfree_total, 1),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def batches(items, batch_size, rng, alpha):
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    for s in range(0, len(order) - batch_size + 1, batch_size):
+        imgs, heats, regs, weights, labels = [], [], [], [], []
+        for i in order[s:s + batch_size]:
+            img, boxes = augment(items[i]["img"], items[i]["boxes"], rng)
+            heat, reg, weight = targets(boxes, SIDE, alpha)
+            imgs.append(img)
+            heats.append(heat)
+            regs.append(reg)
+            weights.append(weight)
+            labels.append(items[i]["label"])
+        yield (torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(heats)),
+               torch.from_numpy(np.stack(regs)), torch.from_numpy(np.stack(weights)), torch.tensor(labels))
+
+
+def count_macs(model, side_h, side_w):
+    macs = 0
+
+    def hook(mod, inp, out):
+        nonlocal macs
+        if isinstance(mod, nn.Conv2d):
+            macs += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.ConvTranspose2d):
+            macs += inp[0].numel() * mod.out_channels * mod.kernel_size[0] * mod.kernel_size[1]
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, side_h, side_w))
+    for h in hs:
+        h.remove()
+    return macs
+
+
+class Exported(nn.Module):
+    """What inspectd runs. In: the frame as 8x8 patches, [1, 64, H/8, W/8] raw gray levels
+    (channel dy * 8 + dx holds pixel (8 * x + dx, 8 * y + dy)); the normalisation is folded
+    into the first convolution, so inspectd only rearranges and converts. Out: heat
+    probabilities, box distances in pixels, and whole-image class probabilities (the
+    image head: which class the frame as a whole shows)."""
+
+    def __init__(self, net, mean, std):
+        super().__init__()
+        self.net = net
+        # conv(w, x * a + b) = conv(w * a, x) + b * sum(w): exact for a 1x1 convolution.
+        a, b = 1.0 / (255.0 * std), -mean / std
+        stem = net.s8[0][0]
+        self.stem = nn.Conv2d(stem.in_channels, stem.out_channels, 1, bias=True)
+        with torch.no_grad():
+            self.stem.weight.copy_(stem.weight * a)
+            self.stem.bias.copy_(b * stem.weight.sum(dim=(1, 2, 3)))
+
+    def forward(self, patches):
+        n = self.net
+        f8 = n.s8[1](n.s8[0][2](n.s8[0][1](self.stem(patches))))
+        f16 = n.s16(f8)
+        f32 = n.s32(f16)
+        p16 = F.relu(f16 + n.up32(f32))
+        p8 = F.relu(f8 + n.up16(p16))
+        h = n.head(p8)
+        image = F.softmax(n.image(f32.mean(dim=(2, 3))), dim=1)
+        return torch.sigmoid(n.heat(h)), torch.exp(n.box(h).clamp(-4.0, 4.5)) * STRIDE, image
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=os.path.join(HERE, "..", "..", "shared", "datasets", "neu"))
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--tiles-per-image", type=int, default=24)
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--design", choices=sorted(DESIGNS), default="deep")
+    ap.add_argument("--ema", type=float, default=0.999, help="decay of the weights' moving average")
+    ap.add_argument("--alpha", type=float, default=0.54, help="Gaussian size as a share of the box (TTFNet)")
     ap.add_argument("--val-share", type=float, default=0.2)
-    ap.add_argument("--seed", type=int, default=20261128)
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
     a = ap.parse_args()
@@ -206,95 +438,104 @@ def main():
     rng = random.Random(a.seed)
 
     items = load_dataset(a.dataset)
-    train, val = stratified_split(items, a.val_share, a.seed)
-    print(f"{len(items)} images: {len(train)} train, {len(val)} held out for validation (seed {a.seed})")
+    train, val = stratified_split(items, a.val_share, SPLIT_SEED)
+    print(f"{len(items)} images: {len(train)} train, {len(val)} held out (split seed {SPLIT_SEED}); "
+          f"training seed {a.seed}", flush=True)
 
     pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
     mean, std = float(pixels.mean()), float(pixels.std())
-    model = TileNet(mean, std)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    batch_size = 128
-    steps_per_epoch = (len(train) * a.tiles_per_image) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=a.epochs * steps_per_epoch)
+    model = Detector(a.design)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad) - sum(
+        p.numel() for p in model.image.parameters())
+    macs_neu = count_macs(model, SIDE, SIDE)
+    macs_frame = count_macs(model, 1024, 1280)
+    print(f"model: design {a.design}: {params} parameters, {macs_neu / 1e6:.1f} M multiply-adds "
+          f"per 224x224, {macs_frame / 1e9:.2f} G per 1280x1024", flush=True)
 
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    steps_per_epoch = len(train) // a.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    a_mean, a_std = torch.tensor(mean * 255.0), torch.tensor(std * 255.0)
+    # An exponential moving average of the weights is what gets validated and exported:
+    # it is steadier than the last step's weights on a dataset this small.
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    step = 0
     for epoch in range(a.epochs):
-        xs, ys = sample_tiles(train, a.tiles_per_image, rng)
-        order = np.random.default_rng(a.seed + epoch).permutation(len(ys))
         model.train()
-        total, correct, loss_sum = 0, 0, 0.0
-        for s in range(steps_per_epoch):
-            idx = order[s * batch_size:(s + 1) * batch_size]
-            x = augment(normalise(xs[idx], mean, std), rng)
-            y = torch.from_numpy(ys[idx])
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+        sums = np.zeros(3)
+        for x, heat, reg, weight, labels in batches(train, a.batch, rng, a.alpha):
+            heat_logits, box, image_logits = model((x - a_mean) / a_std)
+            losses = (focal_loss(heat_logits, heat), 5.0 * giou_loss(box, reg, weight),
+                      0.2 * F.cross_entropy(image_logits, labels))
+            loss = sum(losses)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
-            total += len(idx)
-        counts = np.bincount(ys, minlength=len(LABELS))
-        print(f"epoch {epoch + 1:2d}/{a.epochs}  loss {loss_sum / total:.4f}  train tile acc {correct / total:.4f}  "
-              f"tiles per label {counts.tolist()}  {time.time() - t_start:.0f} s", flush=True)
-
-    model.eval()
+            step += 1
+            decay = min(a.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+                    if e.dtype.is_floating_point:
+                        e.mul_(decay).add_(m, alpha=1 - decay)
+                    else:
+                        e.copy_(m)
+            sums += [v.item() for v in losses]
+        msg = (f"epoch {epoch + 1:3d}/{a.epochs}  heat {sums[0] / steps_per_epoch:.3f}  "
+               f"giou {sums[1] / steps_per_epoch:.3f}  image {sums[2] / steps_per_epoch:.3f}  "
+               f"{time.time() - t_start:.0f} s")
+        print(msg, flush=True)
     train_seconds = time.time() - t_start
 
-    # Validation, measured once at the end: nothing above looked at these images.
-    n = len(CLASSES)
-    confusion = np.zeros((n, n), dtype=np.int64)
-    for it in val:
-        _, probs = image_probs(model, it["img"], mean, std)
-        confusion[CLASSES.index(it["label"]), image_class(probs)] += 1
-    accuracy = float(np.trace(confusion) / confusion.sum())
-    vx, vy = sample_tiles(val, 16, random.Random(a.seed + 1))
-    with torch.no_grad():
-        tile_acc = float((model(normalise(vx, mean, std)).argmax(1).numpy() == vy).mean())
-    print(f"validation: image-level accuracy {accuracy:.4f} on {len(val)} images, tile accuracy {tile_acc:.4f}")
+    # Validation, once, at the end: nothing above looked at these images.
+    model = ema
+    metrics = validate(NormalisedNet(model, mean, std), val)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}), flush=True)
     print("confusion (rows true, columns predicted):", CLASSES)
-    print(confusion)
+    print(np.array(metrics["confusion_matrix"]))
 
     os.makedirs(a.out, exist_ok=True)
-    onnx_path = os.path.join(a.out, "neu_tiles.onnx")
-
-    class Exported(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return F.softmax(self.net(x), dim=1)
-
-    dummy = torch.zeros(1, 1, TILE, TILE)
-    torch.onnx.export(Exported(model), dummy, onnx_path, input_names=["tiles"], output_names=["probs"],
-                      dynamic_axes={"tiles": {0: "n"}, "probs": {0: "n"}}, opset_version=13, dynamo=False)
-    # The exporter restores the wrapper's mode afterwards, and a new module is in training
-    # mode: put the net back in eval mode before computing anything else with it.
+    record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "parameters": params,
+              "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
+              "val_images": len(val), **metrics}
+    tag = f"{a.design}.s{a.seed}"
+    with open(os.path.join(a.out, f"neu_det.metrics.{tag}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    onnx_path = os.path.join(a.out, "neu_det.onnx")
+    exported = Exported(model, mean, std).eval()
+    g = SIDE // PATCH
+    torch.onnx.export(exported, torch.zeros(1, PATCH * PATCH, g, g), onnx_path, input_names=["patches"],
+                      output_names=["heat", "box", "image"],
+                      dynamic_axes={"patches": {2: "h", 3: "w"}, "heat": {2: "gh", 3: "gw"}, "box": {2: "gh", 3: "gw"}},
+                      opset_version=13, dynamo=False)
+    # The exporter restores modes afterwards; make sure nothing below runs in training mode.
     model.eval()
-    torch.save(model.state_dict(), os.path.join(a.out, "neu_tiles.pt"))
+    exported.eval()
+    torch.save(model.state_dict(), os.path.join(a.out, "neu_det.pt"))
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
-
     meta = {
-        "id": f"neu-tiles-{sha[:12]}",
-        "onnx": "neu_tiles.onnx",
+        "id": f"neu-det-{sha[:12]}",
+        "onnx": "neu_det.onnx",
         "sha256": sha,
-        "labels": LABELS,
-        "ok_label": "ok",
-        "input": {"layout": "NCHW", "channels": 1, "height": TILE, "width": TILE, "name": "tiles"},
-        "normalize": {"scale": 1.0 / 255.0, "mean": mean, "std": std},
-        "output": {"name": "probs", "kind": "probabilities"},
-        "tiling": {"tile": TILE, "stride": STRIDE},
+        "labels": CLASSES,
+        "input": {"layout": "NCHW", "channels": 1, "name": "patches", "patch": PATCH, "multiple": MULTIPLE},
+        "normalize": {"scale": 1.0, "mean": 0.0, "std": 1.0},
+        "output": {"kind": "centernet", "stride": STRIDE, "heat": "heat", "box": "box", "image": "image"},
         "trained": {"dataset": "NEU surface defect database, 1500-image copy", "seed": a.seed,
-                    "epochs": a.epochs, "train_images": len(train), "val_images": len(val),
-                    "train_seconds": round(train_seconds, 1)},
+                    "split_seed": SPLIT_SEED, "epochs": a.epochs, "design": a.design,
+                    "train_images": len(train), "val_images": len(val),
+                    "train_seconds": round(train_seconds, 1), "parameters": params,
+                    "macs_per_1280x1024": macs_frame, "pixel_mean": mean, "pixel_std": std},
     }
-    with open(os.path.join(a.out, "neu_tiles.json"), "w") as f:
+    with open(os.path.join(a.out, "neu_det.json"), "w") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
-    with open(os.path.join(a.out, "neu_tiles.split.json"), "w") as f:
-        json.dump({"seed": a.seed, "train": sorted(it["stem"] for it in train),
+    with open(os.path.join(a.out, "neu_det.split.json"), "w") as f:
+        json.dump({"seed": SPLIT_SEED, "train": sorted(it["stem"] for it in train),
                    "val": sorted(it["stem"] for it in val)}, f, indent=1)
         f.write("\n")
 
@@ -304,23 +545,34 @@ def main():
         shutil.rmtree(samples_dir)
     os.makedirs(samples_dir)
     reference = []
-    for c in CLASSES:
+    for c in range(len(CLASSES)):
         for it in sorted((it for it in val if it["label"] == c), key=lambda it: it["stem"])[:4]:
             shutil.copy(os.path.join(a.dataset, "IMAGES", it["file"]), samples_dir)
-            pos, probs = image_probs(model, it["img"], mean, std)
-            reference.append({"image": f"samples/{it['file']}", "tiles": [list(p) for p in pos],
-                              "probs": np.round(probs, 7).tolist()})
-    with open(os.path.join(a.out, "neu_tiles.reference.json"), "w") as f:
-        json.dump({"model": meta["id"], "tolerance": 1e-4, "images": reference}, f)
-        f.write("\n")
-    with open(os.path.join(a.out, "neu_tiles.metrics.json"), "w") as f:
-        json.dump({"model": meta["id"], "val_images": len(val), "image_accuracy": accuracy,
-                   "tile_accuracy": tile_acc, "classes": CLASSES, "confusion_matrix": confusion.tolist(),
-                   "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1)},
-                  f, indent=1)
+            with torch.no_grad():
+                frame = torch.from_numpy(pad_to(it["img"], SIDE).astype(np.float32))[None, None]
+                heat, box, image = exported(F.pixel_unshuffle(frame, PATCH))
+            reference.append({"image": f"samples/{it['file']}",
+                              "heat": np.round(heat[0].numpy(), 7).ravel().tolist(),
+                              "box": np.round(box[0].numpy(), 4).ravel().tolist(),
+                              "image_probs": np.round(image[0].numpy(), 7).tolist(),
+                              "grid": [SIDE // STRIDE, SIDE // STRIDE]})
+    with open(os.path.join(a.out, "neu_det.reference.json"), "w") as f:
+        json.dump({"model": meta["id"], "source": "PyTorch", "heat_tolerance": 1e-4, "box_tolerance": 1e-2,
+                   "images": reference}, f)
         f.write("\n")
     print(f"wrote {onnx_path} ({meta['id']}); training took {train_seconds:.0f} s, "
           f"all done in {time.time() - t_start:.0f} s")
+
+
+class NormalisedNet(nn.Module):
+    """The trained net fed raw gray levels, for validation."""
+
+    def __init__(self, net, mean, std):
+        super().__init__()
+        self.net, self.mean, self.std = net, mean * 255.0, std * 255.0
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,27 @@
-//! Classify: cut the frame into tiles and run the ONNX model on each with tract.
+//! Classify: run the ONNX detector on the whole frame with tract and read its defects.
 //!
 //! The model is a plain ONNX file plus a metadata file beside it (`<name>.json`: labels,
-//! input size, normalisation, tiling). [`Classifier::new`] checks the two against each
-//! other, optimises the model once for a fixed batch of tiles and keeps the runnable
-//! state; per frame it only fills the input tensor and runs.
+//! input, normalisation, outputs). It is fully convolutional: one run per frame gives, on
+//! a grid of `stride`-pixel cells, a heat map per class (the probability that a defect's
+//! centre lies in the cell) and four distances from the cell's centre to the edges of
+//! that defect's box. A defect is a cell whose heat is the largest of its 3x3
+//! neighbourhood (so one defect gives one peak, and no separate suppression is needed).
+//!
+//! [`Classifier::new`] checks the model against its metadata and optimises it once for
+//! the frame size it is given; a frame of another size (a replayed folder of mixed
+//! images) gets its own optimised plan, kept for the next frame of that size.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use thiserror::Error;
+use tracing::info;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::ModelConfig;
-use crate::frame::Frame;
+use crate::frame::{Detection, Frame};
 
 #[derive(Debug, Error)]
 pub enum ClassifyError {
@@ -29,14 +36,28 @@ pub enum ClassifyError {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InputSpec {
     pub layout: String,
     pub channels: usize,
-    pub height: usize,
-    pub width: usize,
+    /// The input's name in the ONNX graph (informative).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Frames are padded (edge pixels repeated) to a multiple of this on both axes.
+    pub multiple: usize,
+    /// The model takes the frame as `patch` x `patch` pixel patches laid out as channels
+    /// (space-to-depth: channel `dy * patch + dx` of cell (x, y) holds pixel
+    /// (x * patch + dx, y * patch + dy)), so its first layer is a matrix product; 1 = plain.
+    #[serde(default = "one")]
+    pub patch: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Normalize {
     pub scale: f32,
     pub mean: f32,
@@ -44,9 +65,20 @@ pub struct Normalize {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Tiling {
-    pub tile: usize,
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// `centernet`: a heat map per class and a box (left, top, right, bottom) per cell.
+    pub kind: String,
+    /// Pixels per output cell.
     pub stride: usize,
+    /// Names of the heat-map and box outputs in the ONNX graph.
+    pub heat: String,
+    #[serde(rename = "box")]
+    pub boxes: String,
+    /// Name of the optional whole-image output: class probabilities of the frame as a
+    /// whole. Without it a class's score is its highest heat.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// The metadata file that sits beside the ONNX file.
@@ -54,12 +86,11 @@ pub struct Tiling {
 pub struct ModelMeta {
     /// Identifies the model in every result (`"model"`).
     pub id: String,
+    /// The defect classes, in the order of the heat map's channels.
     pub labels: Vec<String>,
-    /// The label that means "no defect".
-    pub ok_label: String,
     pub input: InputSpec,
     pub normalize: Normalize,
-    pub tiling: Tiling,
+    pub output: OutputSpec,
     #[serde(default)]
     pub sha256: Option<String>,
 }
@@ -78,177 +109,385 @@ impl ModelMeta {
         };
         let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
         let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let mut problems = Vec::new();
         if meta.input.layout != "NCHW" || meta.input.channels != 1 {
-            return Err(err(format!(
+            problems.push(format!(
                 "input must be NCHW with 1 channel, got {} with {}",
                 meta.input.layout, meta.input.channels
-            )));
+            ));
         }
-        if meta.input.height != meta.tiling.tile || meta.input.width != meta.tiling.tile {
-            return Err(err(format!(
-                "tiling.tile {} differs from the input size {}x{}",
-                meta.tiling.tile, meta.input.width, meta.input.height
-            )));
+        if meta.output.kind != "centernet" {
+            problems.push(format!(
+                "output.kind {:?} is not one inspectd decodes (centernet)",
+                meta.output.kind
+            ));
         }
-        if meta.tiling.stride == 0 || meta.tiling.stride > meta.tiling.tile {
-            return Err(err(format!(
-                "tiling.stride {} must be from 1 to the tile size",
-                meta.tiling.stride
-            )));
+        let (m, s, p) = (meta.input.multiple, meta.output.stride, meta.input.patch);
+        if s == 0 || m == 0 || p == 0 || m % s != 0 || m % p != 0 || m > 1024 {
+            problems.push(format!(
+                "input.multiple {m} must be a multiple of output.stride {s} and of input.patch {p}, \
+                 all positive, at most 1024"
+            ));
         }
-        if meta.normalize.std <= 0.0 {
-            return Err(err("normalize.std must be positive".into()));
+        let n = &meta.normalize;
+        let finite = n.std.is_finite() && n.scale.is_finite() && n.mean.is_finite();
+        if !(finite && n.std > 0.0) {
+            problems.push("normalize: scale, mean and std must be finite, std positive".into());
         }
-        if !meta.labels.contains(&meta.ok_label) {
-            return Err(err(format!(
-                "ok_label {:?} is not one of the labels",
-                meta.ok_label
-            )));
+        if meta.labels.is_empty() {
+            problems.push("labels: the model needs at least one class".into());
         }
-        Ok(meta)
-    }
-
-    pub fn ok_index(&self) -> usize {
-        self.labels
-            .iter()
-            .position(|l| *l == self.ok_label)
-            .unwrap_or(0)
+        for (i, l) in meta.labels.iter().enumerate() {
+            if meta.labels[..i].contains(l) {
+                problems.push(format!("labels: {l:?} appears twice"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(meta)
+        } else {
+            Err(err(problems.join("; ")))
+        }
     }
 }
 
-/// Tile origins along one axis: every `stride`, with the last tile pushed back to end at
-/// the edge, so the whole frame is covered. The training script computes the same.
-pub fn tile_positions(length: usize, tile: usize, stride: usize) -> impl Iterator<Item = usize> {
-    let last = length.saturating_sub(tile);
-    let regular = (0..=last).step_by(stride.max(1));
-    let extra = (length > tile && !last.is_multiple_of(stride.max(1))).then_some(last);
-    regular.chain(extra)
+/// Where the model's outputs are among its output outlets.
+#[derive(Debug, Clone, Copy)]
+struct Outputs {
+    heat: usize,
+    boxes: usize,
+    image: Option<usize>,
 }
 
-type Plan = Arc<TypedRunnableModel>;
-
-/// A loaded, optimised model with its runnable state: one per classify thread.
-pub struct Classifier {
-    meta: ModelMeta,
-    stride: usize,
-    batch: usize,
+/// The model optimised for one padded frame size, with its runnable state.
+struct SizedPlan {
+    width: usize,
+    height: usize,
     state: TypedSimpleState,
     input: Tensor,
 }
 
+/// Plans kept for frame sizes seen; a replayed folder rarely holds more sizes than this.
+const PLANS_KEPT: usize = 4;
+
+/// The model as read from its file, ready to be optimised for a frame size.
+struct Loaded {
+    path: PathBuf,
+    meta: ModelMeta,
+    model: InferenceModel,
+    outputs: Outputs,
+}
+
+/// A loaded model, optimised per frame size: one per classify thread.
+pub struct Classifier {
+    loaded: Loaded,
+    plans: Vec<SizedPlan>,
+    min_score: f32,
+    max_detections: usize,
+}
+
 impl Classifier {
-    pub fn new(cfg: &ModelConfig) -> Result<Classifier, ClassifyError> {
+    /// Loads and checks the model; optimises it for `frame` (width, height) when given,
+    /// so the first frame does not pay for it.
+    pub fn new(cfg: &ModelConfig, frame: Option<(u32, u32)>) -> Result<Classifier, ClassifyError> {
         let meta = ModelMeta::load(&cfg.path)?;
-        let stride = if cfg.tile_stride > 0 {
-            cfg.tile_stride as usize
-        } else {
-            meta.tiling.stride
+        let (model, outputs) = load_model(&cfg.path, &meta)?;
+        let mut c = Classifier {
+            loaded: Loaded {
+                path: cfg.path.clone(),
+                meta,
+                model,
+                outputs,
+            },
+            plans: Vec::new(),
+            min_score: cfg.min_score as f32,
+            max_detections: cfg.max_detections,
         };
-        let plan = build_plan(&cfg.path, &meta, cfg.batch)?;
-        let state = TypedSimpleState::new(&plan).map_err(|e| ClassifyError::Model {
-            path: cfg.path.clone(),
-            reason: format!("cannot make a runnable state: {e}"),
-        })?;
-        let t = meta.tiling.tile;
-        let input = Tensor::zero::<f32>(&[cfg.batch, 1, t, t])
-            .map_err(|e| ClassifyError::Run(e.to_string()))?;
-        Ok(Classifier {
-            meta,
-            stride,
-            batch: cfg.batch,
-            state,
-            input,
-        })
+        // Always prove the model runs at start: a model that cannot be optimised is a
+        // start-up error, not a per-frame one.
+        let m = c.loaded.meta.input.multiple as u32;
+        let (w, h) = frame.unwrap_or((m, m));
+        plan_for(&mut c.plans, &c.loaded, w as usize, h as usize)?;
+        Ok(c)
     }
 
     pub fn meta(&self) -> &ModelMeta {
-        &self.meta
+        &self.loaded.meta
     }
 
     pub fn labels(&self) -> &[String] {
-        &self.meta.labels
+        &self.loaded.meta.labels
     }
 
-    /// Classifies every tile of the frame: fills `frame.tiles` and `frame.probs`
-    /// (`labels().len()` probabilities per tile, tile by tile).
+    /// Runs the model on the frame: fills `frame.detections` (every peak at or above
+    /// `model.min_score`, best first, at most `model.max_detections`) and
+    /// `frame.class_scores` (each class's highest heat inside the frame).
     pub fn classify(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
-        let t = self.meta.tiling.tile;
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        frame.tiles.clear();
-        frame.probs.clear();
-        for y in tile_positions(h, t, self.stride) {
-            for x in tile_positions(w, t, self.stride) {
-                frame.tiles.push([x as u32, y as u32]);
-            }
-        }
-        let n_labels = self.meta.labels.len();
-        let Normalize { scale, mean, std } = self.meta.normalize;
-        // (p * scale - mean) / std as one multiply-add per pixel.
-        let (a, b) = (scale / std, -mean / std);
-        for chunk in frame.tiles.chunks(self.batch) {
-            {
-                let mut view = self
-                    .input
-                    .try_as_plain_ram_mut()
-                    .map_err(|e| ClassifyError::Run(e.to_string()))?;
-                let data = view
-                    .as_slice_mut::<f32>()
-                    .map_err(|e| ClassifyError::Run(e.to_string()))?;
-                for (i, &[x, y]) in chunk.iter().enumerate() {
-                    let dst = &mut data[i * t * t..(i + 1) * t * t];
-                    fill_tile(&frame.pixels, w, h, x as usize, y as usize, t, a, b, dst);
+        let (classes, min_score) = (self.loaded.meta.labels.len(), self.min_score);
+        let (detections, class_scores) = (&mut frame.detections, &mut frame.class_scores);
+        infer(
+            &mut self.plans,
+            &self.loaded,
+            &frame.pixels,
+            frame.width as usize,
+            frame.height as usize,
+            |heat, boxes, image, grid| {
+                decode(
+                    heat,
+                    boxes,
+                    grid,
+                    classes,
+                    min_score,
+                    detections,
+                    class_scores,
+                );
+                if let Some(image) = image {
+                    class_scores.clear();
+                    class_scores.extend_from_slice(&image[..classes]);
                 }
-            }
-            let outputs = self
-                .state
-                .run(tvec!(self.input.clone().into()))
-                .map_err(|e| ClassifyError::Run(e.to_string()))?;
-            let view = outputs[0]
-                .try_as_plain_ram()
-                .map_err(|e| ClassifyError::Run(e.to_string()))?;
-            let probs = view
-                .as_slice::<f32>()
-                .map_err(|e| ClassifyError::Run(e.to_string()))?;
-            frame
-                .probs
-                .extend_from_slice(&probs[..chunk.len() * n_labels]);
-        }
+            },
+        )?;
+        frame.detections.truncate(self.max_detections);
         Ok(())
+    }
+
+    /// Runs the model on gray pixels and hands its raw outputs (heat maps, box maps, in
+    /// the ONNX layout; the image output if the model has one) and their grid to `read`:
+    /// for parity checks against PyTorch.
+    pub fn infer(
+        &mut self,
+        pixels: &[u8],
+        width: usize,
+        height: usize,
+        read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, &Grid),
+    ) -> Result<(), ClassifyError> {
+        infer(&mut self.plans, &self.loaded, pixels, width, height, read)
     }
 }
 
-/// Copies one tile into the model's input, normalised; pixels beyond a frame smaller than
-/// the tile repeat the edge.
-#[allow(clippy::too_many_arguments)]
+/// Fills the plan's input from the pixels, runs it and hands the outputs to `read`.
+fn infer(
+    plans: &mut Vec<SizedPlan>,
+    loaded: &Loaded,
+    pixels: &[u8],
+    w: usize,
+    h: usize,
+    read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, &Grid),
+) -> Result<(), ClassifyError> {
+    let (meta, outputs) = (&loaded.meta, loaded.outputs);
+    if w == 0 || h == 0 || pixels.len() < w * h {
+        return Err(ClassifyError::Run(format!(
+            "frame {w}x{h} holds {} pixels",
+            pixels.len()
+        )));
+    }
+    let i = plan_for(plans, loaded, w, h)?;
+    let Normalize { scale, mean, std } = meta.normalize;
+    // (p * scale - mean) / std as one multiply-add per pixel.
+    let (a, b) = (scale / std, -mean / std);
+    let plan = &mut plans[i];
+    {
+        let mut view = plan
+            .input
+            .try_as_plain_ram_mut()
+            .map_err(|e| ClassifyError::Run(e.to_string()))?;
+        let data = view
+            .as_slice_mut::<f32>()
+            .map_err(|e| ClassifyError::Run(e.to_string()))?;
+        fill_patches(
+            pixels,
+            w,
+            h,
+            plan.width,
+            plan.height,
+            meta.input.patch,
+            a,
+            b,
+            data,
+        );
+    }
+    let out = plan
+        .state
+        .run(tvec!(plan.input.clone().into()))
+        .map_err(|e| ClassifyError::Run(e.to_string()))?;
+    let run_err = |e: TractError| ClassifyError::Run(e.to_string());
+    let heat_view = out[outputs.heat].try_as_plain_ram().map_err(run_err)?;
+    let box_view = out[outputs.boxes].try_as_plain_ram().map_err(run_err)?;
+    let image_view = match outputs.image {
+        Some(k) => Some(out[k].try_as_plain_ram().map_err(run_err)?),
+        None => None,
+    };
+    let image = match &image_view {
+        Some(v) => Some(v.as_slice::<f32>().map_err(run_err)?),
+        None => None,
+    };
+    let s = meta.output.stride;
+    let grid = Grid {
+        cols: plan.width / s,
+        rows: plan.height / s,
+        stride: s as f32,
+        frame_w: w,
+        frame_h: h,
+    };
+    read(
+        heat_view.as_slice::<f32>().map_err(run_err)?,
+        box_view.as_slice::<f32>().map_err(run_err)?,
+        image,
+        &grid,
+    );
+    Ok(())
+}
+
+/// The index of the plan for a frame size, optimising the model for it the first time.
+fn plan_for(
+    plans: &mut Vec<SizedPlan>,
+    loaded: &Loaded,
+    width: usize,
+    height: usize,
+) -> Result<usize, ClassifyError> {
+    let Loaded {
+        path,
+        meta,
+        model,
+        outputs,
+    } = loaded;
+    let (pw, ph) = padded(meta, width, height);
+    if let Some(i) = plans.iter().position(|p| p.width == pw && p.height == ph) {
+        return Ok(i);
+    }
+    let plan = build_plan(path, model, meta, *outputs, pw, ph)?;
+    let state = TypedSimpleState::new(&plan).map_err(|e| ClassifyError::Model {
+        path: path.to_path_buf(),
+        reason: format!("cannot make a runnable state: {e}"),
+    })?;
+    let p = meta.input.patch;
+    let input = Tensor::zero::<f32>(&[1, p * p, ph / p, pw / p])
+        .map_err(|e| ClassifyError::Run(e.to_string()))?;
+    info!(width = pw, height = ph, model = %meta.id, "Optimised the model for this frame size.");
+    if plans.len() == PLANS_KEPT {
+        plans.remove(0);
+    }
+    plans.push(SizedPlan {
+        width: pw,
+        height: ph,
+        state,
+        input,
+    });
+    Ok(plans.len() - 1)
+}
+
+/// The size the model runs at for a frame: each side padded up to `input.multiple`.
+pub fn padded(meta: &ModelMeta, width: usize, height: usize) -> (usize, usize) {
+    let m = meta.input.multiple;
+    (width.max(1).div_ceil(m) * m, height.max(1).div_ceil(m) * m)
+}
+
+/// The output grid and the frame it covers.
+#[derive(Debug, Clone, Copy)]
+pub struct Grid {
+    pub cols: usize,
+    pub rows: usize,
+    pub stride: f32,
+    pub frame_w: usize,
+    pub frame_h: usize,
+}
+
+/// Reads peaks out of `heat` (`classes` maps of `rows x cols`) and their boxes out of
+/// `boxes` (4 maps: distances to the left, top, right, bottom edge, in pixels). Only
+/// cells whose centre lies inside the frame count (the rest is padding).
+pub fn decode(
+    heat: &[f32],
+    boxes: &[f32],
+    g: &Grid,
+    classes: usize,
+    min_score: f32,
+    out: &mut Vec<Detection>,
+    class_scores: &mut Vec<f32>,
+) {
+    let (cols, rows) = (g.cols, g.rows);
+    let cells = cols * rows;
+    out.clear();
+    class_scores.clear();
+    class_scores.resize(classes, 0.0);
+    // Cells whose centre lies inside the frame.
+    let live_cols = ((g.frame_w as f32 / g.stride).ceil() as usize).min(cols);
+    let live_rows = ((g.frame_h as f32 / g.stride).ceil() as usize).min(rows);
+    let (fw, fh) = (g.frame_w as f32, g.frame_h as f32);
+    for c in 0..classes {
+        let map = &heat[c * cells..(c + 1) * cells];
+        let mut best = 0f32;
+        for y in 0..live_rows {
+            for x in 0..live_cols {
+                let v = map[y * cols + x];
+                best = best.max(v);
+                if v < min_score || !is_peak(map, cols, live_cols, live_rows, x, y, v) {
+                    continue;
+                }
+                let at = |k: usize| boxes[k * cells + y * cols + x];
+                let (cx, cy) = ((x as f32 + 0.5) * g.stride, (y as f32 + 0.5) * g.stride);
+                out.push(Detection {
+                    label: c,
+                    score: v,
+                    rect: [
+                        (cx - at(0)).clamp(0.0, fw),
+                        (cy - at(1)).clamp(0.0, fh),
+                        (cx + at(2)).clamp(0.0, fw),
+                        (cy + at(3)).clamp(0.0, fh),
+                    ],
+                });
+            }
+        }
+        class_scores[c] = best;
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+}
+
+/// True when no 8-neighbour inside the frame has more heat than `v` (a 3x3 max filter
+/// keeps the cell). Padding cells do not count: they repeat the frame's edge.
 #[inline]
-fn fill_tile(
+fn is_peak(
+    map: &[f32],
+    cols: usize,
+    live_cols: usize,
+    live_rows: usize,
+    x: usize,
+    y: usize,
+    v: f32,
+) -> bool {
+    let (x0, x1) = (x.saturating_sub(1), (x + 1).min(live_cols - 1));
+    let (y0, y1) = (y.saturating_sub(1), (y + 1).min(live_rows - 1));
+    (y0..=y1).all(|yy| map[yy * cols + x0..=yy * cols + x1].iter().all(|&n| n <= v))
+}
+
+/// Copies the frame into the model's input, normalised, as `patch` x `patch` patches
+/// laid out as channels (see [`InputSpec::patch`]), repeating the last column and row out
+/// to the padded size `pw` x `ph`.
+#[allow(clippy::too_many_arguments)]
+fn fill_patches(
     px: &[u8],
     w: usize,
     h: usize,
-    x: usize,
-    y: usize,
-    t: usize,
+    pw: usize,
+    ph: usize,
+    patch: usize,
     a: f32,
     b: f32,
     dst: &mut [f32],
 ) {
-    for ty in 0..t {
-        let sy = (y + ty).min(h - 1);
-        let row = &px[sy * w..(sy + 1) * w];
-        let out = &mut dst[ty * t..(ty + 1) * t];
-        if x + t <= w {
-            for (o, &p) in out.iter_mut().zip(&row[x..x + t]) {
-                *o = p as f32 * a + b;
-            }
-        } else {
-            for (tx, o) in out.iter_mut().enumerate() {
-                *o = row[(x + tx).min(w - 1)] as f32 * a + b;
+    let (gw, gh) = (pw / patch, ph / patch);
+    for py in 0..ph {
+        let row = &px[py.min(h - 1) * w..][..w];
+        let (y, dy) = (py / patch, py % patch);
+        for dx in 0..patch {
+            let plane = &mut dst[((dy * patch + dx) * gh + y) * gw..][..gw];
+            for (x, o) in plane.iter_mut().enumerate() {
+                *o = row[(x * patch + dx).min(w - 1)] as f32 * a + b;
             }
         }
     }
 }
 
-fn build_plan(path: &Path, meta: &ModelMeta, batch: usize) -> Result<Plan, ClassifyError> {
+/// Reads the ONNX file and finds the heat and box outputs by name.
+fn load_model(path: &Path, meta: &ModelMeta) -> Result<(InferenceModel, Outputs), ClassifyError> {
     let model_err = |reason: String| ClassifyError::Model {
         path: path.to_path_buf(),
         reason,
@@ -279,36 +518,79 @@ fn build_plan(path: &Path, meta: &ModelMeta, batch: usize) -> Result<Plan, Class
                 "input rank is {rank}, the metadata says NCHW (rank 4)"
             )));
         }
-        let dims = declared.shape.dims().collect::<Vec<_>>();
-        let wanted = [1, meta.input.channels, meta.input.height, meta.input.width];
-        for (axis, (d, want)) in dims.iter().zip(wanted).enumerate().skip(1) {
-            if let Some(v) = d.concretize().and_then(|v| v.to_i64().ok()) {
-                if v as usize != want {
-                    return Err(mismatch(format!(
-                        "input dimension {axis} is {v}, the metadata says {want} (input {}x{}x{})",
-                        meta.input.channels, meta.input.height, meta.input.width
-                    )));
-                }
-            }
-        }
     }
-    let t = meta.tiling.tile;
+    let names: Vec<String> = model
+        .output_outlets()
+        .map_err(|e| model_err(e.to_string()))?
+        .iter()
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .unwrap_or(&model.node(o.node).name)
+                .to_string()
+        })
+        .collect();
+    let find = |want: &str| -> Result<usize, ClassifyError> {
+        names.iter().position(|n| n == want).ok_or_else(|| {
+            mismatch(format!(
+                "no output named {want:?} (the model's outputs: {})",
+                names.join(", ")
+            ))
+        })
+    };
+    let outputs = Outputs {
+        heat: find(&meta.output.heat)?,
+        boxes: find(&meta.output.boxes)?,
+        image: meta.output.image.as_deref().map(find).transpose()?,
+    };
+    Ok((model, outputs))
+}
+
+fn build_plan(
+    path: &Path,
+    model: &InferenceModel,
+    meta: &ModelMeta,
+    outputs: Outputs,
+    width: usize,
+    height: usize,
+) -> Result<Arc<TypedRunnableModel>, ClassifyError> {
+    let model_err = |reason: String| ClassifyError::Model {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mismatch = |reason: String| ClassifyError::Mismatch {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let p = meta.input.patch;
+    let input = [1, p * p, height / p, width / p];
     let typed = model
-        .with_input_fact(0, f32::fact([batch, 1, t, t]).into())
+        .clone()
+        .with_input_fact(0, f32::fact(input).into())
         .and_then(|m| m.into_typed())
-        .map_err(|e| mismatch(format!("cannot run with input [{batch}, 1, {t}, {t}]: {e}")))?;
-    let out = typed.output_fact(0).map_err(|e| model_err(e.to_string()))?;
-    let out_shape = out.shape.as_concrete().map(|s| s.to_vec());
-    match out_shape.as_deref() {
-        Some([b, n]) if *b == batch && *n == meta.labels.len() => {}
-        Some(other) => {
+        .map_err(|e| {
+            mismatch(format!(
+                "cannot run with input {input:?} ({width}x{height} frame): {e}"
+            ))
+        })?;
+    let s = meta.output.stride;
+    let n = meta.labels.len();
+    let mut wanted = vec![
+        (outputs.heat, vec![1, n, height / s, width / s], "heat"),
+        (outputs.boxes, vec![1, 4, height / s, width / s], "box"),
+    ];
+    if let Some(k) = outputs.image {
+        wanted.push((k, vec![1, n], "image"));
+    }
+    for (k, want, what) in wanted {
+        let fact = typed.output_fact(k).map_err(|e| model_err(e.to_string()))?;
+        let shape = fact.shape.as_concrete().map(|s| s.to_vec());
+        if shape.as_deref() != Some(&want[..]) {
             return Err(mismatch(format!(
-                "output shape is {other:?}; {} labels in the metadata need [batch, {}]",
-                meta.labels.len(),
+                "output {what} has shape {shape:?} for a {width}x{height} frame; {} labels and stride {s} need {want:?}",
                 meta.labels.len()
-            )))
+            )));
         }
-        None => return Err(mismatch("output shape is not fixed".into())),
     }
     typed
         .into_optimized()
@@ -321,25 +603,86 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiles_cover_the_frame_and_end_at_the_edge() {
-        assert_eq!(
-            tile_positions(200, 64, 32).collect::<Vec<_>>(),
-            vec![0, 32, 64, 96, 128, 136]
-        );
-        assert_eq!(
-            tile_positions(192, 64, 64).collect::<Vec<_>>(),
-            vec![0, 64, 128]
-        );
-        assert_eq!(tile_positions(64, 64, 32).collect::<Vec<_>>(), vec![0]);
-        assert_eq!(tile_positions(40, 64, 32).collect::<Vec<_>>(), vec![0]);
-        assert_eq!(tile_positions(1280, 64, 64).count(), 20);
+    fn padding_repeats_the_last_column_and_row() {
+        let px = [10u8, 20, 30, 40];
+        let mut dst = [0f32; 9];
+        fill_patches(&px, 2, 2, 3, 3, 1, 1.0, 0.0, &mut dst);
+        assert_eq!(dst, [10., 20., 20., 30., 40., 40., 30., 40., 40.]);
     }
 
     #[test]
-    fn a_small_frame_repeats_its_edge_into_the_tile() {
-        let px = [10u8, 20, 30, 40];
-        let mut dst = [0f32; 9];
-        fill_tile(&px, 2, 2, 0, 0, 3, 1.0, 0.0, &mut dst);
-        assert_eq!(dst, [10., 20., 20., 30., 40., 40., 30., 40., 40.]);
+    fn patches_are_laid_out_as_pixel_unshuffle_does() {
+        // A 3 x 3 frame padded to 4 x 4, in 2 x 2 patches: 4 channels of 2 x 2 cells.
+        #[rustfmt::skip]
+        let px = [
+            1u8, 2, 3,
+            4, 5, 6,
+            7, 8, 9,
+        ];
+        let mut dst = [0f32; 16];
+        fill_patches(&px, 3, 3, 4, 4, 2, 1.0, 0.0, &mut dst);
+        // Padded:  1 2 3 3 / 4 5 6 6 / 7 8 9 9 / 7 8 9 9.
+        // Channel (dy, dx) = (0, 0): pixels (0,0) (2,0) (0,2) (2,2) = 1 3 7 9.
+        assert_eq!(&dst[0..4], &[1., 3., 7., 9.]);
+        // (0, 1): 2 3 8 9; (1, 0): 4 6 7 9; (1, 1): 5 6 8 9.
+        assert_eq!(&dst[4..8], &[2., 3., 8., 9.]);
+        assert_eq!(&dst[8..12], &[4., 6., 7., 9.]);
+        assert_eq!(&dst[12..16], &[5., 6., 8., 9.]);
+    }
+
+    fn grid(cols: usize, rows: usize) -> Grid {
+        Grid {
+            cols,
+            rows,
+            stride: 8.0,
+            frame_w: cols * 8,
+            frame_h: rows * 8,
+        }
+    }
+
+    #[test]
+    fn one_peak_per_defect_with_its_box() {
+        // 1 class, 4 x 4 cells: a blob around (1, 1) and a separate peak at (3, 3).
+        #[rustfmt::skip]
+        let heat = [
+            0.2, 0.5, 0.3, 0.0,
+            0.4, 0.9, 0.6, 0.0,
+            0.1, 0.3, 0.2, 0.1,
+            0.0, 0.0, 0.1, 0.7,
+        ];
+        let mut boxes = vec![0f32; 4 * 16];
+        for k in 0..4 {
+            boxes[k * 16 + 5] = 4.0 + k as f32; // cell (1, 1): l 4, t 5, r 6, b 7
+        }
+        let (mut out, mut scores) = (Vec::new(), Vec::new());
+        decode(&heat, &boxes, &grid(4, 4), 1, 0.3, &mut out, &mut scores);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].score, 0.9);
+        assert_eq!(
+            out[0].rect,
+            [12.0 - 4.0, 12.0 - 5.0, 12.0 + 6.0, 12.0 + 7.0]
+        );
+        assert_eq!(out[1].score, 0.7);
+        assert_eq!(scores, vec![0.9]);
+    }
+
+    #[test]
+    fn padding_cells_and_low_scores_are_not_defects_and_boxes_stay_in_the_frame() {
+        let heat = [0.1, 0.95, 0.0, 0.0];
+        let boxes = vec![100f32; 4 * 4];
+        let g = Grid {
+            cols: 2,
+            rows: 2,
+            stride: 8.0,
+            frame_w: 6, // only the first column's centre lies in the frame
+            frame_h: 16,
+        };
+        let (mut out, mut scores) = (Vec::new(), Vec::new());
+        decode(&heat, &boxes, &g, 1, 0.05, &mut out, &mut scores);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].score, 0.1, "the 0.95 peak lies in the padding");
+        assert_eq!(out[0].rect, [0.0, 0.0, 6.0, 16.0]);
+        decode(&heat, &boxes, &g, 1, 0.2, &mut out, &mut scores);
+        assert!(out.is_empty());
     }
 }

@@ -115,14 +115,14 @@ pub struct PreprocessConfig {
 pub struct ModelConfig {
     /// The ONNX file; its metadata (`<name>.json`) sits beside it.
     pub path: PathBuf,
-    /// Tile stride in pixels; 0 takes the stride from the model's metadata. A larger
-    /// stride classifies fewer tiles per frame (faster, coarser boxes).
-    #[serde(default)]
-    pub tile_stride: u32,
-    /// Tiles classified per model run. tract runs this model fastest one tile at a time
-    /// (benches/classify.rs measures it); larger batches cost more per tile.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
+    /// Lowest score a peak of the model's heat map needs to be kept as a detection at
+    /// all (0 to 1). Only `inspectd eval` looks below the `[decide]` thresholds: keep this
+    /// low so its precision/recall curves are complete.
+    #[serde(default = "default_min_score")]
+    pub min_score: f64,
+    /// Most detections kept per frame, best first (1 to 10000).
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -135,6 +135,10 @@ pub struct DecideConfig {
     /// Threshold for classes not named in `thresholds`.
     #[serde(default = "default_threshold")]
     pub default_threshold: f64,
+    /// Shrink each defect's box to the candidate regions (Otsu blobs) centred inside it.
+    /// Off by default: on NEU it costs box accuracy (README, "Preprocessing").
+    #[serde(default)]
+    pub snap_to_regions: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -271,8 +275,11 @@ fn default_min_region_area() -> u32 {
 fn default_max_region_area() -> u32 {
     1 << 20
 }
-fn default_batch() -> usize {
-    1
+fn default_min_score() -> f64 {
+    0.05
+}
+fn default_max_detections() -> usize {
+    100
 }
 fn default_threshold() -> f64 {
     0.5
@@ -337,11 +344,23 @@ impl Default for PreprocessConfig {
     }
 }
 
+impl ModelConfig {
+    /// The model at `path` with every other key at its default.
+    pub fn with_path(path: PathBuf) -> Self {
+        Self {
+            path,
+            min_score: default_min_score(),
+            max_detections: default_max_detections(),
+        }
+    }
+}
+
 impl Default for DecideConfig {
     fn default() -> Self {
         Self {
             thresholds: BTreeMap::new(),
             default_threshold: default_threshold(),
+            snap_to_regions: false,
         }
     }
 }
@@ -630,10 +649,16 @@ impl Settings {
                 self.model.path.display()
             ));
         }
-        if !(1..=1024).contains(&self.model.batch) {
+        if !(self.model.min_score.is_finite() && (0.0..=1.0).contains(&self.model.min_score)) {
             p.push(format!(
-                "model.batch: {} is not a batch size (1 to 1024)",
-                self.model.batch
+                "model.min_score: {} is not a score (0 to 1)",
+                self.model.min_score
+            ));
+        }
+        if !(1..=10000).contains(&self.model.max_detections) {
+            p.push(format!(
+                "model.max_detections: {} is not a count (1 to 10000)",
+                self.model.max_detections
             ));
         }
         for (class, t) in &self.decide.thresholds {

@@ -1,13 +1,12 @@
-//! Decide: per-class thresholds turn tile probabilities into a frame verdict, and N-of-M
-//! counters with hysteresis turn verdicts into alarm events.
+//! Decide: per-class thresholds turn the model's detections into a frame verdict, and
+//! N-of-M counters with hysteresis turn verdicts into alarm events.
 //!
-//! A tile is a defect of class `c` when `c`'s probability reaches `c`'s threshold (the
-//! highest such class wins). Neighbouring defect tiles of one class merge into one defect,
-//! whose box is the union of the tiles and whose score is the best tile's. The frame's
-//! evidence for each label is its mean tile probability; eval ranks classes by it.
+//! A detection of class `c` is a defect when its score reaches `c`'s threshold. Its box
+//! can be snapped to the candidate regions preprocess found inside it
+//! (`decide.snap_to_regions`; `inspectd eval` measures whether that helps a model).
 
 use crate::config::{AlarmConfig, DecideConfig};
-use crate::frame::{Defect, Frame};
+use crate::frame::{Defect, Frame, Region};
 
 /// What an alarm did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,36 +40,22 @@ pub struct AlarmChange {
     pub raised_id: Option<u64>,
 }
 
-/// Turns tile probabilities into a verdict.
+/// Turns the model's detections into a verdict.
 pub struct Decider {
     labels: Vec<String>,
-    ok: usize,
     thresholds: Vec<f32>,
-    tile: u32,
-    /// Per tile: the defect label it was assigned, or usize::MAX. Kept between frames.
-    assigned: Vec<usize>,
-    group: Vec<u32>,
-    bounds: Vec<Option<(usize, f32, [u32; 4])>>,
+    snap: bool,
 }
 
 impl Decider {
-    pub fn new(
-        cfg: &DecideConfig,
-        labels: &[String],
-        ok_label: &str,
-        tile: u32,
-    ) -> Result<Decider, String> {
+    /// `labels`: the model's defect classes. Every threshold must name one of them.
+    pub fn new(cfg: &DecideConfig, labels: &[String]) -> Result<Decider, String> {
         let mut problems = Vec::new();
         for name in cfg.thresholds.keys() {
-            if !labels.contains(name) || name == ok_label {
+            if !labels.contains(name) {
                 problems.push(format!(
                     "decide.thresholds.{name}: the model has no defect class {name:?} (it has: {})",
-                    labels
-                        .iter()
-                        .filter(|l| *l != ok_label)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    labels.join(", ")
                 ));
             }
         }
@@ -86,15 +71,10 @@ impl Decider {
                     .unwrap_or(cfg.default_threshold) as f32
             })
             .collect();
-        let ok = labels.iter().position(|l| l == ok_label).unwrap_or(0);
         Ok(Decider {
             labels: labels.to_vec(),
-            ok,
             thresholds,
-            tile,
-            assigned: Vec::new(),
-            group: Vec::new(),
-            bounds: Vec::new(),
+            snap: cfg.snap_to_regions,
         })
     }
 
@@ -102,100 +82,60 @@ impl Decider {
         &self.labels
     }
 
-    pub fn ok_index(&self) -> usize {
-        self.ok
-    }
-
-    /// Fills `frame.verdict` from `frame.tiles` and `frame.probs`.
+    /// Fills `frame.verdict`: every detection at or above its class's threshold is a
+    /// defect (best first), its box in whole frame pixels.
     pub fn decide(&mut self, frame: &mut Frame) {
-        let n = self.labels.len();
-        let tiles = frame.tiles.len();
         let v = &mut frame.verdict;
         v.defects.clear();
-        v.evidence.clear();
-        v.evidence.resize(n, 0.0);
-        self.assigned.clear();
-        for probs in frame.probs.chunks_exact(n) {
-            let mut best = usize::MAX;
-            for (c, &p) in probs.iter().enumerate() {
-                v.evidence[c] += p;
-                if c != self.ok
-                    && p >= self.thresholds[c]
-                    && (best == usize::MAX || p > probs[best])
-                {
-                    best = c;
-                }
-            }
-            self.assigned.push(best);
-        }
-        if tiles > 0 {
-            for e in v.evidence.iter_mut() {
-                *e /= tiles as f32;
-            }
-        }
-        // Merge touching tiles of one class (tiles overlap or abut when their origins are
-        // at most one tile apart on both axes).
-        self.group.clear();
-        self.group.extend(0..tiles as u32);
-        for i in 0..tiles {
-            if self.assigned[i] == usize::MAX {
+        for d in &frame.detections {
+            if d.score < self.thresholds[d.label] {
                 continue;
             }
-            for j in 0..i {
-                if self.assigned[j] == self.assigned[i]
-                    && touches(frame.tiles[i], frame.tiles[j], self.tile)
-                {
-                    let (ri, rj) = (
-                        root(&mut self.group, i as u32),
-                        root(&mut self.group, j as u32),
-                    );
-                    if ri != rj {
-                        self.group[ri.max(rj) as usize] = ri.min(rj);
-                    }
-                }
+            let mut rect = whole_pixels(d.rect, frame.width, frame.height);
+            if self.snap {
+                rect = snap_to_regions(rect, &frame.regions);
             }
-        }
-        // Per group root: label, best score, x0, y0, x1, y1.
-        self.bounds.clear();
-        self.bounds.resize(tiles, None);
-        for i in 0..tiles {
-            let c = self.assigned[i];
-            if c == usize::MAX {
-                continue;
-            }
-            let r = root(&mut self.group, i as u32) as usize;
-            let [x, y] = frame.tiles[i];
-            let (x1, y1) = (
-                (x + self.tile).min(frame.width),
-                (y + self.tile).min(frame.height),
-            );
-            let score = frame.probs[i * n + c];
-            let b = self.bounds[r].get_or_insert((c, score, [x, y, x1, y1]));
-            b.1 = b.1.max(score);
-            b.2 = [b.2[0].min(x), b.2[1].min(y), b.2[2].max(x1), b.2[3].max(y1)];
-        }
-        for &(label, score, [x0, y0, x1, y1]) in self.bounds.iter().flatten() {
             v.defects.push(Defect {
-                label,
-                score,
-                bbox: [x0, y0, x1 - x0, y1 - y0],
+                label: d.label,
+                score: d.score,
+                bbox: [rect[0], rect[1], rect[2] - rect[0], rect[3] - rect[1]],
             });
         }
-        v.defects.sort_by(|a, b| b.score.total_cmp(&a.score));
         v.ok = v.defects.is_empty();
     }
 }
 
-fn touches(a: [u32; 2], b: [u32; 2], tile: u32) -> bool {
-    a[0].abs_diff(b[0]) <= tile && a[1].abs_diff(b[1]) <= tile
+/// A detection's box (x0, y0, x1, y1) in whole pixels that cover it, inside the frame.
+pub fn whole_pixels(r: [f32; 4], width: u32, height: u32) -> [u32; 4] {
+    let (x0, y0) = (r[0].floor() as u32, r[1].floor() as u32);
+    let (x1, y1) = (
+        (r[2].ceil() as u32).min(width),
+        (r[3].ceil() as u32).min(height),
+    );
+    [x0, y0, x1.max(x0), y1.max(y0)]
 }
 
-fn root(g: &mut [u32], mut i: u32) -> u32 {
-    while g[i as usize] != i {
-        g[i as usize] = g[g[i as usize] as usize];
-        i = g[i as usize];
+/// Shrinks a box (x0, y0, x1, y1) to the candidate regions whose centre lies inside it:
+/// the bounding box of their parts inside the box. A box with no such region is kept.
+pub fn snap_to_regions(rect: [u32; 4], regions: &[Region]) -> [u32; 4] {
+    let [x0, y0, x1, y1] = rect;
+    let mut snapped: Option<[u32; 4]> = None;
+    for r in regions {
+        let [rx, ry, rw, rh] = r.bbox;
+        let (cx, cy) = (rx + rw / 2, ry + rh / 2);
+        if cx < x0 || cx >= x1 || cy < y0 || cy >= y1 {
+            continue;
+        }
+        let part = [rx.max(x0), ry.max(y0), (rx + rw).min(x1), (ry + rh).min(y1)];
+        let s = snapped.get_or_insert(part);
+        *s = [
+            s[0].min(part[0]),
+            s[1].min(part[1]),
+            s[2].max(part[2]),
+            s[3].max(part[3]),
+        ];
     }
-    i
+    snapped.unwrap_or(rect)
 }
 
 /// The state of one class's alarm.
@@ -415,78 +355,96 @@ mod tests {
         assert!(t.active(0));
     }
 
-    fn frame(tiles: &[[u32; 2]], probs: &[[f32; 3]]) -> Frame {
+    fn frame(dets: &[(usize, f32, [f32; 4])]) -> Frame {
         let mut f = Frame::default();
         f.reset(1, 128, 64);
-        f.tiles = tiles.to_vec();
-        f.probs = probs.iter().flatten().copied().collect();
+        f.detections = dets
+            .iter()
+            .map(|&(label, score, rect)| crate::frame::Detection { label, score, rect })
+            .collect();
         f
     }
 
-    fn decider(threshold: f64) -> Decider {
-        let labels = vec![
-            "ok".to_string(),
-            "crazing".to_string(),
-            "scratches".to_string(),
-        ];
+    fn labels() -> Vec<String> {
+        vec!["crazing".to_string(), "scratches".to_string()]
+    }
+
+    fn decider(threshold: f64, snap: bool) -> Decider {
         let cfg = DecideConfig {
             thresholds: [("scratches".to_string(), 0.9)].into_iter().collect(),
             default_threshold: threshold,
+            snap_to_regions: snap,
         };
-        Decider::new(&cfg, &labels, "ok", 64).unwrap()
+        Decider::new(&cfg, &labels()).unwrap()
     }
 
     #[test]
-    fn touching_tiles_of_one_class_merge_into_one_box() {
-        let mut d = decider(0.5);
-        let mut f = frame(
-            &[[0, 0], [32, 0], [64, 0]],
-            &[[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.9, 0.05, 0.05]],
-        );
+    fn detections_above_their_class_threshold_are_defects_with_whole_pixel_boxes() {
+        let mut d = decider(0.5, false);
+        let mut f = frame(&[
+            (0, 0.8, [10.4, 2.0, 30.2, 40.0]),
+            (1, 0.85, [0.0, 0.0, 10.0, 10.0]), // scratches needs 0.9
+            (0, 0.4, [50.0, 0.0, 60.0, 10.0]), // crazing needs 0.5
+            (0, 0.6, [100.0, 50.0, 128.0, 64.0]),
+        ]);
         d.decide(&mut f);
         assert!(!f.verdict.ok);
         assert_eq!(
             f.verdict.defects,
-            vec![Defect {
-                label: 1,
-                score: 0.8,
-                bbox: [0, 0, 96, 64]
-            }]
+            vec![
+                Defect {
+                    label: 0,
+                    score: 0.8,
+                    bbox: [10, 2, 21, 38]
+                },
+                Defect {
+                    label: 0,
+                    score: 0.6,
+                    bbox: [100, 50, 28, 14]
+                }
+            ]
         );
-        let e = &f.verdict.evidence;
-        assert!((e[1] - (0.8 + 0.7 + 0.05) / 3.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn per_class_thresholds_apply() {
-        let mut d = decider(0.5);
-        // scratches at 0.85 is under its 0.9 threshold: the frame is ok.
-        let mut f = frame(&[[0, 0]], &[[0.1, 0.05, 0.85]]);
+        let mut f = frame(&[(1, 0.85, [0.0, 0.0, 10.0, 10.0])]);
         d.decide(&mut f);
         assert!(f.verdict.ok, "{:?}", f.verdict);
-        let mut f = frame(&[[0, 0]], &[[0.02, 0.03, 0.95]]);
-        d.decide(&mut f);
-        assert_eq!(f.verdict.defects[0].label, 2);
     }
 
     #[test]
     fn a_threshold_for_an_unknown_class_is_refused() {
-        let labels = vec!["ok".to_string(), "crazing".to_string()];
         let cfg = DecideConfig {
             thresholds: [("scratchez".to_string(), 0.5)].into_iter().collect(),
             default_threshold: 0.5,
+            snap_to_regions: false,
         };
-        let err = Decider::new(&cfg, &labels, "ok", 64).err().unwrap();
+        let err = Decider::new(&cfg, &labels()).err().unwrap();
         assert!(err.contains("decide.thresholds.scratchez"), "{err}");
     }
 
     #[test]
-    fn distant_tiles_of_one_class_are_two_defects() {
-        let mut d = decider(0.5);
-        let mut f = frame(&[[0, 0], [200, 0]], &[[0.1, 0.8, 0.1], [0.1, 0.6, 0.3]]);
-        f.width = 300;
+    fn snapping_shrinks_a_box_to_the_regions_centred_inside_it() {
+        let regions = [
+            Region {
+                area: 50,
+                bbox: [20, 20, 10, 10],
+            },
+            Region {
+                area: 50,
+                bbox: [35, 28, 20, 4], // centre (45, 30) inside, pokes out on the right
+            },
+            Region {
+                area: 50,
+                bbox: [90, 90, 5, 5], // centre outside
+            },
+        ];
+        assert_eq!(
+            snap_to_regions([10, 10, 50, 50], &regions),
+            [20, 20, 50, 32]
+        );
+        assert_eq!(snap_to_regions([0, 0, 10, 10], &regions), [0, 0, 10, 10]);
+        let mut d = decider(0.5, true);
+        let mut f = frame(&[(0, 0.8, [10.0, 10.0, 50.0, 50.0])]);
+        f.regions = regions.to_vec();
         d.decide(&mut f);
-        assert_eq!(f.verdict.defects.len(), 2);
-        assert_eq!(f.verdict.defects[1].bbox, [200, 0, 64, 64]);
+        assert_eq!(f.verdict.defects[0].bbox, [20, 20, 30, 12]);
     }
 }

@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::decide::{snap_to_regions, whole_pixels};
 use crate::inspect::{InspectError, Inspector};
 
 #[derive(Debug, Error)]
@@ -205,6 +206,277 @@ pub struct ClassMetrics {
     pub support: u64,
 }
 
+/// One scored box of one class in one image, for detection metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub image: usize,
+    pub score: f32,
+    /// x0, y0, x1, y1 in pixels.
+    pub rect: [f32; 4],
+}
+
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Greedy matching as detectors are scored (PASCAL VOC, COCO): detections of one class
+/// taken best first, each matched to the unmatched ground-truth box of its image it
+/// overlaps most, if that IoU reaches `threshold`. Returns, per detection in score order,
+/// the IoU of its match (None: a false positive, which includes a duplicate).
+pub fn match_class(dets: &[Scored], truth: &[Vec<[f32; 4]>], threshold: f32) -> Vec<Option<f32>> {
+    let mut order: Vec<usize> = (0..dets.len()).collect();
+    order.sort_by(|&a, &b| dets[b].score.total_cmp(&dets[a].score));
+    let mut used: Vec<Vec<bool>> = truth.iter().map(|t| vec![false; t.len()]).collect();
+    order
+        .into_iter()
+        .map(|i| {
+            let d = dets[i];
+            let mut best: Option<(usize, f32)> = None;
+            for (j, g) in truth[d.image].iter().enumerate() {
+                let o = iou(d.rect, *g);
+                if !used[d.image][j] && o >= threshold && best.is_none_or(|(_, b)| o > b) {
+                    best = Some((j, o));
+                }
+            }
+            best.map(|(j, o)| {
+                used[d.image][j] = true;
+                o
+            })
+        })
+        .collect()
+}
+
+/// Average precision from matches in score order and the number of ground-truth boxes:
+/// the area under the precision/recall curve with precision made monotone (VOC 2010+,
+/// all points). None when the class has no ground truth (it is left out of the mean).
+pub fn average_precision(matches: &[Option<f32>], n_truth: usize) -> Option<f64> {
+    if n_truth == 0 {
+        return None;
+    }
+    let mut tp = 0usize;
+    let points: Vec<(f64, f64)> = matches
+        .iter()
+        .enumerate()
+        .map(|(k, m)| {
+            tp += m.is_some() as usize;
+            (tp as f64 / n_truth as f64, tp as f64 / (k + 1) as f64)
+        })
+        .collect();
+    let mut ap = 0.0;
+    let mut prev_recall = 0.0;
+    for (k, &(recall, _)) in points.iter().enumerate() {
+        if recall > prev_recall {
+            let best_after = points[k..].iter().map(|p| p.1).fold(0.0, f64::max);
+            ap += (recall - prev_recall) * best_after;
+            prev_recall = recall;
+        }
+    }
+    Some(ap)
+}
+
+/// Detection metrics over a dataset, per class and overall.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DetectionReport {
+    /// Mean over classes of AP at IoU 0.5.
+    pub map50: f64,
+    /// Mean over classes of AP averaged over IoU 0.50, 0.55, ..., 0.95 (COCO's).
+    pub map50_95: f64,
+    pub ap50: std::collections::BTreeMap<String, f64>,
+    /// Mean IoU of the reported defects (at the `[decide]` thresholds) that match a box.
+    pub mean_iou: f64,
+    /// Share of box-free pixels inside reported defect boxes.
+    pub boxfree_flagged: f64,
+    /// Share of boxed pixels inside reported defect boxes.
+    pub boxed_covered: f64,
+    /// Reported defects: matched to a box of their class at IoU 0.5, and not.
+    pub reported_matched: u64,
+    pub reported_unmatched: u64,
+}
+
+/// One image's truth and what was found, kept for scoring.
+struct Scoring {
+    classes: usize,
+    truth: Vec<Vec<Vec<[f32; 4]>>>,
+    /// All detections above the model's floor, per class.
+    dets: Vec<Vec<Scored>>,
+    /// The defects decide reported, per class.
+    reported: Vec<Vec<Scored>>,
+    boxed: u64,
+    boxed_hit: u64,
+    clean: u64,
+    clean_hit: u64,
+}
+
+impl Scoring {
+    fn new(classes: usize) -> Scoring {
+        Scoring {
+            classes,
+            truth: vec![Vec::new(); classes],
+            dets: vec![Vec::new(); classes],
+            reported: vec![Vec::new(); classes],
+            boxed: 0,
+            boxed_hit: 0,
+            clean: 0,
+            clean_hit: 0,
+        }
+    }
+
+    /// Adds one image: its truth boxes (class, rect), the detections and the reported
+    /// boxes (class, score, rect), and the pixel counts of the box-free share.
+    fn add(
+        &mut self,
+        size: (usize, usize),
+        truth: &[(usize, [u32; 4])],
+        dets: impl Iterator<Item = (usize, f32, [f32; 4])>,
+        reported: &[(usize, f32, [u32; 4])],
+        in_box: &mut Vec<bool>,
+        flagged: &mut Vec<bool>,
+    ) {
+        let image = self.truth[0].len();
+        for t in self.truth.iter_mut() {
+            t.push(Vec::new());
+        }
+        for &(c, r) in truth {
+            self.truth[c][image].push(r.map(|v| v as f32));
+        }
+        for (c, score, rect) in dets {
+            self.dets[c].push(Scored { image, score, rect });
+        }
+        let (w, h) = size;
+        in_box.clear();
+        in_box.resize(w * h, false);
+        flagged.clear();
+        flagged.resize(w * h, false);
+        let fill = |mask: &mut Vec<bool>, [x0, y0, x1, y1]: [u32; 4]| {
+            let (x0, x1) = ((x0 as usize).min(w), (x1 as usize).min(w));
+            for y in (y0 as usize).min(h)..(y1 as usize).min(h) {
+                mask[y * w + x0..y * w + x1.max(x0)].fill(true);
+            }
+        };
+        for &(_, r) in truth {
+            fill(in_box, r);
+        }
+        for &(c, score, r) in reported {
+            fill(flagged, r);
+            self.reported[c].push(Scored {
+                image,
+                score,
+                rect: r.map(|v| v as f32),
+            });
+        }
+        for (b, f) in in_box.iter().zip(flagged.iter()) {
+            if *b {
+                self.boxed += 1;
+                self.boxed_hit += *f as u64;
+            } else {
+                self.clean += 1;
+                self.clean_hit += *f as u64;
+            }
+        }
+    }
+
+    fn report(&self, classes: &[String]) -> DetectionReport {
+        let mut ap50 = std::collections::BTreeMap::new();
+        let mut map50_95 = Vec::new();
+        let (mut iou_sum, mut matched, mut unmatched) = (0.0f64, 0u64, 0u64);
+        for (c, class) in classes.iter().enumerate().take(self.classes) {
+            let n_truth = self.truth[c].iter().map(Vec::len).sum();
+            let at =
+                |t: f32| average_precision(&match_class(&self.dets[c], &self.truth[c], t), n_truth);
+            if let Some(a) = at(0.5) {
+                ap50.insert(class.clone(), a);
+                let aps: Vec<f64> = (0..10).filter_map(|k| at(0.5 + 0.05 * k as f32)).collect();
+                map50_95.push(aps.iter().sum::<f64>() / aps.len() as f64);
+            }
+            for m in match_class(&self.reported[c], &self.truth[c], 0.5) {
+                match m {
+                    Some(o) => {
+                        iou_sum += o as f64;
+                        matched += 1;
+                    }
+                    None => unmatched += 1,
+                }
+            }
+        }
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        DetectionReport {
+            map50: mean(&ap50.values().copied().collect::<Vec<_>>()),
+            map50_95: mean(&map50_95),
+            ap50,
+            mean_iou: if matched > 0 {
+                iou_sum / matched as f64
+            } else {
+                0.0
+            },
+            boxfree_flagged: self.clean_hit as f64 / self.clean.max(1) as f64,
+            boxed_covered: self.boxed_hit as f64 / self.boxed.max(1) as f64,
+            reported_matched: matched,
+            reported_unmatched: unmatched,
+        }
+    }
+
+    /// Per class: the lowest threshold at which the reported defects' precision (IoU 0.5)
+    /// reaches `target`, and the recall kept there. None where it never does.
+    fn thresholds_for(&self, target: f64) -> Vec<Option<(f32, f64, f64)>> {
+        (0..self.classes)
+            .map(|c| {
+                let n_truth: usize = self.truth[c].iter().map(Vec::len).sum();
+                if n_truth == 0 {
+                    return None;
+                }
+                let mut dets = self.dets[c].clone();
+                dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+                let matches = match_class(&dets, &self.truth[c], 0.5);
+                let mut tp = 0usize;
+                let mut best = None;
+                for (k, m) in matches.iter().enumerate() {
+                    tp += m.is_some() as usize;
+                    // Only cut between distinct scores: every detection at a score is in.
+                    if dets.get(k + 1).is_some_and(|n| n.score == dets[k].score) {
+                        continue;
+                    }
+                    let precision = tp as f64 / (k + 1) as f64;
+                    if precision >= target {
+                        best = Some((dets[k].score, precision, tp as f64 / n_truth as f64));
+                    }
+                }
+                best
+            })
+            .collect()
+    }
+}
+
+/// How one use of the preprocess regions changes the scores.
+#[derive(Debug, Serialize)]
+pub struct PreprocessUse {
+    pub off: DetectionReport,
+    pub on: DetectionReport,
+}
+
+/// A threshold that reaches the asked precision for one class.
+#[derive(Debug, Serialize)]
+pub struct TunedThreshold {
+    pub class: String,
+    /// None where no threshold reaches the precision.
+    pub threshold: Option<f32>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub dataset: String,
@@ -215,15 +487,24 @@ pub struct Report {
     pub per_class: std::collections::BTreeMap<String, ClassMetrics>,
     /// Rows: true class; columns: predicted class (order of `classes`).
     pub confusion_matrix: Vec<Vec<u64>>,
-    /// Share of annotated defect pixels inside a reported defect box.
-    pub defect_area_covered: f64,
-    /// Share of box-free pixels wrongly inside a reported defect box.
-    pub clean_area_flagged: f64,
+    /// Boxes scored as a detector is: AP, mAP, IoU, box-free area flagged.
+    pub detection: DetectionReport,
+    /// Each use of the preprocess regions, on and off, on the same model outputs.
+    pub preprocess: std::collections::BTreeMap<String, PreprocessUse>,
     /// Share of images with no defect reported at all (every NEU image has one).
     pub images_reported_ok: f64,
+    /// With `--target-precision`: per class, the threshold that reaches it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_precision: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tuned_thresholds: Vec<TunedThreshold>,
     pub images_per_second: f64,
     pub latency_ms_mean: f64,
     pub latency_ms_p99: f64,
+    /// Mean time of each stage per image, milliseconds.
+    pub preprocess_ms_mean: f64,
+    pub classify_ms_mean: f64,
+    pub decide_ms_mean: f64,
 }
 
 /// Runs the evaluation. `progress` is called after each image.
@@ -231,29 +512,27 @@ pub fn evaluate(
     inspector: &mut Inspector,
     dataset: &Path,
     samples: &[Sample],
+    target_precision: Option<f64>,
     mut progress: impl FnMut(usize),
 ) -> Result<Report, EvalError> {
-    let labels = inspector.labels().to_vec();
-    let ok = inspector.ok_index();
-    let classes: Vec<String> = labels
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != ok)
-        .map(|(_, l)| l.clone())
-        .collect();
+    let classes = inspector.labels().to_vec();
     let class_index = |name: &str| classes.iter().position(|c| c == name);
     let n = classes.len();
     let mut confusion = vec![vec![0u64; n]; n];
-    let (mut boxed, mut boxed_hit, mut clean, mut clean_hit, mut reported_ok) =
-        (0u64, 0u64, 0u64, 0u64, 0usize);
+    let mut reported_ok = 0usize;
     let mut latencies = Vec::with_capacity(samples.len());
+    let mut stage_us = [0u64; 3];
     let started = Instant::now();
-    let mut in_box = Vec::new();
-    let mut flagged = Vec::new();
+    let (mut in_box, mut flagged) = (Vec::new(), Vec::new());
+    let mut plain = Scoring::new(n);
+    let mut snapped = Scoring::new(n);
+    let (mut truth, mut reported, mut reported_snapped) = (Vec::new(), Vec::new(), Vec::new());
+    let thresholds = inspector.thresholds().to_vec();
     for (k, s) in samples.iter().enumerate() {
         let boxes = read_voc(&s.annotation)?;
+        truth.clear();
         for b in &boxes {
-            if class_index(&b.class).is_none() {
+            let Some(c) = class_index(&b.class) else {
                 return Err(EvalError::Annotation {
                     path: s.annotation.clone(),
                     reason: format!(
@@ -262,7 +541,8 @@ pub fn evaluate(
                         classes.join(", ")
                     ),
                 });
-            }
+            };
+            truth.push((c, b.rect));
         }
         let stem = s
             .image
@@ -270,15 +550,9 @@ pub fn evaluate(
             .and_then(|x| x.to_str())
             .unwrap_or_default();
         let prefix = stem.rsplit_once('_').map(|(p, _)| p).unwrap_or(stem);
-        let truth = match class_index(prefix) {
+        let label = match class_index(prefix) {
             Some(c) => c,
             None => {
-                let mut area = vec![0u64; n];
-                for b in &boxes {
-                    let [x0, y0, x1, y1] = b.rect;
-                    area[class_index(&b.class).expect("checked")] +=
-                        (x1 - x0) as u64 * (y1 - y0) as u64;
-                }
                 if boxes.is_empty() {
                     return Err(EvalError::Annotation {
                         path: s.annotation.clone(),
@@ -286,6 +560,10 @@ pub fn evaluate(
                             "neither the file-name prefix {prefix:?} nor any box names a class"
                         ),
                     });
+                }
+                let mut area = vec![0u64; n];
+                for &(c, [x0, y0, x1, y1]) in &truth {
+                    area[c] += (x1 - x0) as u64 * (y1 - y0) as u64;
                 }
                 (0..n).max_by_key(|&i| area[i]).expect("n > 0")
             }
@@ -298,38 +576,44 @@ pub fn evaluate(
                 source: e,
             })?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        let top = crate::inspect::top_class(frame, ok);
-        let predicted = classes.iter().position(|c| *c == labels[top]).unwrap_or(0);
-        confusion[truth][predicted] += 1;
-        if frame.verdict.ok {
-            reported_ok += 1;
-        }
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        in_box.clear();
-        in_box.resize(w * h, false);
-        flagged.clear();
-        flagged.resize(w * h, false);
-        for b in &boxes {
-            let [x0, y0, x1, y1] = b.rect;
-            for y in (y0 as usize).min(h)..(y1 as usize).min(h) {
-                in_box[y * w + (x0 as usize).min(w)..y * w + (x1 as usize).min(w)].fill(true);
-            }
-        }
+        stage_us[0] += frame.times.preprocess_us as u64;
+        stage_us[1] += frame.times.classify_us as u64;
+        stage_us[2] += frame.times.decide_us as u64;
+        confusion[label][crate::inspect::top_class(frame)] += 1;
+        reported_ok += frame.verdict.ok as usize;
+        let size = (frame.width as usize, frame.height as usize);
+        reported.clear();
+        reported_snapped.clear();
         for d in &frame.verdict.defects {
-            let [x, y, bw, bh] = d.bbox;
-            for yy in y as usize..((y + bh) as usize).min(h) {
-                flagged[yy * w + x as usize..yy * w + ((x + bw) as usize).min(w)].fill(true);
+            let [x, y, w, h] = d.bbox;
+            reported.push((d.label, d.score, [x, y, x + w, y + h]));
+        }
+        for d in &frame.detections {
+            if d.score >= thresholds[d.label] {
+                let r = snap_to_regions(
+                    whole_pixels(d.rect, frame.width, frame.height),
+                    &frame.regions,
+                );
+                reported_snapped.push((d.label, d.score, r));
             }
         }
-        for (b, f) in in_box.iter().zip(&flagged) {
-            if *b {
-                boxed += 1;
-                boxed_hit += *f as u64;
-            } else {
-                clean += 1;
-                clean_hit += *f as u64;
-            }
-        }
+        let dets = frame.detections.iter().map(|d| (d.label, d.score, d.rect));
+        plain.add(size, &truth, dets, &reported, &mut in_box, &mut flagged);
+        let dets = frame.detections.iter().map(|d| {
+            let r = snap_to_regions(
+                whole_pixels(d.rect, frame.width, frame.height),
+                &frame.regions,
+            );
+            (d.label, d.score, r.map(|v| v as f32))
+        });
+        snapped.add(
+            size,
+            &truth,
+            dets,
+            &reported_snapped,
+            &mut in_box,
+            &mut flagged,
+        );
         progress(k + 1);
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -361,9 +645,33 @@ pub fn evaluate(
             },
         );
     }
+    let tuned_thresholds = match target_precision {
+        Some(p) => plain
+            .thresholds_for(p)
+            .into_iter()
+            .zip(&classes)
+            .map(|(t, c)| TunedThreshold {
+                class: c.clone(),
+                threshold: t.map(|t| t.0),
+                precision: t.map(|t| t.1),
+                recall: t.map(|t| t.2),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     latencies.sort_by(f64::total_cmp);
     let p99 =
         latencies[((latencies.len() as f64 * 0.99).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let per_image_ms = |us: u64| us as f64 / 1e3 / samples.len().max(1) as f64;
+    let detection = plain.report(&classes);
+    let mut preprocess = std::collections::BTreeMap::new();
+    preprocess.insert(
+        "snap_to_regions".to_string(),
+        PreprocessUse {
+            off: detection.clone(),
+            on: snapped.report(&classes),
+        },
+    );
     Ok(Report {
         dataset: dataset.display().to_string(),
         model: inspector.model_id().to_string(),
@@ -372,12 +680,17 @@ pub fn evaluate(
         classes,
         per_class,
         confusion_matrix: confusion,
-        defect_area_covered: boxed_hit as f64 / boxed.max(1) as f64,
-        clean_area_flagged: clean_hit as f64 / clean.max(1) as f64,
+        detection,
+        preprocess,
         images_reported_ok: reported_ok as f64 / samples.len().max(1) as f64,
+        target_precision,
+        tuned_thresholds,
         images_per_second: samples.len() as f64 / elapsed.max(1e-9),
         latency_ms_mean: latencies.iter().sum::<f64>() / latencies.len() as f64,
         latency_ms_p99: p99,
+        preprocess_ms_mean: per_image_ms(stage_us[0]),
+        classify_ms_mean: per_image_ms(stage_us[1]),
+        decide_ms_mean: per_image_ms(stage_us[2]),
     })
 }
 
@@ -394,25 +707,51 @@ impl Report {
             "image-level accuracy  {:.2}%",
             self.image_accuracy * 100.0
         );
+        let d = &self.detection;
         let _ = writeln!(
             s,
-            "defect area inside reported boxes  {:.1}%",
-            self.defect_area_covered * 100.0
+            "detection  mAP@0.5 {:.3}  mAP@0.5:0.95 {:.3}  mean IoU of matched defects {:.3}",
+            d.map50, d.map50_95, d.mean_iou
         );
         let _ = writeln!(
             s,
-            "box-free area reported as defect   {:.1}%",
-            self.clean_area_flagged * 100.0
+            "reported defects  {} matching a box (IoU 0.5), {} not",
+            d.reported_matched, d.reported_unmatched
         );
         let _ = writeln!(
             s,
-            "images with no defect reported     {:.1}%",
+            "box-free area inside reported boxes  {:.1}%  (boxed area inside them {:.1}%)",
+            d.boxfree_flagged * 100.0,
+            d.boxed_covered * 100.0
+        );
+        let _ = writeln!(
+            s,
+            "images with no defect reported       {:.1}%",
             self.images_reported_ok * 100.0
         );
+        for (name, u) in &self.preprocess {
+            let _ = writeln!(
+                s,
+                "preprocess {name}: off mAP@0.5 {:.3}, box-free flagged {:.1}%, mean IoU {:.3}; \
+                 on mAP@0.5 {:.3}, box-free flagged {:.1}%, mean IoU {:.3}",
+                u.off.map50,
+                u.off.boxfree_flagged * 100.0,
+                u.off.mean_iou,
+                u.on.map50,
+                u.on.boxfree_flagged * 100.0,
+                u.on.mean_iou
+            );
+        }
         let _ = writeln!(
             s,
-            "speed     {:.1} images/s, latency mean {:.2} ms, p99 {:.2} ms",
-            self.images_per_second, self.latency_ms_mean, self.latency_ms_p99
+            "speed     {:.1} images/s, latency mean {:.2} ms, p99 {:.2} ms \
+             (preprocess {:.2}, classify {:.2}, decide {:.3} ms)",
+            self.images_per_second,
+            self.latency_ms_mean,
+            self.latency_ms_p99,
+            self.preprocess_ms_mean,
+            self.classify_ms_mean,
+            self.decide_ms_mean
         );
         let width = self
             .classes
@@ -423,14 +762,19 @@ impl Report {
             .max(9);
         let _ = writeln!(
             s,
-            "\n{:<width$}  precision  recall     f1  support",
+            "\n{:<width$}  image precision  recall     f1  support   AP@0.5",
             "class"
         );
         for c in &self.classes {
             let m = &self.per_class[c];
+            let ap = self
+                .detection
+                .ap50
+                .get(c)
+                .map_or("-".to_string(), |a| format!("{a:.3}"));
             let _ = writeln!(
                 s,
-                "{c:<width$}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}",
+                "{c:<width$}  {:>15.4}  {:>6.4}  {:>5.4}  {:>7}  {ap:>7}",
                 m.precision, m.recall, m.f1, m.support
             );
         }
@@ -450,6 +794,57 @@ impl Report {
             }
             s.push('\n');
         }
+        if let Some(p) = self.target_precision {
+            let _ = writeln!(
+                s,
+                "\nThresholds that reach precision {p} (IoU 0.5); paste into the config:\n"
+            );
+            let _ = write!(s, "{}", self.decide_block());
+        }
+        s
+    }
+
+    /// The `[decide]` block for `--target-precision`, with each class's recall beside it.
+    pub fn decide_block(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::from("[decide]\nthresholds = { ");
+        let set: Vec<String> = self
+            .tuned_thresholds
+            .iter()
+            .filter_map(|t| {
+                let name = if t
+                    .class
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    t.class.clone()
+                } else {
+                    format!("{:?}", t.class)
+                };
+                t.threshold.map(|v| format!("{name} = {:.3}", v.min(1.0)))
+            })
+            .collect();
+        let _ = writeln!(s, "{} }}", set.join(", "));
+        for t in &self.tuned_thresholds {
+            match (t.threshold, t.precision, t.recall) {
+                (Some(v), Some(p), Some(r)) => {
+                    let _ = writeln!(
+                        s,
+                        "# {}: threshold {v:.3} keeps recall {:.1}% at precision {:.1}%",
+                        t.class,
+                        r * 100.0,
+                        p * 100.0
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        s,
+                        "# {}: no threshold reaches the precision; it keeps default_threshold",
+                        t.class
+                    );
+                }
+            }
+        }
         s
     }
 }
@@ -457,6 +852,107 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn det(image: usize, score: f32, rect: [f32; 4]) -> Scored {
+        Scored { image, score, rect }
+    }
+
+    #[test]
+    fn a_perfect_box_gives_ap_one() {
+        let truth = vec![vec![[10.0, 10.0, 50.0, 50.0]], vec![[0.0, 0.0, 20.0, 30.0]]];
+        let dets = [
+            det(0, 0.9, [10.0, 10.0, 50.0, 50.0]),
+            det(1, 0.8, [0.0, 0.0, 20.0, 30.0]),
+        ];
+        let m = match_class(&dets, &truth, 0.5);
+        assert_eq!(m, vec![Some(1.0), Some(1.0)]);
+        assert_eq!(average_precision(&m, 2), Some(1.0));
+    }
+
+    #[test]
+    fn a_box_at_iou_0_4_misses_at_0_5_and_counts_at_0_3() {
+        // Truth 0..10 x 0..10 (100 px); detection 0..10 x 0..4 overlaps 40: IoU 0.4.
+        let truth = vec![vec![[0.0, 0.0, 10.0, 10.0]]];
+        let dets = [det(0, 0.9, [0.0, 0.0, 10.0, 4.0])];
+        assert!((iou(dets[0].rect, truth[0][0]) - 0.4).abs() < 1e-6);
+        assert_eq!(
+            average_precision(&match_class(&dets, &truth, 0.5), 1),
+            Some(0.0)
+        );
+        assert_eq!(
+            average_precision(&match_class(&dets, &truth, 0.3), 1),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn a_duplicate_is_a_false_positive() {
+        let truth = vec![vec![[0.0, 0.0, 10.0, 10.0]], vec![[0.0, 0.0, 10.0, 10.0]]];
+        // Ranked: hit (image 0), duplicate (image 0), hit (image 1).
+        let dets = [
+            det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.8, [0.0, 0.0, 10.0, 9.0]),
+            det(1, 0.7, [0.0, 0.0, 10.0, 10.0]),
+        ];
+        let m = match_class(&dets, &truth, 0.5);
+        assert_eq!(
+            m.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        // Recall 0.5 at precision 1, then recall 1 at precision 2/3.
+        let ap = average_precision(&m, 2).unwrap();
+        assert!((ap - (0.5 * 1.0 + 0.5 * 2.0 / 3.0)).abs() < 1e-9, "{ap}");
+    }
+
+    #[test]
+    fn a_class_with_no_ground_truth_is_left_out_of_the_mean() {
+        let classes = vec!["a".to_string(), "b".to_string()];
+        let mut sc = Scoring::new(2);
+        let (mut m1, mut m2) = (Vec::new(), Vec::new());
+        // Class a: one box found exactly; class b: no truth, one detection.
+        sc.add(
+            (20, 20),
+            &[(0, [0, 0, 10, 10])],
+            [
+                (0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+                (1, 0.8, [10.0, 10.0, 20.0, 20.0]),
+            ]
+            .into_iter(),
+            &[(0, 0.9, [0, 0, 10, 10])],
+            &mut m1,
+            &mut m2,
+        );
+        let r = sc.report(&classes);
+        assert_eq!(r.map50, 1.0);
+        assert_eq!(r.map50_95, 1.0);
+        assert!(!r.ap50.contains_key("b"));
+        assert_eq!(r.mean_iou, 1.0);
+        assert_eq!(r.boxfree_flagged, 0.0);
+        assert_eq!(r.boxed_covered, 1.0);
+    }
+
+    #[test]
+    fn target_precision_picks_the_lowest_threshold_that_reaches_it() {
+        let mut sc = Scoring::new(1);
+        let (mut m1, mut m2) = (Vec::new(), Vec::new());
+        let truth: Vec<(usize, [u32; 4])> =
+            (0..4).map(|i| (0, [i * 20, 0, i * 20 + 10, 10])).collect();
+        // Scores 0.9 hit, 0.8 hit, 0.7 miss, 0.6 hit, 0.5 miss, 0.4 miss.
+        let dets = [
+            (0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            (0, 0.8, [20.0, 0.0, 30.0, 10.0]),
+            (0, 0.7, [100.0, 50.0, 110.0, 60.0]),
+            (0, 0.6, [40.0, 0.0, 50.0, 10.0]),
+            (0, 0.5, [100.0, 70.0, 110.0, 80.0]),
+            (0, 0.4, [100.0, 90.0, 110.0, 99.0]),
+        ];
+        sc.add((200, 100), &truth, dets.into_iter(), &[], &mut m1, &mut m2);
+        // Precision at each cut: 1, 1, 2/3, 3/4, 3/5, 1/2.
+        let t = sc.thresholds_for(0.75)[0].unwrap();
+        assert_eq!(t.0, 0.6);
+        assert!((t.1 - 0.75).abs() < 1e-9 && (t.2 - 0.75).abs() < 1e-9);
+        assert_eq!(sc.thresholds_for(1.0)[0].unwrap().0, 0.8);
+    }
 
     #[test]
     fn voc_boxes_are_read_zero_based() {

@@ -17,7 +17,18 @@ pub struct Region {
     pub bbox: [u32; 4],
 }
 
-/// One defect found in a frame.
+/// A defect the model found, before any threshold: a peak of its class's heat map and
+/// the box read at that peak.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    /// Index into the model's labels.
+    pub label: usize,
+    pub score: f32,
+    /// x0, y0, x1, y1 in frame pixels (x1, y1 exclusive), clipped to the frame.
+    pub rect: [f32; 4],
+}
+
+/// One defect reported for a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Defect {
     /// Index into the model's labels.
@@ -27,14 +38,18 @@ pub struct Defect {
     pub bbox: [u32; 4],
 }
 
+impl Defect {
+    /// The box's area in pixels.
+    pub fn area(&self) -> u64 {
+        self.bbox[2] as u64 * self.bbox[3] as u64
+    }
+}
+
 /// What decide concluded about a frame.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verdict {
     pub ok: bool,
     pub defects: Vec<Defect>,
-    /// Mean tile probability of every label over the frame: the evidence used to rank
-    /// the defect classes of a whole frame (eval's predicted class is the top one).
-    pub evidence: Vec<f32>,
 }
 
 /// Per-stage time spent on a frame, in microseconds.
@@ -62,9 +77,11 @@ pub struct Frame {
     /// Otsu level of the blurred frame.
     pub otsu_level: u8,
     pub regions: Vec<Region>,
-    /// Tile origins (x, y) and, row by row, each tile's label probabilities.
-    pub tiles: Vec<[u32; 2]>,
-    pub probs: Vec<f32>,
+    /// Every peak the model found above its floor, best first (classify).
+    pub detections: Vec<Detection>,
+    /// Per label, the highest heat anywhere in the frame: how sure the model is that the
+    /// frame holds that class at all (eval's predicted class is the top one).
+    pub class_scores: Vec<f32>,
     pub verdict: Verdict,
     pub times: StageTimes,
 }
@@ -82,11 +99,10 @@ impl Frame {
         self.origin.clear();
         self.otsu_level = 0;
         self.regions.clear();
-        self.tiles.clear();
-        self.probs.clear();
+        self.detections.clear();
+        self.class_scores.clear();
         self.verdict.ok = true;
         self.verdict.defects.clear();
-        self.verdict.evidence.clear();
         self.times = StageTimes::default();
     }
 }

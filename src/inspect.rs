@@ -3,6 +3,7 @@
 //! same config, so a verdict here is the verdict the line would publish.
 
 use std::path::Path;
+use std::time::Instant;
 
 use crate::capture::{load_gray, CaptureError};
 use crate::classify::{Classifier, ClassifyError};
@@ -15,6 +16,7 @@ pub struct Inspector {
     pre: Preprocessor,
     classifier: Classifier,
     decider: Decider,
+    thresholds: Vec<f32>,
     frame: Frame,
 }
 
@@ -34,16 +36,22 @@ impl Inspector {
         model: &ModelConfig,
         decide: &DecideConfig,
     ) -> Result<Inspector, InspectError> {
-        let classifier = Classifier::new(model)?;
-        let meta = classifier.meta();
-        let decider = Decider::new(
-            decide,
-            &meta.labels,
-            &meta.ok_label,
-            meta.tiling.tile as u32,
-        )
-        .map_err(InspectError::Config)?;
+        let classifier = Classifier::new(model, None)?;
+        let decider =
+            Decider::new(decide, &classifier.meta().labels).map_err(InspectError::Config)?;
+        let thresholds = classifier
+            .labels()
+            .iter()
+            .map(|l| {
+                decide
+                    .thresholds
+                    .get(l)
+                    .copied()
+                    .unwrap_or(decide.default_threshold) as f32
+            })
+            .collect();
         Ok(Inspector {
+            thresholds,
             pre: Preprocessor::new(pre),
             classifier,
             decider,
@@ -55,15 +63,17 @@ impl Inspector {
         self.classifier.labels()
     }
 
-    pub fn ok_index(&self) -> usize {
-        self.decider.ok_index()
+    /// Each class's `[decide]` threshold, in label order.
+    pub fn thresholds(&self) -> &[f32] {
+        &self.thresholds
     }
 
     pub fn model_id(&self) -> &str {
         &self.classifier.meta().id
     }
 
-    /// Inspects gray pixels; the returned frame holds the tiles, probabilities and verdict.
+    /// Inspects gray pixels; the returned frame holds the regions, detections, verdict and
+    /// each stage's time.
     pub fn inspect_pixels(
         &mut self,
         width: u32,
@@ -72,9 +82,16 @@ impl Inspector {
     ) -> Result<&Frame, InspectError> {
         self.frame.reset(0, width, height);
         self.frame.pixels.copy_from_slice(pixels);
+        let t = Instant::now();
         self.pre.process(&mut self.frame);
+        let t1 = Instant::now();
         self.classifier.classify(&mut self.frame)?;
+        let t2 = Instant::now();
         self.decider.decide(&mut self.frame);
+        let f = &mut self.frame;
+        f.times.preprocess_us = (t1 - t).as_micros() as u32;
+        f.times.classify_us = (t2 - t1).as_micros() as u32;
+        f.times.decide_us = t2.elapsed().as_micros() as u32;
         Ok(&self.frame)
     }
 
@@ -84,16 +101,13 @@ impl Inspector {
     }
 }
 
-/// The defect class the frame's evidence ranks highest (a label index); `ok` is the index
-/// of the no-defect label, never a candidate.
-pub fn top_class(frame: &Frame, ok: usize) -> usize {
+/// The defect class the model is surest the frame holds (a label index): the one with
+/// the highest heat anywhere in the frame, whether or not it passed its threshold.
+pub fn top_class(frame: &Frame) -> usize {
     frame
-        .verdict
-        .evidence
+        .class_scores
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != ok)
         .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap_or(ok)
+        .map_or(0, |(i, _)| i)
 }

@@ -39,7 +39,7 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The ONNX model (without --config).
-        #[arg(long, default_value = "models/neu_tiles.onnx")]
+        #[arg(long, default_value = "models/neu_det.onnx")]
         model: PathBuf,
         /// One JSON object per line instead of text.
         #[arg(long)]
@@ -57,11 +57,15 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The ONNX model (without --config).
-        #[arg(long, default_value = "models/neu_tiles.onnx")]
+        #[arg(long, default_value = "models/neu_det.onnx")]
         model: PathBuf,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Print, per class, the lowest threshold whose precision (IoU 0.5) reaches this
+        /// share (0 to 1), as a [decide] block to paste into the config.
+        #[arg(long, value_parser = parse_share)]
+        target_precision: Option<f64>,
     },
     /// Subscribe to a station's topics and print them readably.
     Watch {
@@ -103,12 +107,14 @@ fn main() -> ExitCode {
             config,
             model,
             json,
+            target_precision,
         } => eval(
             &dataset,
             holdout.as_deref(),
             config.as_deref(),
             model,
             json.as_deref(),
+            target_precision,
         ),
         Cmd::Watch {
             config,
@@ -174,11 +180,7 @@ fn stage_configs(
         }
         None => Ok((
             PreprocessConfig::default(),
-            ModelConfig {
-                path: model,
-                tile_stride: 0,
-                batch: 1,
-            },
+            ModelConfig::with_path(model),
             DecideConfig::default(),
         )),
     }
@@ -201,17 +203,16 @@ fn classify(images: &[PathBuf], config: Option<&Path>, model: PathBuf, json: boo
         Err(code) => return code,
     };
     let labels = insp.labels().to_vec();
-    let ok = insp.ok_index();
     let mut failed = false;
     for path in images {
         match insp.inspect_file(path) {
             Ok(frame) => {
-                let top = &labels[inspectd::inspect::top_class(frame, ok)];
+                let top = &labels[inspectd::inspect::top_class(frame)];
                 let defects: Vec<serde_json::Value> = frame
                     .verdict
                     .defects
                     .iter()
-                    .map(|d| serde_json::json!({"class": labels[d.label], "score": (d.score * 1e4).round() / 1e4, "bbox": d.bbox}))
+                    .map(|d| serde_json::json!({"class": labels[d.label], "score": (d.score * 1e4).round() / 1e4, "bbox": d.bbox, "area": d.area()}))
                     .collect();
                 if json {
                     println!(
@@ -220,7 +221,7 @@ fn classify(images: &[PathBuf], config: Option<&Path>, model: PathBuf, json: boo
                             "top_class": top, "defects": defects})
                     );
                 } else if frame.verdict.ok {
-                    println!("{}: ok (closest class {top})", path.display());
+                    println!("{}: ok (most likely class {top})", path.display());
                 } else {
                     let list: Vec<String> = frame
                         .verdict
@@ -250,6 +251,7 @@ fn eval(
     config: Option<&Path>,
     model: PathBuf,
     json: Option<&Path>,
+    target_precision: Option<f64>,
 ) -> ExitCode {
     let only = match holdout.map(inspectd::eval::read_holdout).transpose() {
         Ok(o) => o,
@@ -270,7 +272,7 @@ fn eval(
         Err(code) => return code,
     };
     let total = samples.len();
-    let report = inspectd::eval::evaluate(&mut insp, dataset, &samples, |k| {
+    let report = inspectd::eval::evaluate(&mut insp, dataset, &samples, target_precision, |k| {
         if k % 100 == 0 {
             eprintln!("{k}/{total} images");
         }
@@ -291,5 +293,12 @@ fn eval(
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share from 0 to 1 (e.g. 0.9)")),
     }
 }

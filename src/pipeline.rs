@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::capture::{CaptureError, Read, Source};
 use crate::classify::{Classifier, ClassifyError};
-use crate::config::{AlarmConfig, DecideConfig, MqttMode, Settings};
+use crate::config::{AlarmConfig, DecideConfig, MqttMode, Settings, SourceKind};
 use crate::decide::{AlarmKind, AlarmTracker, Decider};
 use crate::frame::{FramePool, PooledFrame};
 use crate::outbox::{Outbox, OutboxError};
@@ -71,21 +71,13 @@ impl Pipeline {
     /// Loads the model, opens the outbox and the source, connects to (or starts) the
     /// broker and starts every stage.
     pub fn start(settings: &Settings, stats: Arc<Stats>) -> Result<Pipeline, StartError> {
-        let classifier = Classifier::new(&settings.model)?;
+        // A camera's frame size is known: optimise for it now, not on the first frame.
+        let frame_size = (settings.capture.source == SourceKind::V4l2)
+            .then_some((settings.capture.width, settings.capture.height));
+        let classifier = Classifier::new(&settings.model, frame_size)?;
         let meta = classifier.meta().clone();
-        let decider = Decider::new(
-            &settings.decide,
-            &meta.labels,
-            &meta.ok_label,
-            meta.tiling.tile as u32,
-        )
-        .map_err(StartError::Config)?;
-        let classes: Vec<String> = meta
-            .labels
-            .iter()
-            .filter(|l| **l != meta.ok_label)
-            .cloned()
-            .collect();
+        let decider = Decider::new(&settings.decide, &meta.labels).map_err(StartError::Config)?;
+        let classes = meta.labels.clone();
         if classes.len() > 64 {
             return Err(StartError::Config(format!(
                 "the model has {} classes; inspectd handles 64",
@@ -240,8 +232,6 @@ impl Pipeline {
             let mut decider = decider;
             let (stats, beat, outbox) = (stats.clone(), beat.clone(), outbox.clone());
             let labels = meta.labels.clone();
-            let (ok_label, tile) = (meta.ok_label.clone(), meta.tiling.tile as u32);
-            let ok = decider.ok_index();
             threads.push(std::thread::Builder::new().name("decide".into()).spawn(move || {
                 let mut changes = Vec::new();
                 let store = |changes: &mut Vec<crate::decide::AlarmChange>, tracker: &mut AlarmTracker| {
@@ -269,10 +259,7 @@ impl Pipeline {
                             let Ok(mut frame) = msg else { return };
                             let t = Instant::now();
                             decider.decide(&mut frame);
-                            let present = |i: usize| {
-                                let label = if i >= ok { i + 1 } else { i };
-                                frame.verdict.defects.iter().any(|d| d.label == label)
-                            };
+                            let present = |i: usize| frame.verdict.defects.iter().any(|d| d.label == i);
                             tracker.observe(frame.seq, present, &mut changes);
                             let alarms = store(&mut changes, &mut tracker);
                             let us = t.elapsed().as_micros() as u64;
@@ -293,7 +280,7 @@ impl Pipeline {
                             }
                         }
                         recv(ctl_rx) -> msg => match msg {
-                            Ok(Control::Reconfigure(d, a)) => match Decider::new(&d, &labels, &ok_label, tile) {
+                            Ok(Control::Reconfigure(d, a)) => match Decider::new(&d, &labels) {
                                 Ok(new) => {
                                     decider = new;
                                     tracker.reconfigure(&a);

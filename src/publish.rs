@@ -103,8 +103,10 @@ pub fn result_json(
         let [x, y, w, h] = d.bbox;
         let _ = write!(
             out,
-            "{{\"class\":\"{}\",\"score\":{:.4},\"bbox\":[{x},{y},{w},{h}]}}",
-            labels[d.label], d.score
+            "{{\"class\":\"{}\",\"score\":{:.4},\"bbox\":[{x},{y},{w},{h}],\"area\":{}}}",
+            labels[d.label],
+            d.score,
+            d.area()
         );
     }
     let _ = write!(
@@ -794,6 +796,7 @@ mod tests {
         assert_eq!(v["ok"], false);
         assert_eq!(v["defects"][0]["class"], "scratches");
         assert_eq!(v["defects"][0]["bbox"], serde_json::json!([1, 2, 64, 64]));
+        assert_eq!(v["defects"][0]["area"], 64 * 64);
         assert!((v["defects"][0]["score"].as_f64().unwrap() - 0.97).abs() < 1e-4);
         assert_eq!(v["model"], "m1");
         assert!((v["latency_ms"].as_f64().unwrap() - 1.235).abs() < 1e-9);

@@ -95,7 +95,7 @@ fn every_frame_gets_one_result_in_order_with_the_verdict_classify_gives() {
         {
             assert!((dr["score"].as_f64().unwrap() - dc["score"].as_f64().unwrap()).abs() < 1e-3);
         }
-        assert!(r["model"].as_str().unwrap().starts_with("neu-tiles-"));
+        assert!(r["model"].as_str().unwrap().starts_with("neu-det-"));
         assert!(r["latency_ms"].as_f64().unwrap() > 0.0);
     }
     // The image's own class is among the defects found: the model at work, not a stub.
@@ -361,7 +361,7 @@ fn a_bad_config_is_refused_with_every_problem_named() {
         format!(
             "[station]\nsite = \"a\"\nline = \"b\"\nstation = \"c\"\n[capture]\nsource = \"dir\"\npath = \"/nonexistent\"\n\
              [model]\npath = \"{}\"\n[mqtt]\nport = 70000\nprot = 1\n",
-            repo().join("models/neu_tiles.onnx").display()
+            repo().join("models/neu_det.onnx").display()
         ),
     )
     .unwrap();
@@ -430,7 +430,7 @@ fn a_missing_model_is_a_startup_error_naming_the_file() {
     let fake = dir.path().join("broken.onnx");
     std::fs::write(&fake, b"not onnx").unwrap();
     std::fs::copy(
-        repo().join("models/neu_tiles.json"),
+        repo().join("models/neu_det.json"),
         dir.path().join("broken.json"),
     )
     .unwrap();
@@ -442,16 +442,15 @@ fn a_missing_model_is_a_startup_error_naming_the_file() {
     );
     // A model whose metadata names more labels than it outputs.
     let real = dir.path().join("real.onnx");
-    std::fs::copy(repo().join("models/neu_tiles.onnx"), &real).unwrap();
-    let mut meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("models/neu_tiles.json")).unwrap(),
-    )
-    .unwrap();
+    std::fs::copy(repo().join("models/neu_det.onnx"), &real).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("models/neu_det.json")).unwrap())
+            .unwrap();
     meta["labels"].as_array_mut().unwrap().push("extra".into());
     std::fs::write(dir.path().join("real.json"), meta.to_string()).unwrap();
     let err = refused_model(&real, &image);
     assert!(
-        err.contains("real.onnx") && err.contains("8 labels"),
+        err.contains("real.onnx") && err.contains("7 labels"),
         "{err}"
     );
 }

@@ -42,7 +42,7 @@ fn eval(dataset: &Path, extra: &[&str]) -> std::process::Output {
         .args(["eval", "--dataset"])
         .arg(dataset)
         .arg("--model")
-        .arg(repo().join("models/neu_tiles.onnx"))
+        .arg(repo().join("models/neu_det.onnx"))
         .args(extra)
         .output()
         .unwrap()
@@ -85,12 +85,81 @@ fn eval_reports_accuracy_per_class_metrics_confusion_location_and_speed() {
         assert_eq!(m["support"], 1, "{class}");
         assert_eq!(m["f1"], 1.0, "{class}");
     }
-    let covered = r["defect_area_covered"].as_f64().unwrap();
-    let flagged = r["clean_area_flagged"].as_f64().unwrap();
-    assert!((0.5..=1.0).contains(&covered), "{covered}");
-    assert!((0.0..=1.0).contains(&flagged), "{flagged}");
+    // Detection, scored as detectors are, under the keys scripts read.
+    let d = &r["detection"];
+    let share = |v: &serde_json::Value| {
+        let x = v.as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&x), "{v}");
+        x
+    };
+    let map50 = share(&d["map50"]);
+    let map50_95 = share(&d["map50_95"]);
+    assert!(map50_95 <= map50, "{d}");
+    // The shipped model finds these defects where they are (figures: README).
+    assert!(map50 >= 0.5, "{table}");
+    assert!(share(&d["mean_iou"]) >= 0.5, "{table}");
+    assert!(share(&d["boxfree_flagged"]) <= 0.3, "{table}");
+    for class in ["crazing", "patches", "scratches"] {
+        share(&d["ap50"][class]);
+    }
+    assert!(
+        table.contains("mAP@0.5") && table.contains("box-free area"),
+        "{table}"
+    );
+    // Each use of the preprocess regions is reported on and off.
+    let snap = &r["preprocess"]["snap_to_regions"];
+    assert_eq!(snap["off"]["map50"], d["map50"]);
+    share(&snap["on"]["map50"]);
+    assert!(r["classify_ms_mean"].as_f64().unwrap() > 0.0);
     assert!(r["images_per_second"].as_f64().unwrap() > 0.0);
     assert!(r["latency_ms_p99"].as_f64().unwrap() >= r["latency_ms_mean"].as_f64().unwrap() * 0.5);
+}
+
+#[test]
+fn target_precision_prints_a_decide_block_the_config_accepts() {
+    let dir = voc_folder(&STEMS);
+    let out = eval(dir.path(), &["--target-precision", "0.5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let block = &text[text.find("[decide]").expect("a [decide] block")..];
+    // Pasted into the shipped config in place of its [decide] section, it is valid.
+    let shipped = std::fs::read_to_string(repo().join("config/inspectd.toml")).unwrap();
+    let start = shipped.find("\n[decide]\n").unwrap() + 1;
+    let end = start + shipped[start..].find("\n[alarm]\n").unwrap() + 1;
+    let edited = format!("{}{block}\n{}", &shipped[..start], &shipped[end..]);
+    let table: toml::Table = toml::from_str(&edited).unwrap();
+    let thresholds = table["decide"]["thresholds"].as_table().unwrap();
+    assert!(!thresholds.is_empty(), "{block}");
+    for (class, v) in thresholds {
+        let v = v.as_float().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{class} = {v}");
+    }
+    assert!(block.contains("keeps recall"), "{block}");
+    let config = dir.path().join("tuned.toml");
+    std::fs::write(
+        &config,
+        edited.replace("../models/", &format!("{}/models/", repo().display())),
+    )
+    .unwrap();
+    let check = Command::new(bin())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let out = eval(dir.path(), &["--target-precision", "1.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a share"));
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn a_threshold_edit_takes_effect_without_a_restart_and_a_bad_edit_is_refused() {
     assert!(sub.wait_for(Duration::from_secs(10), |m| m.len() >= n + 5));
     assert!(sub.messages()[n..].iter().all(|m| m.json()["ok"] == false));
 
-    // A good edit: thresholds no tile reaches. Frames become ok, with no restart.
+    // A good edit: thresholds no detection reaches. Frames become ok, with no restart.
     std::fs::write(
         &st.config,
         good.replace("[alarm]", "[decide]\ndefault_threshold = 0.9999\n\n[alarm]"),

@@ -1,58 +1,73 @@
 //! Parity: inspectd's tract path reproduces the training script's PyTorch outputs on the
-//! committed sample images, tile by tile, within the tolerance the references state.
-//! A tract upgrade or a preprocessing change that alters scores fails here.
+//! committed sample images, cell by cell, within the tolerances the references state.
+//! A tract upgrade or a change in how frames are padded or normalised fails here.
 
 mod common;
 
 use inspectd::classify::Classifier;
 use inspectd::config::ModelConfig;
-use inspectd::frame::Frame;
 
 #[test]
-fn tract_reproduces_the_reference_tile_probabilities() {
+fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
     let repo = common::repo();
     let refs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo.join("models/neu_tiles.reference.json")).unwrap(),
+        &std::fs::read_to_string(repo.join("models/neu_det.reference.json")).unwrap(),
     )
     .unwrap();
-    let tolerance = refs["tolerance"].as_f64().unwrap();
-    assert!(tolerance <= 1e-4);
-    let mut classifier = Classifier::new(&ModelConfig {
-        path: repo.join("models/neu_tiles.onnx"),
-        tile_stride: 0,
-        batch: 12,
-    })
+    assert_eq!(refs["source"], "PyTorch");
+    let (heat_tol, box_tol) = (
+        refs["heat_tolerance"].as_f64().unwrap(),
+        refs["box_tolerance"].as_f64().unwrap(),
+    );
+    assert!(heat_tol <= 1e-4 && box_tol <= 1e-2);
+    let mut classifier = Classifier::new(
+        &ModelConfig::with_path(repo.join("models/neu_det.onnx")),
+        None,
+    )
     .unwrap();
     assert_eq!(refs["model"].as_str().unwrap(), classifier.meta().id);
     let images = refs["images"].as_array().unwrap();
     assert!(images.len() >= 6);
-    let mut worst = 0f64;
-    for img in images {
-        let (w, h, px) =
-            inspectd::capture::load_gray(&repo.join("models").join(img["image"].as_str().unwrap()))
-                .unwrap();
-        let mut frame = Frame::default();
-        frame.reset(1, w, h);
-        frame.pixels.copy_from_slice(&px);
-        classifier.classify(&mut frame).unwrap();
-        let tiles: Vec<[u32; 2]> = serde_json::from_value(img["tiles"].clone()).unwrap();
-        assert_eq!(frame.tiles, tiles, "{}: same tiling", img["image"]);
-        let want: Vec<f64> = img["probs"]
-            .as_array()
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
             .unwrap()
             .iter()
-            .flat_map(|r| r.as_array().unwrap().clone())
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        assert_eq!(frame.probs.len(), want.len());
-        for (got, want) in frame.probs.iter().zip(&want) {
-            let d = (*got as f64 - want).abs();
-            worst = worst.max(d);
-            assert!(d <= tolerance, "{}: {got} vs {want}", img["image"]);
-        }
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let (mut worst_heat, mut worst_box) = (0f32, 0f32);
+    for img in images {
+        let name = img["image"].as_str().unwrap();
+        let (w, h, px) = inspectd::capture::load_gray(&repo.join("models").join(name)).unwrap();
+        let (want_heat, want_box) = (floats(&img["heat"]), floats(&img["box"]));
+        let want_image = floats(&img["image_probs"]);
+        let grid: Vec<usize> = serde_json::from_value(img["grid"].clone()).unwrap();
+        classifier
+            .infer(&px, w as usize, h as usize, |heat, boxes, image, g| {
+                assert_eq!([g.rows, g.cols], [grid[0], grid[1]], "{name}: same grid");
+                assert_eq!(heat.len(), want_heat.len(), "{name}");
+                assert_eq!(boxes.len(), want_box.len(), "{name}");
+                for (got, want) in heat.iter().zip(&want_heat) {
+                    worst_heat = worst_heat.max((got - want).abs());
+                }
+                for (got, want) in boxes.iter().zip(&want_box) {
+                    worst_box = worst_box.max((got - want).abs());
+                }
+                let image = image.expect("the shipped model has an image output");
+                assert_eq!(image.len(), want_image.len(), "{name}");
+                for (got, want) in image.iter().zip(&want_image) {
+                    worst_heat = worst_heat.max((got - want).abs());
+                }
+            })
+            .unwrap();
     }
     eprintln!(
-        "parity: {} images, max abs difference {worst:.2e}",
+        "parity: {} images, max abs difference heat and image probabilities {worst_heat:.2e}, box {worst_box:.2e} px",
         images.len()
     );
+    assert!(
+        worst_heat as f64 <= heat_tol,
+        "heat differs by {worst_heat}"
+    );
+    assert!(worst_box as f64 <= box_tol, "box differs by {worst_box} px");
 }

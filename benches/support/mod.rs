@@ -54,3 +54,16 @@ pub fn anchor(script: &str, args: &[String]) -> Option<serde_json::Value> {
     )
     .ok()
 }
+
+/// The CPU's model name (lscpu's "Model name"), printed beside every figure.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}

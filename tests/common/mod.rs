@@ -344,7 +344,7 @@ format = "json"
 {extra}
 "#,
             images = images.display(),
-            model = repo().join("models/neu_tiles.onnx").display(),
+            model = repo().join("models/neu_det.onnx").display(),
             state = dir.path().join("state").display(),
         ),
     )
@@ -451,7 +451,7 @@ pub fn classify_json(files: &[PathBuf]) -> Vec<serde_json::Value> {
         .arg("classify")
         .arg("--json")
         .arg("--model")
-        .arg(repo().join("models/neu_tiles.onnx"))
+        .arg(repo().join("models/neu_det.onnx"))
         .args(files)
         .output()
         .unwrap();
