@@ -47,6 +47,12 @@ pub enum Source {
 }
 
 impl Source {
+    /// True for a replayed folder: the world does not move on while it waits, so it waits
+    /// for room in the queue instead of dropping frames (a live camera drops the oldest).
+    pub fn waits_for_room(&self) -> bool {
+        matches!(self, Source::Dir(_))
+    }
+
     pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
         match cfg.source {
             SourceKind::Dir => {

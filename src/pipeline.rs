@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! capture ─▶ preprocess ─▶ classify ─▶ decide ─▶ publish ─▶ MQTT
-//!    (drops the oldest queued frame when behind)  ▲ cmd/ack, reloads
+//!    (camera: drops the oldest queued frame when behind; replay: waits)  ▲ cmd/ack, reloads
 //! ```
 //!
-//! Capture never blocks on the stages behind it: when the first queue is full it drops
-//! the oldest waiting frame and counts it. Every later stage blocks on the next one,
-//! which is safe because publish never waits on the broker. Alarm events get their ids
+//! A camera never blocks on the stages behind it: when the first queue is full capture
+//! drops the oldest waiting frame and counts it. A replayed folder waits for room
+//! instead, so every file is inspected (`capture.fps = 0`: as fast as the pipeline
+//! goes). Every later stage blocks on the next one, which is safe because publish never
+//! waits on the broker. Alarm events get their ids
 //! and are fsync'd to the outbox in decide, before anything can publish them.
 //!
 //! Stopping is something passed in: [`Pipeline::stop`] stops capture; the frames in
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, Sender, TrySendError};
+use crossbeam_channel::{bounded, select, SendTimeoutError, Sender, TrySendError};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
@@ -89,6 +91,7 @@ impl Pipeline {
             settings.state.max_outbox_bytes,
         )?));
         let mut source = Source::open(&settings.capture)?;
+        let replay = source.waits_for_room();
         if settings.mqtt.mode == MqttMode::Embedded {
             crate::broker::start(&settings.mqtt.host, settings.mqtt.port as u16)
                 .map_err(StartError::Mqtt)?;
@@ -151,6 +154,23 @@ impl Pipeline {
                             frame.captured_at = Some(Instant::now());
                             stats.frames_captured.fetch_add(1, Relaxed);
                             let mut pending = frame;
+                            if replay {
+                                // A replay waits for room: every file is inspected.
+                                loop {
+                                    match cap_tx.send_timeout(pending, Duration::from_millis(200)) {
+                                        Ok(()) => break,
+                                        Err(SendTimeoutError::Timeout(f)) => {
+                                            beat(0);
+                                            if stop.load(Relaxed) {
+                                                return;
+                                            }
+                                            pending = f;
+                                        }
+                                        Err(SendTimeoutError::Disconnected(_)) => return,
+                                    }
+                                }
+                                continue;
+                            }
                             loop {
                                 match cap_tx.try_send(pending) {
                                     Ok(()) => break,

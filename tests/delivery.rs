@@ -9,17 +9,16 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Alternating runs of two classes, so alarms keep being raised and cleared.
-const STEMS: [&str; 8] = [
-    "scratches_114",
-    "scratches_13",
-    "scratches_114",
-    "scratches_13",
-    "crazing_1",
-    "crazing_12",
-    "crazing_101",
-    "crazing_105",
-];
+/// Alternating runs of two classes, so alarms keep being raised and cleared: four frames
+/// the model finds scratches in, then four it finds patches in.
+fn alternating() -> Vec<String> {
+    let s = stems_with("scratches", "patches", 2);
+    let p = stems_with("patches", "scratches", 2);
+    [&s[0], &s[1], &s[0], &s[1], &p[0], &p[1], &p[0], &p[1]]
+        .into_iter()
+        .cloned()
+        .collect()
+}
 
 fn alarm_ids(sub: &Subscriber, root: &str) -> Vec<u64> {
     sub.on(&format!("{root}/alarm"))
@@ -28,11 +27,12 @@ fn alarm_ids(sub: &Subscriber, root: &str) -> Vec<u64> {
         .collect()
 }
 
-/// A broker, a station replaying `STEMS` at 10 frames/s (M=3, N=2, N_clear=0), a
+/// A broker, a station replaying `alternating()` at 10 frames/s (M=3, N=2, N_clear=0), a
 /// persistent subscriber to its alarms, and the daemon, once the first alarm arrived.
 fn alarming_station() -> (Mosquitto, tempfile::TempDir, Station, Subscriber, Daemon) {
     let broker = Mosquitto::start();
-    let images = image_folder(&STEMS);
+    let stems = alternating();
+    let images = image_folder(&stems.iter().map(String::as_str).collect::<Vec<_>>());
     let st = station(images.path(), broker.port, true, 10.0, (3, 2, 0, false), "");
     let sub = Subscriber::start(broker.port, &format!("{}/alarm", st.root), true);
     let daemon = Daemon::start(&st.config);

@@ -11,14 +11,15 @@ use common::*;
 #[test]
 fn a_threshold_edit_takes_effect_without_a_restart_and_a_bad_edit_is_refused() {
     let broker = Mosquitto::start();
-    let images = image_folder(&["crazing_1", "crazing_12", "crazing_101"]);
+    let stems = stems_with("patches", "", 3);
+    let images = image_folder(&stems.iter().map(String::as_str).collect::<Vec<_>>());
     let st = station(images.path(), broker.port, true, 20.0, (5, 3, 1, false), "");
     let sub = Subscriber::start(broker.port, &format!("{}/result", st.root), false);
     let mut daemon = Daemon::start(&st.config);
     assert!(sub.wait_for(Duration::from_secs(60), |m| m.len() >= 3));
     assert!(
         sub.messages().iter().all(|m| m.json()["ok"] == false),
-        "crazing frames have defects"
+        "frames with patches have defects"
     );
 
     // A bad edit: refused, named, and the daemon keeps going with what it had.

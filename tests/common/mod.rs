@@ -278,6 +278,39 @@ impl Drop for Subscriber {
 }
 
 /// A folder of copies of NEU images, named so that file-name order is the given order.
+/// The first `n` NEU images of `class` (by number) in which the shipped model, at the
+/// default thresholds, reports a defect of `class` and none of `absent`: tests that need
+/// a defect on a frame pick frames the model is known to find it in, whatever model ships.
+pub fn stems_with(class: &str, absent: &str, n: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let candidates: Vec<String> = (1..=300)
+        .map(|i| format!("{class}_{i}"))
+        .filter(|s| neu_image(s).is_file())
+        .collect();
+    for chunk in candidates.chunks(40) {
+        let files: Vec<PathBuf> = chunk.iter().map(|s| neu_image(s)).collect();
+        for (stem, c) in chunk.iter().zip(classify_json(&files)) {
+            let has = |k: &str| {
+                c["defects"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|d| d["class"] == k)
+            };
+            if has(class) && !has(absent) {
+                found.push(stem.clone());
+                if found.len() == n {
+                    return found;
+                }
+            }
+        }
+    }
+    panic!(
+        "only {} {class} images with {class} found: {found:?}",
+        found.len()
+    );
+}
+
 pub fn image_folder(stems: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (i, stem) in stems.iter().enumerate() {
