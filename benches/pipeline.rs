@@ -1,6 +1,7 @@
 //! The whole pipeline: 1280 x 1024 frames from the `dir` source through every stage to a
 //! local mosquitto, as fast as it takes them. Reports frames per second (per core: this
-//! machine's core count is printed) and end-to-end latency p50 / p99.
+//! machine's core count is printed), frames per CPU-second with 1 and 2 classify
+//! workers, and end-to-end latency p50 / p99.
 
 mod support;
 
@@ -82,6 +83,29 @@ fn bench(c: &mut Criterion) {
     if let Some(stats) = last {
         report("as fast as it goes", &stats);
     }
+    // Flat out with 1 and 2 classify workers: frames per second and per CPU-second.
+    for workers in [1, 2] {
+        let mut s = Settings::load(&config).unwrap();
+        s.model.workers = workers;
+        let stats = Arc::new(Stats::default());
+        let (t, cpu) = (Instant::now(), cpu_seconds());
+        let p = Pipeline::start(&s, stats.clone()).unwrap();
+        while !p.finished() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        p.join();
+        let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+        let n = stats
+            .frames_published
+            .load(std::sync::atomic::Ordering::Relaxed) as f64;
+        println!(
+            "pipeline, {workers} classify worker(s), flat out: {:.1} frames/s, {:.1} frames per CPU-second \
+             ({n} frames, {wall:.2} s, {cpu:.2} CPU-s)",
+            n / wall,
+            n / cpu
+        );
+        report(&format!("{workers} worker(s)"), &stats);
+    }
     // Paced below capacity, so latency is the pipeline's own, not time spent queueing.
     let paced = Settings::load(&config).map(|mut s| {
         s.capture.fps = 15.0;
@@ -94,6 +118,15 @@ fn bench(c: &mut Criterion) {
     }
     p.join();
     report("paced at 15 frames/s", &stats);
+}
+
+/// User + system CPU time of this process so far (getrusage), in seconds.
+fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 fn report(what: &str, stats: &Stats) {

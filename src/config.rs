@@ -123,6 +123,10 @@ pub struct ModelConfig {
     /// Most detections kept per frame, best first (1 to 10000).
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
+    /// Classify threads, each running the model on its own frames (1 to 64); results
+    /// still leave in frame order. 0 = the machine's cores minus one, at least one.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -345,12 +349,23 @@ impl Default for PreprocessConfig {
 }
 
 impl ModelConfig {
+    /// The classify threads to run: `workers`, or the cores minus one (at least one).
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+            n => n,
+        }
+    }
+
     /// The model at `path` with every other key at its default.
     pub fn with_path(path: PathBuf) -> Self {
         Self {
             path,
             min_score: default_min_score(),
             max_detections: default_max_detections(),
+            workers: 0,
         }
     }
 }
@@ -653,6 +668,12 @@ impl Settings {
             p.push(format!(
                 "model.min_score: {} is not a score (0 to 1)",
                 self.model.min_score
+            ));
+        }
+        if self.model.workers > 64 {
+            p.push(format!(
+                "model.workers: {} is not a thread count (1 to 64; 0 = cores minus one)",
+                self.model.workers
             ));
         }
         if !(1..=10000).contains(&self.model.max_detections) {

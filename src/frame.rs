@@ -64,6 +64,11 @@ pub struct StageTimes {
 pub struct Frame {
     /// Capture sequence number, increasing from 1 for each run of the daemon.
     pub seq: u64,
+    /// Position among the frames that entered preprocess (no gaps, unlike `seq` after a
+    /// dropped frame): decide puts the classify workers' output back in this order.
+    pub order: u64,
+    /// Classify failed on this frame: decide skips it (it still passes, to keep order).
+    pub failed: bool,
     /// Capture time, Unix milliseconds.
     pub ts_ms: u64,
     /// Capture time, for latency.
@@ -90,6 +95,8 @@ impl Frame {
     /// Resets the frame for new pixels, keeping every buffer's capacity.
     pub fn reset(&mut self, seq: u64, width: u32, height: u32) {
         self.seq = seq;
+        self.order = 0;
+        self.failed = false;
         self.ts_ms = unix_ms();
         self.captured_at = Some(Instant::now());
         self.width = width;

@@ -19,5 +19,6 @@ pub mod outbox;
 pub mod pipeline;
 pub mod preprocess;
 pub mod publish;
+pub mod reorder;
 pub mod telemetry;
 pub mod watch;

@@ -32,6 +32,7 @@ use crate::frame::{FramePool, PooledFrame};
 use crate::outbox::{Outbox, OutboxError};
 use crate::preprocess::Preprocessor;
 use crate::publish::{alarm_json, Command, Decided, PublishConfig, Publisher, Topics};
+use crate::reorder::Reorder;
 use crate::telemetry::Stats;
 
 #[derive(Debug, Error)]
@@ -76,8 +77,11 @@ impl Pipeline {
         // A camera's frame size is known: optimise for it now, not on the first frame.
         let frame_size = (settings.capture.source == SourceKind::V4l2)
             .then_some((settings.capture.width, settings.capture.height));
-        let classifier = Classifier::new(&settings.model, frame_size)?;
-        let meta = classifier.meta().clone();
+        let workers = settings.model.worker_count();
+        let classifiers = (0..workers)
+            .map(|_| Classifier::new(&settings.model, frame_size))
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = classifiers[0].meta().clone();
         let decider = Decider::new(&settings.decide, &meta.labels).map_err(StartError::Config)?;
         let classes = meta.labels.clone();
         if classes.len() > 64 {
@@ -196,6 +200,7 @@ impl Pipeline {
         {
             let mut pre = Preprocessor::new(&settings.preprocess);
             let (stats, beat) = (stats.clone(), beat.clone());
+            let mut order = 0u64;
             threads.push(
                 std::thread::Builder::new()
                     .name("preprocess".into())
@@ -203,6 +208,8 @@ impl Pipeline {
                         beat(1);
                         match cap_rx.recv_timeout(Duration::from_secs(1)) {
                             Ok(mut frame) => {
+                                frame.order = order;
+                                order += 1;
                                 let t = Instant::now();
                                 pre.process(&mut frame);
                                 let us = t.elapsed().as_micros() as u64;
@@ -219,11 +226,16 @@ impl Pipeline {
             );
         }
 
-        // classify
-        {
-            let mut classifier = classifier;
-            let (stats, beat) = (stats.clone(), beat.clone());
-            threads.push(std::thread::Builder::new().name("classify".into()).spawn(move || loop {
+        // classify: `workers` threads take frames from one queue; decide restores order.
+        for (i, mut classifier) in classifiers.into_iter().enumerate() {
+            let (stats, beat, pre_rx, cls_tx) =
+                (stats.clone(), beat.clone(), pre_rx.clone(), cls_tx.clone());
+            let name = if workers == 1 {
+                "classify".to_string()
+            } else {
+                format!("classify-{i}")
+            };
+            threads.push(std::thread::Builder::new().name(name).spawn(move || loop {
                 beat(2);
                 match pre_rx.recv_timeout(Duration::from_secs(1)) {
                     Ok(mut frame) => {
@@ -231,7 +243,7 @@ impl Pipeline {
                         if let Err(e) = classifier.classify(&mut frame) {
                             stats.frame_errors.fetch_add(1, Relaxed);
                             warn!(seq = frame.seq, error = %e, "Could not classify a frame; skipped it.");
-                            continue;
+                            frame.failed = true;
                         }
                         let us = t.elapsed().as_micros() as u64;
                         frame.times.classify_us = us as u32;
@@ -245,10 +257,13 @@ impl Pipeline {
                 }
             })?);
         }
+        drop((pre_rx, cls_tx));
 
         // decide
         {
             let mut tracker = AlarmTracker::new(&settings.alarm, classes.clone());
+            // Every frame that can be between preprocess and decide at once.
+            let mut reorder = Reorder::new(2 * (queue + 16));
             let mut decider = decider;
             let (stats, beat, outbox) = (stats.clone(), beat.clone(), outbox.clone());
             let labels = meta.labels.clone();
@@ -276,18 +291,24 @@ impl Pipeline {
                     beat(3);
                     select! {
                         recv(cls_rx) -> msg => {
-                            let Ok(mut frame) = msg else { return };
-                            let t = Instant::now();
-                            decider.decide(&mut frame);
-                            let present = |i: usize| frame.verdict.defects.iter().any(|d| d.label == i);
-                            tracker.observe(frame.seq, present, &mut changes);
-                            let alarms = store(&mut changes, &mut tracker);
-                            let us = t.elapsed().as_micros() as u64;
-                            frame.times.decide_us = us as u32;
-                            stats.decide.record_us(us);
-                            let active = active_bits(&tracker);
-                            if dec_tx.send(ToPublish::Frame(Decided { frame, alarms, active })).is_err() {
-                                return;
+                            let Ok(frame) = msg else { return };
+                            reorder.push(frame.order, frame);
+                            while let Some(mut frame) = reorder.pop() {
+                                if frame.failed {
+                                    continue;
+                                }
+                                let t = Instant::now();
+                                decider.decide(&mut frame);
+                                let present = |i: usize| frame.verdict.defects.iter().any(|d| d.label == i);
+                                tracker.observe(frame.seq, present, &mut changes);
+                                let alarms = store(&mut changes, &mut tracker);
+                                let us = t.elapsed().as_micros() as u64;
+                                frame.times.decide_us = us as u32;
+                                stats.decide.record_us(us);
+                                let active = active_bits(&tracker);
+                                if dec_tx.send(ToPublish::Frame(Decided { frame, alarms, active })).is_err() {
+                                    return;
+                                }
                             }
                         }
                         recv(cmd_rx) -> msg => {
@@ -356,7 +377,7 @@ impl Pipeline {
             );
         }
 
-        info!(model = %meta.id, labels = meta.labels.len(), "Pipeline running.");
+        info!(model = %meta.id, labels = meta.labels.len(), classify_workers = workers, "Pipeline running.");
         Ok(Pipeline {
             stop,
             threads,

@@ -464,6 +464,15 @@ fn a_missing_model_is_a_startup_error_naming_the_file() {
 
 #[test]
 fn a_replay_as_fast_as_possible_inspects_every_file_in_order() {
+    replay_300(1);
+}
+
+#[test]
+fn two_classify_workers_publish_every_frame_in_order() {
+    replay_300(2);
+}
+
+fn replay_300(workers: usize) {
     let broker = Mosquitto::start();
     // 300 real NEU images, fps 0 (as fast as the pipeline takes them), no loop.
     let mut stems: Vec<String> = std::fs::read_dir(neu().join("IMAGES"))
@@ -481,10 +490,23 @@ fn a_replay_as_fast_as_possible_inspects_every_file_in_order() {
     stems.truncate(300);
     let images = image_folder(&stems.iter().map(String::as_str).collect::<Vec<_>>());
     let st = station(images.path(), broker.port, false, 0.0, (5, 3, 1, false), "");
+    let text = std::fs::read_to_string(&st.config).unwrap();
+    std::fs::write(
+        &st.config,
+        text.replace("[model]\n", &format!("[model]\nworkers = {workers}\n")),
+    )
+    .unwrap();
     let result_topic = format!("{}/result", st.root);
     let sub = Subscriber::start(broker.port, &result_topic, false);
     let mut daemon = Daemon::start(&st.config);
     assert_eq!(daemon.wait(LONG), Some(0), "{}", daemon.log_text());
+    assert!(
+        daemon
+            .log_text()
+            .contains(&format!("\"classify_workers\":{workers}")),
+        "{}",
+        daemon.log_text()
+    );
     assert!(
         sub.wait_for(Duration::from_secs(10), |m| m.len() >= 300),
         "{} results",
