@@ -486,16 +486,25 @@ fn fill_patches(
     }
 }
 
+/// Errors about the model file at `path`, from a reason.
+fn model_error(path: &Path) -> impl Fn(String) -> ClassifyError + '_ {
+    move |reason| ClassifyError::Model {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Errors about the model disagreeing with its metadata, from a reason.
+fn mismatch_error(path: &Path) -> impl Fn(String) -> ClassifyError + '_ {
+    move |reason| ClassifyError::Mismatch {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 /// Reads the ONNX file and finds the heat and box outputs by name.
 fn load_model(path: &Path, meta: &ModelMeta) -> Result<(InferenceModel, Outputs), ClassifyError> {
-    let model_err = |reason: String| ClassifyError::Model {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mismatch = |reason: String| ClassifyError::Mismatch {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let (model_err, mismatch) = (model_error(path), mismatch_error(path));
     if !path.is_file() {
         return Err(model_err("no such file".into()));
     }
@@ -554,14 +563,7 @@ fn build_plan(
     width: usize,
     height: usize,
 ) -> Result<Arc<TypedRunnableModel>, ClassifyError> {
-    let model_err = |reason: String| ClassifyError::Model {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mismatch = |reason: String| ClassifyError::Mismatch {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let (model_err, mismatch) = (model_error(path), mismatch_error(path));
     let p = meta.input.patch;
     let input = [1, p * p, height / p, width / p];
     let typed = model
