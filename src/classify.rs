@@ -141,6 +141,13 @@ impl ModelMeta {
             if meta.labels[..i].contains(l) {
                 problems.push(format!("labels: {l:?} appears twice"));
             }
+            // A label becomes an MQTT topic level (alarm/<class>/active) and a JSON string.
+            let unsafe_char = |c: char| matches!(c, '/' | '+' | '#' | '"' | '\\') || c.is_control();
+            if l.is_empty() || l.len() > 64 || l.chars().any(unsafe_char) {
+                problems.push(format!(
+                    "labels: {l:?} cannot name a class (1 to 64 characters, none of / + # \" \\ or control characters)"
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(meta)
@@ -603,6 +610,37 @@ fn build_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_that_would_break_topics_or_json_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        let meta = |labels: &str| {
+            format!(
+                r#"{{"id":"m","labels":{labels},"input":{{"layout":"NCHW","channels":1,"multiple":32,"patch":8}},
+                "normalize":{{"scale":1,"mean":0,"std":1}},"output":{{"kind":"centernet","stride":8,"heat":"heat","box":"box"}}}}"#
+            )
+        };
+        for (labels, named) in [
+            (r#"["ok_class", "a/b"]"#, "a/b"),
+            (r#"["x+", "y"]"#, "x+"),
+            (r##"["#"]"##, "#"),
+            (r#"["say \"hi\""]"#, "say"),
+            (r#"["back\\slash"]"#, "back"),
+            (r#"["dup", "dup"]"#, "appears twice"),
+            (r#"[""]"#, "cannot name a class"),
+        ] {
+            std::fs::write(dir.path().join("m.json"), meta(labels)).unwrap();
+            let e = ModelMeta::load(&model).unwrap_err().to_string();
+            assert!(e.contains("m.json") && e.contains(named), "{labels}: {e}");
+        }
+        std::fs::write(
+            dir.path().join("m.json"),
+            meta(r#"["rolled-in_scale", "Kratzer äöü"]"#),
+        )
+        .unwrap();
+        assert!(ModelMeta::load(&model).is_ok());
+    }
 
     #[test]
     fn padding_repeats_the_last_column_and_row() {
