@@ -134,6 +134,19 @@ impl ModelMeta {
         if !(finite && n.std > 0.0) {
             problems.push("normalize: scale, mean and std must be finite, std positive".into());
         }
+        // The id goes into every result as a JSON string and into logs.
+        if meta.id.is_empty()
+            || meta.id.len() > 128
+            || meta
+                .id
+                .chars()
+                .any(|c| matches!(c, '"' | '\\') || c.is_control())
+        {
+            problems.push(format!(
+                "id {:?} cannot identify a model (1 to 128 characters, no \" \\ or control characters)",
+                meta.id
+            ));
+        }
         if meta.labels.is_empty() {
             problems.push("labels: the model needs at least one class".into());
         }
@@ -634,6 +647,10 @@ mod tests {
             let e = ModelMeta::load(&model).unwrap_err().to_string();
             assert!(e.contains("m.json") && e.contains(named), "{labels}: {e}");
         }
+        let bad_id = meta(r#"["a"]"#).replace(r#""id":"m""#, r#""id":"m\"x""#);
+        std::fs::write(dir.path().join("m.json"), bad_id).unwrap();
+        let e = ModelMeta::load(&model).unwrap_err().to_string();
+        assert!(e.contains("cannot identify a model"), "{e}");
         std::fs::write(
             dir.path().join("m.json"),
             meta(r#"["rolled-in_scale", "Kratzer äöü"]"#),
