@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::config::{CaptureConfig, SourceKind};
-use crate::frame::Frame;
+use crate::frame::{Frame, FramePool, PooledFrame};
+use crate::stage::{Stage, StageContext};
 use crate::telemetry::Stats;
 
 #[derive(Debug, Error)]
@@ -125,6 +127,78 @@ pub fn is_image_file(p: &Path) -> bool {
 }
 
 /// Decodes an image file to 8-bit gray: (width, height, pixels).
+/// The capture stage: reads frames from the source into pooled buffers and queues them.
+pub struct CaptureStage {
+    pub source: Source,
+    pub pool: FramePool,
+}
+
+impl CaptureStage {
+    /// Runs until the source ends or the pipeline stops. A camera never waits for the
+    /// stages behind it: when `output` is full the oldest queued frame (taken back through
+    /// `oldest`, the queue's receiving end) is dropped and counted. A replayed folder
+    /// waits for room instead, so every file is inspected.
+    pub fn run(
+        mut self,
+        output: Sender<PooledFrame>,
+        oldest: Receiver<PooledFrame>,
+        ctx: StageContext,
+    ) {
+        let stats = &ctx.stats;
+        let replay = self.source.waits_for_room();
+        let mut seq = 0u64;
+        while !ctx.stopping() {
+            ctx.beat(Stage::Capture);
+            let mut frame = self.pool.take();
+            frame.reset(seq + 1, 0, 0);
+            match self.source.read(&mut frame, stats, &ctx.stop) {
+                Read::Frame => {}
+                Read::Nothing => continue,
+                Read::End => {
+                    info!(frames = seq, "Source finished; draining the pipeline.");
+                    return;
+                }
+            }
+            seq += 1;
+            // Stamp the frame when it arrived, not when the read began (the replay pacer
+            // or the camera may have kept us waiting).
+            frame.ts_ms = crate::frame::unix_ms();
+            frame.captured_at = Some(Instant::now());
+            stats.frames_captured.fetch_add(1, Relaxed);
+            let mut pending = frame;
+            if replay {
+                loop {
+                    match output.send_timeout(pending, Duration::from_millis(200)) {
+                        Ok(()) => break,
+                        Err(SendTimeoutError::Timeout(f)) => {
+                            ctx.beat(Stage::Capture);
+                            if ctx.stopping() {
+                                return;
+                            }
+                            pending = f;
+                        }
+                        Err(SendTimeoutError::Disconnected(_)) => return,
+                    }
+                }
+                continue;
+            }
+            loop {
+                match output.try_send(pending) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(f)) => {
+                        if let Ok(old) = oldest.try_recv() {
+                            stats.dropped_capture_queue.fetch_add(1, Relaxed);
+                            debug!(seq = old.seq, "Frame queue full; dropped the oldest frame.");
+                        }
+                        pending = f;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
+                }
+            }
+        }
+    }
+}
+
 pub fn load_gray(path: &Path) -> Result<(u32, u32, Vec<u8>), CaptureError> {
     let img = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())

@@ -12,16 +12,20 @@
 //! images) gets its own optimised plan, kept for the next frame of that size.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
+use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::ModelConfig;
-use crate::frame::{Detection, Frame};
+use crate::frame::{Detection, Frame, PooledFrame};
+use crate::stage::{Stage, StageContext};
 
 #[derive(Debug, Error)]
 pub enum ClassifyError {
@@ -236,6 +240,29 @@ impl Classifier {
 
     pub fn labels(&self) -> &[String] {
         &self.loaded.meta.labels
+    }
+
+    /// The stage's loop (one per worker; the workers share `input`): classifies each
+    /// frame and passes it on. A frame the model fails on is counted and passed on marked
+    /// `failed`, so decide can keep the order and skip it.
+    pub fn run(
+        mut self,
+        input: Receiver<PooledFrame>,
+        output: Sender<PooledFrame>,
+        ctx: StageContext,
+    ) {
+        ctx.for_each(Stage::Classify, &input, |mut frame| {
+            let t = Instant::now();
+            if let Err(e) = self.classify(&mut frame) {
+                ctx.stats.frame_errors.fetch_add(1, Relaxed);
+                warn!(seq = frame.seq, error = %e, "Could not classify a frame; skipped it.");
+                frame.failed = true;
+            }
+            let us = t.elapsed().as_micros() as u64;
+            frame.times.classify_us = us as u32;
+            ctx.stats.classify.record_us(us);
+            output.send(frame).is_ok()
+        });
     }
 
     /// Runs the model on the frame: fills `frame.detections` (every peak at or above

@@ -5,8 +5,19 @@
 //! can be snapped to the candidate regions preprocess found inside it
 //! (`decide.snap_to_regions`; `inspectd eval` measures whether that helps a model).
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use tracing::{error, info, warn};
+
 use crate::config::{AlarmConfig, DecideConfig};
-use crate::frame::{Defect, Frame, Region};
+use crate::frame::{Defect, Frame, PooledFrame, Region};
+use crate::outbox::Outbox;
+use crate::publish::{alarm_json, Command, Decided, ToPublish};
+use crate::reorder::Reorder;
+use crate::stage::{Stage, StageContext};
+use crate::telemetry::Stats;
 
 /// What an alarm did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +294,130 @@ impl AlarmTracker {
             }
         }
         any
+    }
+}
+
+/// Messages for the decide stage besides frames.
+#[derive(Debug)]
+pub enum Control {
+    /// A reloaded config's thresholds and alarm settings.
+    Reconfigure(DecideConfig, AlarmConfig),
+}
+
+/// The decide stage: verdicts, alarm counters, and the outbox where alarm events are
+/// stored (fsync'd) before anything can publish them.
+pub struct DecideStage {
+    pub decider: Decider,
+    pub tracker: AlarmTracker,
+    pub outbox: Arc<Mutex<Outbox>>,
+    /// Puts the classify workers' frames back in order.
+    pub reorder: Reorder<PooledFrame>,
+}
+
+impl DecideStage {
+    /// The stage's loop: frames (in order), acknowledgements from the broker and config
+    /// reloads, until the classify workers are done.
+    pub fn run(
+        mut self,
+        frames: Receiver<PooledFrame>,
+        commands: Receiver<Command>,
+        control: Receiver<Control>,
+        output: Sender<ToPublish>,
+        ctx: StageContext,
+    ) {
+        let mut changes = Vec::new();
+        loop {
+            ctx.beat(Stage::Decide);
+            select! {
+                recv(frames) -> msg => {
+                    let Ok(frame) = msg else { return };
+                    self.reorder.push(frame.order, frame);
+                    while let Some(frame) = self.reorder.pop() {
+                        if frame.failed {
+                            continue;
+                        }
+                        let decided = self.decide(frame, &mut changes, &ctx.stats);
+                        if output.send(ToPublish::Frame(decided)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                recv(commands) -> msg => {
+                    if let Ok(Command::Ack(id)) = msg {
+                        if !self.tracker.ack(id, &mut changes) {
+                            warn!(id = ?id, "cmd/ack names no active alarm; ignored.");
+                        }
+                        self.store(&mut changes);
+                        let active = self.active_bits();
+                        let _ = output.send(ToPublish::AlarmsStored { active });
+                    }
+                }
+                recv(control) -> msg => {
+                    if let Ok(Control::Reconfigure(d, a)) = msg {
+                        match Decider::new(&d, &self.decider.labels) {
+                            Ok(new) => {
+                                self.decider = new;
+                                self.tracker.reconfigure(&a);
+                                info!("Applied the new thresholds and alarm settings.");
+                            }
+                            Err(e) => error!(error = %e, "Config reload refused; keeping the running thresholds."),
+                        }
+                    }
+                }
+                default(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    fn decide(
+        &mut self,
+        mut frame: PooledFrame,
+        changes: &mut Vec<AlarmChange>,
+        stats: &Stats,
+    ) -> Decided {
+        let t = Instant::now();
+        self.decider.decide(&mut frame);
+        let present = |i: usize| frame.verdict.defects.iter().any(|d| d.label == i);
+        self.tracker.observe(frame.seq, present, changes);
+        let alarms = self.store(changes);
+        let us = t.elapsed().as_micros() as u64;
+        frame.times.decide_us = us as u32;
+        stats.decide.record_us(us);
+        Decided {
+            frame,
+            alarms,
+            active: self.active_bits(),
+        }
+    }
+
+    /// Gives each alarm change its id by appending it to the outbox.
+    fn store(&mut self, changes: &mut Vec<AlarmChange>) -> Vec<(u64, AlarmChange)> {
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes.drain(..) {
+            let res = self
+                .outbox
+                .lock()
+                .expect("outbox lock")
+                .append(|id| alarm_json(id, &c));
+            match res {
+                Ok(id) => {
+                    if c.kind == AlarmKind::Raised {
+                        self.tracker.set_raised_id(&c.class, id);
+                    }
+                    info!(id, class = %c.class, event = c.kind.as_str(), frames = c.frames, window = c.window, "Alarm.");
+                    out.push((id, c));
+                }
+                Err(e) => {
+                    error!(error = %e, class = %c.class, event = c.kind.as_str(), "Could not store an alarm event; it is lost.")
+                }
+            }
+        }
+        out
+    }
+
+    fn active_bits(&self) -> u64 {
+        let t = &self.tracker;
+        (0..t.classes().len()).fold(0u64, |m, i| m | ((t.active(i) as u64) << i))
     }
 }
 

@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod publish;
 pub mod reorder;
+pub mod stage;
 pub mod telemetry;
 pub mod watch;

@@ -10,8 +10,13 @@
 //! The mask's foreground is the minority side of the Otsu split: on steel the defect is
 //! the exception, dark or bright. Regions are 8-connected, labelled run by run.
 
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::config::PreprocessConfig;
-use crate::frame::{Frame, Region};
+use crate::frame::{Frame, PooledFrame, Region};
+use crate::stage::{Stage, StageContext};
 
 /// Fixed-point weights of a 1-D Gaussian kernel that sum to exactly 256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +170,27 @@ impl Preprocessor {
             &mut self.scratch,
         );
         otsu_level(&self.hist)
+    }
+
+    /// The stage's loop: numbers each frame in the order it arrived (`Frame::order`, for
+    /// the classify workers' reorder), preprocesses it and passes it on.
+    pub fn run(
+        mut self,
+        input: Receiver<PooledFrame>,
+        output: Sender<PooledFrame>,
+        ctx: StageContext,
+    ) {
+        let mut order = 0u64;
+        ctx.for_each(Stage::Preprocess, &input, |mut frame| {
+            frame.order = order;
+            order += 1;
+            let t = Instant::now();
+            self.process(&mut frame);
+            let us = t.elapsed().as_micros() as u64;
+            frame.times.preprocess_us = us as u32;
+            ctx.stats.preprocess.record_us(us);
+            output.send(frame).is_ok()
+        });
     }
 
     /// The whole stage: Otsu level and candidate regions written into the frame.

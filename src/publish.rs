@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rumqttc::{Client, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tracing::{debug, error, info, warn};
 
@@ -26,6 +26,7 @@ use crate::config::Settings;
 use crate::decide::AlarmChange;
 use crate::frame::Frame;
 use crate::outbox::Outbox;
+use crate::stage::{Stage, StageContext};
 use crate::telemetry::Stats;
 
 /// Most alarm events in flight (published, not yet acknowledged) at once.
@@ -389,6 +390,16 @@ pub struct Decided {
     pub active: u64,
 }
 
+/// What decide hands to publish.
+pub enum ToPublish {
+    Frame(Decided),
+    /// Alarm events were stored without a frame (acknowledgements): send them, and the
+    /// active set after them.
+    AlarmsStored {
+        active: u64,
+    },
+}
+
 /// The publish side of the pipeline: call [`Publisher::publish`] per decided frame.
 pub struct Publisher {
     session: Arc<Mutex<Session>>,
@@ -405,6 +416,44 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// The stage's loop: publishes what decide hands over, `stats` every
+    /// `stats_interval`; when decide is done, the last stats and status offline.
+    pub fn run(
+        mut self,
+        input: Receiver<ToPublish>,
+        stats_interval: Duration,
+        model_id: String,
+        ctx: StageContext,
+    ) {
+        let mut next_stats = Instant::now() + stats_interval;
+        let mut since = (Instant::now(), 0u64);
+        loop {
+            ctx.beat(Stage::Publish);
+            let wait = next_stats
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            match input.recv_timeout(wait) {
+                Ok(ToPublish::Frame(d)) => self.publish(&d),
+                Ok(ToPublish::AlarmsStored { active }) => {
+                    self.set_active(active);
+                    self.publish_pending();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_stats {
+                self.publish_stats(ctx.stats.snapshot_json(&mut since, &model_id));
+                next_stats += stats_interval;
+                if next_stats < Instant::now() {
+                    next_stats = Instant::now() + stats_interval;
+                }
+            }
+        }
+        self.publish_stats(ctx.stats.snapshot_json(&mut since, &model_id));
+        self.shutdown(Duration::from_secs(2));
+        info!("Pipeline drained; status is offline.");
+    }
+
     /// Starts the `mqtt` thread. `commands` receives `cmd/ack` requests for decide.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
