@@ -187,7 +187,9 @@ struct SizedPlan {
     width: usize,
     height: usize,
     state: TypedSimpleState,
-    input: Tensor,
+    /// Shared with tract only during a run (tract lets go of its inputs when the run
+    /// ends), so the next frame refills it in place: no 5 MB copy per camera frame.
+    input: Arc<Tensor>,
 }
 
 /// Plans kept for frame sizes seen; a replayed folder rarely holds more sizes than this.
@@ -333,8 +335,9 @@ fn infer(
     let (a, b) = (scale / std, -mean / std);
     let plan = &mut plans[i];
     {
-        let mut view = plan
-            .input
+        // Exclusive again once the previous run's outputs are gone; make_mut copies only
+        // if tract ever kept a reference.
+        let mut view = Arc::make_mut(&mut plan.input)
             .try_as_plain_ram_mut()
             .map_err(|e| ClassifyError::Run(e.to_string()))?;
         let data = view
@@ -354,7 +357,7 @@ fn infer(
     }
     let out = plan
         .state
-        .run(tvec!(plan.input.clone().into()))
+        .run(tvec!(TValue::from_const(plan.input.clone())))
         .map_err(|e| ClassifyError::Run(e.to_string()))?;
     let run_err = |e: TractError| ClassifyError::Run(e.to_string());
     let heat_view = out[outputs.heat].try_as_plain_ram().map_err(run_err)?;
@@ -407,8 +410,10 @@ fn plan_for(
         reason: format!("cannot make a runnable state: {e}"),
     })?;
     let p = meta.input.patch;
-    let input = Tensor::zero::<f32>(&[1, p * p, ph / p, pw / p])
-        .map_err(|e| ClassifyError::Run(e.to_string()))?;
+    let input = Arc::new(
+        Tensor::zero::<f32>(&[1, p * p, ph / p, pw / p])
+            .map_err(|e| ClassifyError::Run(e.to_string()))?,
+    );
     info!(width = pw, height = ph, model = %meta.id, "Optimised the model for this frame size.");
     if plans.len() == PLANS_KEPT {
         plans.remove(0);
