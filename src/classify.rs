@@ -490,7 +490,8 @@ pub fn decode(
         }
         class_scores[c] = best;
     }
-    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    // In place: a stable sort would allocate a buffer every frame.
+    out.sort_unstable_by(|a, b| b.score.total_cmp(&a.score));
 }
 
 /// True when no 8-neighbour inside the frame has more heat than `v` (a 3x3 max filter

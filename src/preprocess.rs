@@ -74,11 +74,17 @@ impl Kernel {
     /// The same weights summing to 16, when they are exact at that precision (OpenCV's
     /// 3- and 5-tap tables): then both passes fit 16-bit lanes, twice as many per
     /// instruction, with the same result.
-    fn four_bit(&self) -> Option<Vec<u16>> {
-        self.weights
-            .iter()
-            .all(|w| w % 16 == 0)
-            .then(|| self.weights.iter().map(|w| w / 16).collect())
+    /// (On the stack: this runs for every frame, and kernels have at most 15 taps.)
+    fn four_bit(&self) -> Option<([u16; 15], usize)> {
+        let n = self.weights.len();
+        if n > 15 || self.weights.iter().any(|w| w % 16 != 0) {
+            return None;
+        }
+        let mut out = [0u16; 15];
+        for (o, w) in out.iter_mut().zip(&self.weights) {
+            *o = w / 16;
+        }
+        Some((out, n))
     }
 }
 
@@ -230,7 +236,7 @@ fn blur_into(
     let r = k.radius();
     let ks = k.weights.len();
     let narrow = k.four_bit();
-    let weights = narrow.as_deref().unwrap_or(&k.weights);
+    let weights = narrow.as_ref().map_or(&k.weights[..], |(w, n)| &w[..*n]);
     s.padded.resize(width + 2 * r, 0);
     s.rows.resize(ks * width, 0);
     s.acc.resize(width, 0);

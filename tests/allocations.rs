@@ -1,0 +1,117 @@
+//! No heap allocation per frame in our stages in the steady state: a counting allocator
+//! watches preprocess, decide and our part of classify over 200 camera-sized frames.
+//! tract's own allocations (inside the model run) are counted separately and reported.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use inspectd::classify::Classifier;
+use inspectd::config::{DecideConfig, ModelConfig, PreprocessConfig};
+use inspectd::decide::Decider;
+use inspectd::frame::Frame;
+use inspectd::preprocess::Preprocessor;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+thread_local!(static COUNTING: Cell<bool> = const { Cell::new(false) });
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made on this thread while `f` runs.
+fn allocations_in<R>(f: impl FnOnce() -> R) -> (u64, R) {
+    let before = ALLOCATIONS.load(Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (ALLOCATIONS.load(Relaxed) - before, r)
+}
+
+#[test]
+fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (w, h, px) =
+        inspectd::capture::load_gray(&repo.join("../shared/datasets/frames/line_1280x1024.png"))
+            .unwrap();
+    let mut pre = Preprocessor::new(&PreprocessConfig::default());
+    let mut classifier = Classifier::new(
+        &ModelConfig::with_path(repo.join("models/neu_det.onnx")),
+        Some((w, h)),
+    )
+    .unwrap();
+    let mut decider = Decider::new(&DecideConfig::default(), classifier.labels()).unwrap();
+    let mut frame = Frame::default();
+    let mut run = |frame: &mut Frame, seq: u64| {
+        frame.reset(seq, w, h);
+        frame.pixels.copy_from_slice(&px);
+        let (pre_allocs, ()) = allocations_in(|| pre.process(frame));
+        let (cls_allocs, r) = allocations_in(|| classifier.classify(frame));
+        r.unwrap();
+        let (dec_allocs, ()) = allocations_in(|| decider.decide(frame));
+        (pre_allocs, cls_allocs, dec_allocs)
+    };
+    // Warm up: buffers grow to their steady size.
+    for seq in 1..=5 {
+        run(&mut frame, seq);
+    }
+    let (mut pre_total, mut cls_total, mut dec_total) = (0, 0, 0);
+    for seq in 6..206 {
+        let (p, c, d) = run(&mut frame, seq);
+        pre_total += p;
+        cls_total += c;
+        dec_total += d;
+    }
+    assert!(!frame.verdict.defects.is_empty() || !frame.detections.is_empty());
+    eprintln!(
+        "allocations over 200 frames of 1280x1024: preprocess {pre_total}, decide {dec_total}, \
+         classify {cls_total} ({:.0} per frame: tract's run and our code together)",
+        cls_total as f64 / 200.0
+    );
+    assert_eq!(pre_total, 0, "preprocess allocated");
+    assert_eq!(dec_total, 0, "decide allocated");
+
+    // Our part of classify, the decode of the model's outputs, on this frame's real
+    // outputs (copied out first): no allocation once its buffers have grown.
+    let (mut heat, mut boxes, mut grid) = (Vec::new(), Vec::new(), None);
+    classifier
+        .infer(&px, w as usize, h as usize, |hm, bx, _, g| {
+            heat.extend_from_slice(hm);
+            boxes.extend_from_slice(bx);
+            grid = Some(*g);
+        })
+        .unwrap();
+    let grid = grid.unwrap();
+    let (mut dets, mut scores) = (Vec::new(), Vec::new());
+    let n = classifier.labels().len();
+    inspectd::classify::decode(&heat, &boxes, &grid, n, 0.05, &mut dets, &mut scores);
+    let (decode_allocs, ()) = allocations_in(|| {
+        for _ in 0..200 {
+            inspectd::classify::decode(&heat, &boxes, &grid, n, 0.05, &mut dets, &mut scores);
+        }
+    });
+    assert!(!dets.is_empty());
+    assert_eq!(decode_allocs, 0, "decode allocated");
+}
