@@ -93,6 +93,11 @@ impl Decider {
         &self.labels
     }
 
+    /// Each class's threshold, in label order.
+    pub fn thresholds(&self) -> &[f32] {
+        &self.thresholds
+    }
+
     /// Fills `frame.verdict`: every detection at or above its class's threshold is a
     /// defect (best first), its box in whole frame pixels.
     pub fn decide(&mut self, frame: &mut Frame) {

@@ -528,6 +528,7 @@ pub fn evaluate(
     let mut snapped = Scoring::new(n);
     let (mut truth, mut reported, mut reported_snapped) = (Vec::new(), Vec::new(), Vec::new());
     let thresholds = inspector.thresholds().to_vec();
+    let mut snapped_dets = Vec::new();
     for (k, s) in samples.iter().enumerate() {
         let boxes = read_voc(&s.annotation)?;
         truth.clear();
@@ -588,24 +589,26 @@ pub fn evaluate(
             let [x, y, w, h] = d.bbox;
             reported.push((d.label, d.score, [x, y, x + w, y + h]));
         }
-        for d in &frame.detections {
-            if d.score >= thresholds[d.label] {
-                let r = snap_to_regions(
-                    whole_pixels(d.rect, frame.width, frame.height),
-                    &frame.regions,
-                );
-                reported_snapped.push((d.label, d.score, r));
-            }
-        }
-        let dets = frame.detections.iter().map(|d| (d.label, d.score, d.rect));
-        plain.add(size, &truth, dets, &reported, &mut in_box, &mut flagged);
-        let dets = frame.detections.iter().map(|d| {
+        // Each detection's box snapped to the regions, once: scored as a detection, and
+        // as a reported defect where it passes its threshold.
+        snapped_dets.clear();
+        snapped_dets.extend(frame.detections.iter().map(|d| {
             let r = snap_to_regions(
                 whole_pixels(d.rect, frame.width, frame.height),
                 &frame.regions,
             );
-            (d.label, d.score, r.map(|v| v as f32))
-        });
+            (d.label, d.score, r)
+        }));
+        reported_snapped.extend(
+            snapped_dets
+                .iter()
+                .filter(|&&(label, score, _)| score >= thresholds[label]),
+        );
+        let dets = frame.detections.iter().map(|d| (d.label, d.score, d.rect));
+        plain.add(size, &truth, dets, &reported, &mut in_box, &mut flagged);
+        let dets = snapped_dets
+            .iter()
+            .map(|&(label, score, r)| (label, score, r.map(|v| v as f32)));
         snapped.add(
             size,
             &truth,

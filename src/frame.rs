@@ -84,8 +84,9 @@ pub struct Frame {
     pub regions: Vec<Region>,
     /// Every peak the model found above its floor, best first (classify).
     pub detections: Vec<Detection>,
-    /// Per label, the highest heat anywhere in the frame: how sure the model is that the
-    /// frame holds that class at all (eval's predicted class is the top one).
+    /// Per label, how sure the model is that the frame as a whole shows that class: its
+    /// whole-image output, or (a model without one) the class's highest heat in the
+    /// frame. Eval's predicted class is the top one; it never decides a defect.
     pub class_scores: Vec<f32>,
     pub verdict: Verdict,
     pub times: StageTimes,

@@ -16,7 +16,6 @@ pub struct Inspector {
     pre: Preprocessor,
     classifier: Classifier,
     decider: Decider,
-    thresholds: Vec<f32>,
     frame: Frame,
 }
 
@@ -39,19 +38,7 @@ impl Inspector {
         let classifier = Classifier::new(model, None)?;
         let decider =
             Decider::new(decide, &classifier.meta().labels).map_err(InspectError::Config)?;
-        let thresholds = classifier
-            .labels()
-            .iter()
-            .map(|l| {
-                decide
-                    .thresholds
-                    .get(l)
-                    .copied()
-                    .unwrap_or(decide.default_threshold) as f32
-            })
-            .collect();
         Ok(Inspector {
-            thresholds,
             pre: Preprocessor::new(pre),
             classifier,
             decider,
@@ -65,7 +52,7 @@ impl Inspector {
 
     /// Each class's `[decide]` threshold, in label order.
     pub fn thresholds(&self) -> &[f32] {
-        &self.thresholds
+        self.decider.thresholds()
     }
 
     pub fn model_id(&self) -> &str {
