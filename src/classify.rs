@@ -186,6 +186,8 @@ struct Outputs {
 struct SizedPlan {
     width: usize,
     height: usize,
+    /// The optimised model, shared by every classify worker.
+    plan: Arc<TypedRunnableModel>,
     state: TypedSimpleState,
     /// Shared with tract only during a run (tract lets go of its inputs when the run
     /// ends), so the next frame refills it in place: no 5 MB copy per camera frame.
@@ -205,7 +207,7 @@ struct Loaded {
 
 /// A loaded model, optimised per frame size: one per classify thread.
 pub struct Classifier {
-    loaded: Loaded,
+    loaded: Arc<Loaded>,
     plans: Vec<SizedPlan>,
     min_score: f32,
     max_detections: usize,
@@ -218,12 +220,12 @@ impl Classifier {
         let meta = ModelMeta::load(&cfg.path)?;
         let (model, outputs) = load_model(&cfg.path, &meta)?;
         let mut c = Classifier {
-            loaded: Loaded {
+            loaded: Arc::new(Loaded {
                 path: cfg.path.clone(),
                 meta,
                 model,
                 outputs,
-            },
+            }),
             plans: Vec::new(),
             min_score: cfg.min_score as f32,
             max_detections: cfg.max_detections,
@@ -242,6 +244,23 @@ impl Classifier {
 
     pub fn labels(&self) -> &[String] {
         &self.loaded.meta.labels
+    }
+
+    /// Another classify worker over the same loaded model and optimised plans: only its
+    /// runnable states and input buffers are its own. (A frame size first seen later is
+    /// optimised by each worker that meets it.)
+    pub fn worker(&self) -> Result<Classifier, ClassifyError> {
+        let plans = self
+            .plans
+            .iter()
+            .map(|p| sized_plan(&self.loaded, p.plan.clone(), p.width, p.height))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Classifier {
+            loaded: self.loaded.clone(),
+            plans,
+            min_score: self.min_score,
+            max_detections: self.max_detections,
+        })
     }
 
     /// The stage's loop (one per worker; the workers share `input`): classifies each
@@ -405,26 +424,38 @@ fn plan_for(
         return Ok(i);
     }
     let plan = build_plan(path, model, meta, *outputs, pw, ph)?;
-    let state = TypedSimpleState::new(&plan).map_err(|e| ClassifyError::Model {
-        path: path.to_path_buf(),
-        reason: format!("cannot make a runnable state: {e}"),
-    })?;
-    let p = meta.input.patch;
-    let input = Arc::new(
-        Tensor::zero::<f32>(&[1, p * p, ph / p, pw / p])
-            .map_err(|e| ClassifyError::Run(e.to_string()))?,
-    );
+    let sized = sized_plan(loaded, plan, pw, ph)?;
     info!(width = pw, height = ph, model = %meta.id, "Optimised the model for this frame size.");
     if plans.len() == PLANS_KEPT {
         plans.remove(0);
     }
-    plans.push(SizedPlan {
-        width: pw,
-        height: ph,
+    plans.push(sized);
+    Ok(plans.len() - 1)
+}
+
+/// A runnable state and an input buffer over an optimised plan.
+fn sized_plan(
+    loaded: &Loaded,
+    plan: Arc<TypedRunnableModel>,
+    width: usize,
+    height: usize,
+) -> Result<SizedPlan, ClassifyError> {
+    let state = TypedSimpleState::new(&plan).map_err(|e| ClassifyError::Model {
+        path: loaded.path.clone(),
+        reason: format!("cannot make a runnable state: {e}"),
+    })?;
+    let p = loaded.meta.input.patch;
+    let input = Arc::new(
+        Tensor::zero::<f32>(&[1, p * p, height / p, width / p])
+            .map_err(|e| ClassifyError::Run(e.to_string()))?,
+    );
+    Ok(SizedPlan {
+        width,
+        height,
+        plan,
         state,
         input,
-    });
-    Ok(plans.len() - 1)
+    })
 }
 
 /// The size the model runs at for a frame: each side padded up to `input.multiple`.

@@ -72,9 +72,11 @@ impl Pipeline {
         let frame_size = (settings.capture.source == SourceKind::V4l2)
             .then_some((settings.capture.width, settings.capture.height));
         let workers = settings.model.worker_count();
-        let classifiers = (0..workers)
-            .map(|_| Classifier::new(&settings.model, frame_size))
+        let first = Classifier::new(&settings.model, frame_size)?;
+        let mut classifiers = (1..workers)
+            .map(|_| first.worker())
             .collect::<Result<Vec<_>, _>>()?;
+        classifiers.insert(0, first);
         let meta = classifiers[0].meta().clone();
         let classes = meta.labels.clone();
         if classes.len() > 64 {
