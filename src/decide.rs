@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use tracing::{error, info, warn};
 
+use crate::alarm_state::{ActiveAlarm, AlarmState};
 use crate::config::{AlarmConfig, DecideConfig};
 use crate::frame::{Defect, Frame, PooledFrame, Region};
 use crate::outbox::Outbox;
@@ -164,6 +165,9 @@ struct ClassAlarm {
     count: u32,
     active: bool,
     raised_id: Option<u64>,
+    raised_ms: u64,
+    latched: bool,
+    acked: bool,
 }
 
 /// N-of-M alarms with hysteresis and optional latch, one per defect class.
@@ -183,6 +187,9 @@ impl AlarmTracker {
             count: 0,
             active: false,
             raised_id: None,
+            raised_ms: 0,
+            latched: false,
+            acked: false,
         };
         Self {
             cfg: cfg.clone(),
@@ -240,6 +247,9 @@ impl AlarmTracker {
             }
             let change = if !a.active && a.count >= self.cfg.raise {
                 a.active = true;
+                a.raised_ms = crate::frame::unix_ms();
+                a.latched = self.cfg.latch;
+                a.acked = false;
                 Some(AlarmKind::Raised)
             } else if a.active && !self.cfg.latch && a.count <= self.cfg.clear {
                 a.active = false;
@@ -272,6 +282,48 @@ impl AlarmTracker {
         }
     }
 
+    /// The active alarms, for [`AlarmState::save`](crate::alarm_state::AlarmState::save).
+    pub fn snapshot(&self) -> Vec<ActiveAlarm> {
+        self.alarms
+            .iter()
+            .zip(&self.classes)
+            .filter(|(a, _)| a.active)
+            .map(|(a, class)| ActiveAlarm {
+                class: class.clone(),
+                raised_id: a.raised_id,
+                raised_ms: a.raised_ms,
+                latched: a.latched,
+                acked: a.acked,
+            })
+            .collect()
+    }
+
+    /// Takes back the alarms a previous process left active: each is active again with
+    /// its `raised_id`, and counts as seen in every frame of the window, so it clears
+    /// (with a `cleared` naming that id) once its class has been absent long enough, as
+    /// it would have without the restart. A class the model no longer has is an ERROR
+    /// and left out. Returns the active flags in class order.
+    pub fn restore(&mut self, saved: &[ActiveAlarm]) -> Vec<bool> {
+        for s in saved {
+            let Some(i) = self.classes.iter().position(|c| *c == s.class) else {
+                error!(class = %s.class, raised_id = ?s.raised_id, "A saved active alarm names a class the model does not have; it cannot be cleared by this model.");
+                continue;
+            };
+            let a = &mut self.alarms[i];
+            a.active = true;
+            a.raised_id = s.raised_id;
+            a.raised_ms = s.raised_ms;
+            a.latched = s.latched;
+            a.acked = s.acked;
+            a.history.iter_mut().for_each(|h| *h = true);
+            a.filled = a.history.len();
+            a.next = 0;
+            a.count = a.history.len() as u32;
+            info!(class = %s.class, raised_id = ?s.raised_id, "Alarm still active from before the restart.");
+        }
+        self.alarms.iter().map(|a| a.active).collect()
+    }
+
     /// Acknowledges the alarm raised with `id`, or every active alarm (`None`). Latched
     /// alarms clear on acknowledgement. Returns false when no active alarm has that id.
     pub fn ack(&mut self, id: Option<u64>, out: &mut Vec<AlarmChange>) -> bool {
@@ -289,6 +341,7 @@ impl AlarmTracker {
                 seq: 0,
                 raised_id: a.raised_id,
             });
+            a.acked = true;
             if self.cfg.latch {
                 a.active = false;
                 // Start counting afresh, so a defect still in view raises a new alarm only
@@ -315,6 +368,8 @@ pub struct DecideStage {
     pub decider: Decider,
     pub tracker: AlarmTracker,
     pub outbox: Arc<Mutex<Outbox>>,
+    /// Where the active alarms are kept across restarts (saved after every change).
+    pub state: AlarmState,
     /// Puts the classify workers' frames back in order.
     pub reorder: Reorder<PooledFrame>,
 }
@@ -417,6 +472,11 @@ impl DecideStage {
                 }
             }
         }
+        if !out.is_empty() {
+            if let Err(e) = self.state.save(&self.tracker.snapshot()) {
+                error!(file = %self.state.path().display(), error = %e, "Could not save the active alarms; a restart now would not know them.");
+            }
+        }
         out
     }
 
@@ -484,6 +544,55 @@ mod tests {
         assert_eq!(out[0].kind, AlarmKind::Acked);
         assert_eq!(out[0].raised_id, Some(41));
         assert!(!t.active(0));
+    }
+
+    #[test]
+    fn a_restored_alarm_clears_with_its_old_id_once_its_class_is_gone() {
+        let mut before = tracker(3, 2, 0, false);
+        assert_eq!(run(&mut before, "xx"), vec![(1, AlarmKind::Raised)]);
+        before.set_raised_id("scratches", 41);
+        let mut out = Vec::new();
+        before.ack(None, &mut out);
+        let saved = before.snapshot();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(
+            (saved[0].raised_id, saved[0].acked, saved[0].latched),
+            (Some(41), true, false)
+        );
+        assert!(saved[0].raised_ms > 1_700_000_000_000);
+
+        let mut after = tracker(3, 2, 0, false);
+        let mut unknown = saved[0].clone();
+        unknown.class = "no_such_class".into();
+        assert_eq!(after.restore(&[saved[0].clone(), unknown]), vec![true]);
+        assert_eq!(after.snapshot(), saved, "restored as it was saved");
+        // Counted as present in the whole window: clears after 3 frames without it.
+        let mut out = Vec::new();
+        let mut cleared = None;
+        for i in 0..5 {
+            out.clear();
+            after.observe(i, |_| false, &mut out);
+            if let Some(c) = out.first() {
+                cleared = Some((i, c.kind, c.raised_id));
+                break;
+            }
+        }
+        assert_eq!(cleared, Some((2, AlarmKind::Cleared, Some(41))));
+        assert!(after.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_restored_latched_alarm_waits_for_its_acknowledgement() {
+        let mut before = tracker(3, 2, 0, true);
+        run(&mut before, "xx");
+        before.set_raised_id("scratches", 5);
+        let mut after = tracker(3, 2, 0, true);
+        after.restore(&before.snapshot());
+        assert!(run(&mut after, "......").is_empty(), "still latched");
+        let mut out = Vec::new();
+        assert!(after.ack(Some(5), &mut out));
+        assert_eq!((out[0].kind, out[0].raised_id), (AlarmKind::Acked, Some(5)));
+        assert!(!after.active(0));
     }
 
     #[test]

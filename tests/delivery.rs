@@ -264,3 +264,111 @@ fn a_broker_that_forgot_everything_gets_the_retained_truth_back_and_results_are_
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait(Duration::from_secs(5)), Some(0));
 }
+
+#[test]
+fn an_alarm_active_when_the_daemon_is_killed_is_closed_by_the_next_one_with_its_id() {
+    let broker = Mosquitto::start();
+    let scratched = stems_with("scratches", "patches", 2);
+    let images = image_folder(&[&scratched[0], &scratched[1]]);
+    let st = station(images.path(), broker.port, true, 10.0, (3, 2, 0, false), "");
+    let sub = Subscriber::start(broker.port, &format!("{}/#", st.root), false);
+    let mut daemon = Daemon::start(&st.config);
+    let alarm = format!("{}/alarm", st.root);
+    let raised = |m: &Msg| {
+        m.topic == alarm && m.json()["event"] == "raised" && m.json()["class"] == "scratches"
+    };
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| m.iter().any(raised)),
+        "{}",
+        daemon.log_text()
+    );
+    let raised_id = sub.messages().iter().find(|m| raised(m)).unwrap().json()["id"]
+        .as_u64()
+        .unwrap();
+    daemon.signal(libc::SIGKILL);
+    daemon.wait(Duration::from_secs(5));
+    let saved = std::fs::read_to_string(st.dir.path().join("state/alarms.json")).unwrap();
+    assert!(saved.contains("\"scratches\""), "{saved}");
+
+    // The next process sees frames without scratches: the alarm it inherited clears, and
+    // the cleared event names the raised event of the process that died.
+    let clean = stems_with("patches", "scratches", 4);
+    let quiet = image_folder(&clean.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = std::fs::read_to_string(&st.config)
+        .unwrap()
+        .replace(
+            &images.path().display().to_string(),
+            &quiet.path().display().to_string(),
+        )
+        .replace("loop = true", "loop = false");
+    std::fs::write(&st.config, text).unwrap();
+    let restarted_at = Instant::now();
+    let mut again = Daemon::start(&st.config);
+    assert_eq!(
+        again.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        again.log_text()
+    );
+    let cleared = |m: &Msg| {
+        m.topic == alarm && m.json()["event"] == "cleared" && m.json()["class"] == "scratches"
+    };
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| m.iter().any(cleared)),
+        "no cleared event\n{}",
+        again.log_text()
+    );
+    let events: Vec<serde_json::Value> = sub
+        .messages()
+        .iter()
+        .filter(|m| cleared(m))
+        .map(Msg::json)
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["raised_id"], raised_id);
+    // Until it cleared, the new process kept the retained truth: scratches active.
+    let active = format!("{}/alarm/scratches/active", st.root);
+    let after_restart: Vec<String> = sub
+        .messages()
+        .iter()
+        .filter(|m| m.topic == active && m.at > restarted_at)
+        .map(|m| m.payload.clone())
+        .collect();
+    assert_eq!(
+        after_restart.first().map(String::as_str),
+        Some("1"),
+        "{after_restart:?}"
+    );
+    assert_eq!(
+        after_restart.last().map(String::as_str),
+        Some("0"),
+        "{after_restart:?}"
+    );
+    let saved = std::fs::read_to_string(st.dir.path().join("state/alarms.json")).unwrap();
+    assert!(!saved.contains("\"scratches\""), "{saved}");
+}
+
+#[test]
+fn a_corrupt_alarm_state_file_is_an_error_and_a_clean_start() {
+    let broker = Mosquitto::start();
+    let images = image_folder(&["patches_12"]);
+    let st = station(images.path(), broker.port, false, 0.0, (3, 2, 0, false), "");
+    std::fs::create_dir_all(st.dir.path().join("state")).unwrap();
+    std::fs::write(
+        st.dir.path().join("state/alarms.json"),
+        b"{\"v\":1,\"active\":[{\"cla",
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&st.config);
+    assert_eq!(
+        daemon.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("Saved alarm state is corrupt") && log.contains("\"level\":\"ERROR\""),
+        "{log}"
+    );
+}
