@@ -4,10 +4,10 @@
 //! gray); a file that cannot be decoded is logged, counted and skipped. Decoded images are
 //! kept in memory up to a budget, so a looping replay does not decode every frame again.
 //!
-//! The `v4l2` source negotiates GREY, YUYV or MJPG and converts to gray. When the camera
-//! disappears it is closed and reopened with backoff (1 s doubling to 30 s); the daemon
-//! keeps running and `stats` says the camera is down. The device code is thin; the pixel
-//! conversions are plain functions, tested on real images.
+//! The `v4l2` source ([`crate::camera`]) negotiates GREY, YUYV or MJPG and converts to
+//! gray. When the camera disappears it is closed and reopened with backoff (1 s doubling
+//! to 30 s); the daemon keeps running and `stats` says the camera's state. The pixel
+//! conversions are plain functions here, tested on real images.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::camera::{CameraSource, Format, V4l2Device};
 use crate::config::{CaptureConfig, SourceKind};
 use crate::frame::{Frame, FramePool, PooledFrame};
 use crate::stage::{Stage, StageContext};
@@ -50,9 +51,10 @@ pub enum Source {
 
 impl Source {
     /// True for a replayed folder: the world does not move on while it waits, so it waits
-    /// for room in the queue instead of dropping frames (a live camera drops the oldest).
+    /// for room in the queue instead of dropping frames (a live camera, or a folder
+    /// replayed with `capture.live`, drops the oldest).
     pub fn waits_for_room(&self) -> bool {
-        matches!(self, Source::Dir(_))
+        matches!(self, Source::Dir(d) if !d.live)
     }
 
     pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
@@ -62,9 +64,28 @@ impl Source {
                     path: PathBuf::new(),
                     reason: "capture.path is not set".into(),
                 })?;
-                Ok(Source::Dir(DirSource::open(&path, cfg.r#loop, cfg.fps)?))
+                let mut dir = DirSource::open(&path, cfg.r#loop, cfg.fps)?;
+                dir.live = cfg.live;
+                Ok(Source::Dir(dir))
             }
-            SourceKind::V4l2 => Ok(Source::Camera(CameraSource::new(cfg))),
+            SourceKind::V4l2 => {
+                let mut fourcc = [b' '; 4];
+                for (d, s) in fourcc.iter_mut().zip(cfg.pixel_format.bytes()) {
+                    *d = s;
+                }
+                let want = Format {
+                    width: cfg.width,
+                    height: cfg.height,
+                    fourcc,
+                };
+                let device = Box::new(V4l2Device::new(cfg.device.clone()));
+                Ok(Source::Camera(CameraSource::new(
+                    cfg.device.clone(),
+                    device,
+                    want,
+                    cfg.fps,
+                )))
+            }
         }
     }
 
@@ -78,7 +99,7 @@ impl Source {
 }
 
 /// Sleeps up to `d`, waking early when `stop` is set.
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     let end = Instant::now() + d;
     while !stop.load(Relaxed) {
         let now = Instant::now();
@@ -200,24 +221,29 @@ impl CaptureStage {
 }
 
 pub fn load_gray(path: &Path) -> Result<(u32, u32, Vec<u8>), CaptureError> {
-    let img = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| CaptureError::Image {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
+    let bytes = std::fs::read(path).map_err(|e| CaptureError::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    gray_from_bytes(&bytes, path)
+}
+
+/// Decodes an image file's bytes to 8-bit gray; `path` names it in the error. The
+/// decoder's memory limit refuses decompression bombs.
+pub fn gray_from_bytes(bytes: &[u8], path: &Path) -> Result<(u32, u32, Vec<u8>), CaptureError> {
+    let err = |reason: String| CaptureError::Image {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?
         .decode()
-        .map_err(|e| CaptureError::Image {
-            path: path.to_path_buf(),
-            reason: format!("cannot decode: {e}"),
-        })?;
+        .map_err(|e| err(format!("cannot decode: {e}")))?;
     let gray = img.into_luma8();
     let (w, h) = gray.dimensions();
     if w == 0 || h == 0 {
-        return Err(CaptureError::Image {
-            path: path.to_path_buf(),
-            reason: "empty image".into(),
-        });
+        return Err(err("empty image".into()));
     }
     Ok((w, h, gray.into_raw()))
 }
@@ -233,6 +259,8 @@ pub struct DirSource {
     looping: bool,
     pacer: Pacer,
     good_this_pass: usize,
+    /// Delivered as a live camera would (`capture.live`): never waits for the pipeline.
+    pub live: bool,
 }
 
 impl DirSource {
@@ -259,6 +287,7 @@ impl DirSource {
             looping,
             pacer: Pacer::new(fps),
             good_this_pass: 0,
+            live: false,
         })
     }
 
@@ -378,140 +407,6 @@ pub fn gray_from_grey(
     dst.clear();
     dst.extend_from_slice(&src[..n]);
     Ok(())
-}
-
-struct OpenCamera {
-    // The stream borrows the device's handle internally (an Arc); keep both.
-    stream: v4l::io::mmap::Stream<'static>,
-    _device: v4l::Device,
-    width: u32,
-    height: u32,
-    fourcc: [u8; 4],
-}
-
-pub struct CameraSource {
-    device: PathBuf,
-    width: u32,
-    height: u32,
-    fourcc: [u8; 4],
-    fps: f64,
-    open: Option<OpenCamera>,
-    backoff: Duration,
-    failures: u32,
-}
-
-impl CameraSource {
-    fn new(cfg: &CaptureConfig) -> Self {
-        let mut fourcc = [b' '; 4];
-        for (d, s) in fourcc.iter_mut().zip(cfg.pixel_format.bytes()) {
-            *d = s;
-        }
-        CameraSource {
-            device: cfg.device.clone(),
-            width: cfg.width,
-            height: cfg.height,
-            fourcc,
-            fps: cfg.fps,
-            open: None,
-            backoff: Duration::from_secs(1),
-            failures: 0,
-        }
-    }
-
-    fn open_device(&self) -> Result<OpenCamera, CaptureError> {
-        use v4l::video::Capture;
-        let err = |reason: String| CaptureError::Camera {
-            device: self.device.clone(),
-            reason,
-        };
-        let dev =
-            v4l::Device::with_path(&self.device).map_err(|e| err(format!("cannot open: {e}")))?;
-        let mut fmt = dev
-            .format()
-            .map_err(|e| err(format!("cannot read the format: {e}")))?;
-        fmt.width = self.width;
-        fmt.height = self.height;
-        fmt.fourcc = v4l::FourCC::new(&self.fourcc);
-        let got = dev
-            .set_format(&fmt)
-            .map_err(|e| err(format!("cannot set the format: {e}")))?;
-        if got.fourcc.repr != self.fourcc {
-            return Err(err(format!(
-                "asked for {} but the camera offers {}",
-                String::from_utf8_lossy(&self.fourcc),
-                String::from_utf8_lossy(&got.fourcc.repr)
-            )));
-        }
-        if self.fps > 0.0 {
-            let params = v4l::video::capture::Parameters::with_fps(self.fps.round() as u32);
-            if let Err(e) = dev.set_params(&params) {
-                warn!(device = %self.device.display(), error = %e, "Camera refused the frame rate; using its own.");
-            }
-        }
-        let stream = v4l::io::mmap::Stream::with_buffers(&dev, v4l::buffer::Type::VideoCapture, 4)
-            .map_err(|e| err(format!("cannot start streaming: {e}")))?;
-        Ok(OpenCamera {
-            stream,
-            _device: dev,
-            width: got.width,
-            height: got.height,
-            fourcc: got.fourcc.repr,
-        })
-    }
-
-    fn read(&mut self, frame: &mut Frame, stats: &Stats, stop: &AtomicBool) -> Read {
-        use v4l::io::traits::CaptureStream;
-        if self.open.is_none() {
-            match self.open_device() {
-                Ok(cam) => {
-                    if self.failures > 0 {
-                        stats.camera_reconnects.fetch_add(1, Relaxed);
-                    }
-                    info!(device = %self.device.display(), width = cam.width, height = cam.height,
-                        format = %String::from_utf8_lossy(&cam.fourcc), "Camera streaming.");
-                    stats.camera_down.store(0, Relaxed);
-                    self.open = Some(cam);
-                    self.backoff = Duration::from_secs(1);
-                    self.failures = 0;
-                }
-                Err(e) => {
-                    stats.camera_down.store(1, Relaxed);
-                    self.failures += 1;
-                    warn!(error = %e, retry_in_s = self.backoff.as_secs(), "Camera unavailable; retrying.");
-                    sleep_unless_stopped(self.backoff, stop);
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
-                    return Read::Nothing;
-                }
-            }
-        }
-        let cam = self.open.as_mut().expect("opened above");
-        let (w, h, fourcc) = (cam.width, cam.height, cam.fourcc);
-        let buf = match cam.stream.next() {
-            Ok((buf, _meta)) => buf,
-            Err(e) => {
-                warn!(device = %self.device.display(), error = %e, "Camera read failed; closing it to reopen.");
-                self.open = None;
-                stats.camera_down.store(1, Relaxed);
-                self.failures += 1;
-                return Read::Nothing;
-            }
-        };
-        frame.width = w;
-        frame.height = h;
-        let res = match &fourcc {
-            b"GREY" => gray_from_grey(buf, w, h, &mut frame.pixels),
-            b"YUYV" => gray_from_yuyv(buf, w, h, &mut frame.pixels),
-            _ => gray_from_mjpeg(buf, w, h, &mut frame.pixels),
-        };
-        match res {
-            Ok(()) => Read::Frame,
-            Err(e) => {
-                stats.frame_errors.fetch_add(1, Relaxed);
-                debug!(error = %e, "Dropped a camera frame that cannot be converted.");
-                Read::Nothing
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 //! Frames flow through one thread per stage, in the order of these modules:
 //! [`capture`] → [`preprocess`] → [`classify`] → [`decide`] → [`publish`], wired by
 //! [`pipeline`] and run by [`daemon`]. [`config`] is the operator's interface, [`outbox`]
-//! keeps alarms on disk until the broker has them, [`telemetry`] holds logs and counters.
+//! keeps alarms on disk until the broker has them, [`alarm_state`] the active alarms
+//! across restarts, [`telemetry`] holds logs and counters.
 //! [`inspect`], [`eval`] and [`watch`] serve the command line.
 
+pub mod alarm_state;
 pub mod broker;
+pub mod camera;
 pub mod capture;
 pub mod classify;
 pub mod config;

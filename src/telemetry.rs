@@ -110,6 +110,50 @@ impl Histogram {
     }
 }
 
+/// One classify worker's share: frames classified and time spent on them.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub frames: AtomicU64,
+    pub busy_us: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn record_us(&self, us: u64) {
+        self.frames.fetch_add(1, Relaxed);
+        self.busy_us.fetch_add(us, Relaxed);
+    }
+}
+
+/// Per-worker counters for up to [`ClassifyWorkers::MAX`] classify workers (the most
+/// `model.workers` allows); `running` of them are in use.
+pub struct ClassifyWorkers {
+    pub running: AtomicU64,
+    each: [WorkerStats; ClassifyWorkers::MAX],
+}
+
+impl Default for ClassifyWorkers {
+    fn default() -> Self {
+        Self {
+            running: AtomicU64::new(0),
+            each: std::array::from_fn(|_| WorkerStats::default()),
+        }
+    }
+}
+
+impl ClassifyWorkers {
+    pub const MAX: usize = 64;
+
+    pub fn get(&self, worker: usize) -> Option<&WorkerStats> {
+        self.each.get(worker)
+    }
+
+    /// The running workers' counters, worker 0 first.
+    pub fn running(&self) -> &[WorkerStats] {
+        let n = (self.running.load(Relaxed) as usize).min(Self::MAX);
+        &self.each[..n]
+    }
+}
+
 /// Counters shared by every stage. Totals since start, except the histograms.
 #[derive(Default)]
 pub struct Stats {
@@ -121,6 +165,8 @@ pub struct Stats {
     pub frame_errors: AtomicU64,
     pub camera_reconnects: AtomicU64,
     pub camera_down: AtomicU64,
+    /// The camera source's state ([`crate::camera::CameraState`] as a number; 0: none).
+    pub camera_state: AtomicU64,
     pub outbox_pending: AtomicU64,
     pub outbox_dropped: AtomicU64,
     pub alarms_published: AtomicU64,
@@ -131,6 +177,7 @@ pub struct Stats {
     pub classify: Histogram,
     pub decide: Histogram,
     pub end_to_end: Histogram,
+    pub classify_workers: ClassifyWorkers,
 }
 
 impl Stats {
@@ -160,6 +207,7 @@ impl Stats {
             "corrupt_files": self.corrupt_files.load(Relaxed),
             "frame_errors": self.frame_errors.load(Relaxed),
             "camera": {
+                "state": crate::camera::CameraState::name_of(self.camera_state.load(Relaxed)),
                 "down": self.camera_down.load(Relaxed) == 1,
                 "reconnects": self.camera_reconnects.load(Relaxed),
             },
@@ -172,6 +220,10 @@ impl Stats {
                 "published": self.alarms_published.load(Relaxed),
                 "acked_by_broker": self.alarms_acked_by_broker.load(Relaxed),
             },
+            "classify_workers": self.classify_workers.running().iter().map(|w| serde_json::json!({
+                "frames": w.frames.load(Relaxed),
+                "busy_s": round3(w.busy_us.load(Relaxed) as f64 / 1e6),
+            })).collect::<Vec<_>>(),
             "latency": {
                 "preprocess": stage(&self.preprocess),
                 "classify": stage(&self.classify),
