@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rumqttc::{Client, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
@@ -64,57 +65,102 @@ impl Topics {
     }
 }
 
-/// The alarm JSON of the contract.
-pub fn alarm_json(id: u64, change: &AlarmChange) -> Vec<u8> {
-    let mut s = format!(
-        "{{\"v\":1,\"ts\":{},\"id\":{id},\"event\":\"{}\",\"class\":\"{}\",\"frames\":{},\"window\":{},\"seq\":{}",
-        crate::frame::unix_ms(),
-        change.kind.as_str(),
-        change.class,
-        change.frames,
-        change.window,
-        change.seq
-    );
-    if let Some(r) = change.raised_id {
-        s.push_str(&format!(",\"raised_id\":{r}"));
-    }
-    s.push('}');
-    s.into_bytes()
+/// An alarm event as the contract has it (serialised by serde: labels are escaped).
+#[derive(Serialize)]
+struct AlarmEvent<'a> {
+    v: u8,
+    ts: u64,
+    id: u64,
+    event: &'a str,
+    class: &'a str,
+    frames: u32,
+    window: u32,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raised_id: Option<u64>,
 }
 
-/// Writes the result JSON of the contract into `out` (cleared first).
+/// The alarm JSON of the contract.
+pub fn alarm_json(id: u64, change: &AlarmChange) -> Vec<u8> {
+    serde_json::to_vec(&AlarmEvent {
+        v: 1,
+        ts: crate::frame::unix_ms(),
+        id,
+        event: change.kind.as_str(),
+        class: &change.class,
+        frames: change.frames,
+        window: change.window,
+        seq: change.seq,
+        raised_id: change.raised_id,
+    })
+    .expect("an alarm event serialises")
+}
+
+/// A result as the contract has it, borrowing the frame.
+#[derive(Serialize)]
+struct ResultMsg<'a> {
+    v: u8,
+    ts: u64,
+    seq: u64,
+    ok: bool,
+    defects: Defects<'a>,
+    latency_ms: f64,
+    model: &'a str,
+    regions: usize,
+}
+
+struct Defects<'a> {
+    frame: &'a Frame,
+    labels: &'a [String],
+}
+
+#[derive(Serialize)]
+struct DefectMsg<'a> {
+    class: &'a str,
+    score: f64,
+    bbox: [u32; 4],
+    area: u64,
+}
+
+impl Serialize for Defects<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.frame.verdict.defects.iter().map(|d| DefectMsg {
+            class: &self.labels[d.label],
+            score: round_to(d.score as f64, 1e4),
+            bbox: d.bbox,
+            area: d.area(),
+        }))
+    }
+}
+
+fn round_to(v: f64, scale: f64) -> f64 {
+    (v * scale).round() / scale
+}
+
+/// Writes the result JSON of the contract into `out` (cleared first; no allocation once
+/// it has grown to a frame's size).
 pub fn result_json(
     frame: &Frame,
     labels: &[String],
     model: &str,
     latency_ms: f64,
-    out: &mut String,
+    out: &mut Vec<u8>,
 ) {
-    use std::fmt::Write;
     out.clear();
-    let _ = write!(
-        out,
-        "{{\"v\":1,\"ts\":{},\"seq\":{},\"ok\":{},\"defects\":[",
-        frame.ts_ms, frame.seq, frame.verdict.ok
-    );
-    for (i, d) in frame.verdict.defects.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let [x, y, w, h] = d.bbox;
-        let _ = write!(
-            out,
-            "{{\"class\":\"{}\",\"score\":{:.4},\"bbox\":[{x},{y},{w},{h}],\"area\":{}}}",
-            labels[d.label],
-            d.score,
-            d.area()
-        );
-    }
-    let _ = write!(
-        out,
-        "],\"latency_ms\":{latency_ms:.3},\"model\":\"{model}\",\"regions\":{}}}",
-        frame.regions.len()
-    );
+    serde_json::to_writer(
+        &mut *out,
+        &ResultMsg {
+            v: 1,
+            ts: frame.ts_ms,
+            seq: frame.seq,
+            ok: frame.verdict.ok,
+            defects: Defects { frame, labels },
+            latency_ms: round_to(latency_ms, 1e3),
+            model,
+            regions: frame.regions.len(),
+        },
+    )
+    .expect("a result serialises into memory");
 }
 
 /// Commands that arrive from the broker for the decide stage.
@@ -410,7 +456,7 @@ pub struct Publisher {
     model: String,
     result_qos: QoS,
     last_active: u64,
-    json: String,
+    json: Vec<u8>,
     stop_io: Arc<AtomicBool>,
     io: Option<std::thread::JoinHandle<()>>,
 }
@@ -504,7 +550,7 @@ impl Publisher {
             model,
             result_qos,
             last_active,
-            json: String::with_capacity(512),
+            json: Vec::with_capacity(512),
             stop_io,
             io: Some(io),
         })
@@ -524,7 +570,7 @@ impl Publisher {
             &self.topics.result,
             self.result_qos,
             false,
-            self.json.as_bytes().to_vec(),
+            self.json.clone(),
             None,
         ) && s.publish(
             &self.topics.result_ok,
@@ -822,6 +868,37 @@ mod tests {
     }
 
     #[test]
+    fn payloads_stay_valid_json_whatever_the_label_and_model_id_hold() {
+        let hostile = ["a\"b", "back\\slash", "ünïcödé ✓", "tab\there", "\u{1}ctl"];
+        let mut f = Frame::default();
+        f.reset(1, 10, 10);
+        let mut out = Vec::new();
+        for (i, label) in hostile.iter().enumerate() {
+            f.verdict.defects.clear();
+            f.verdict.defects.push(crate::frame::Defect {
+                label: 0,
+                score: 0.5,
+                bbox: [0, 0, 1, 1],
+            });
+            result_json(&f, &[label.to_string()], label, 1.0, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["defects"][0]["class"], *label);
+            assert_eq!(v["model"], *label);
+            let change = AlarmChange {
+                kind: AlarmKind::Raised,
+                class: label.to_string(),
+                frames: 3,
+                window: 5,
+                seq: i as u64,
+                raised_id: None,
+            };
+            let a: serde_json::Value = serde_json::from_slice(&alarm_json(1, &change)).unwrap();
+            assert_eq!(a["class"], *label);
+            assert!(a.get("raised_id").is_none());
+        }
+    }
+
+    #[test]
     fn result_json_follows_the_contract() {
         let mut f = Frame::default();
         f.reset(5, 200, 200);
@@ -831,7 +908,7 @@ mod tests {
             score: 0.97,
             bbox: [1, 2, 64, 64],
         });
-        let mut out = String::new();
+        let mut out = Vec::new();
         result_json(
             &f,
             &["ok".into(), "scratches".into()],
@@ -839,7 +916,7 @@ mod tests {
             1.23456,
             &mut out,
         );
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["v"], 1);
         assert_eq!(v["seq"], 5);
         assert_eq!(v["ok"], false);
