@@ -112,7 +112,17 @@ impl ModelMeta {
             reason,
         };
         let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        Self::from_json(&text, &path)
+    }
+
+    /// Parses and checks metadata text; `path` names it in the error, with every
+    /// problem found.
+    pub fn from_json(text: &str, path: &Path) -> Result<ModelMeta, ClassifyError> {
+        let err = |reason: String| ClassifyError::Metadata {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let meta: ModelMeta = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
         let mut problems = Vec::new();
         if meta.input.layout != "NCHW" || meta.input.channels != 1 {
             problems.push(format!(
@@ -263,15 +273,19 @@ impl Classifier {
         })
     }
 
-    /// The stage's loop (one per worker; the workers share `input`): classifies each
-    /// frame and passes it on. A frame the model fails on is counted and passed on marked
-    /// `failed`, so decide can keep the order and skip it.
+    /// The stage's loop (one per worker, numbered `worker`; the workers share `input`):
+    /// classifies each frame and passes it on, then hands back a credit (see
+    /// [`StageContext::for_each_when`]). A frame the model fails on is counted and passed
+    /// on marked `failed`, so decide can keep the order and skip it.
     pub fn run(
         mut self,
+        worker: usize,
         input: Receiver<PooledFrame>,
         output: Sender<PooledFrame>,
+        credits: Option<Sender<()>>,
         ctx: StageContext,
     ) {
+        let mine = ctx.stats.classify_workers.get(worker);
         ctx.for_each(Stage::Classify, &input, |mut frame| {
             let t = Instant::now();
             if let Err(e) = self.classify(&mut frame) {
@@ -282,7 +296,15 @@ impl Classifier {
             let us = t.elapsed().as_micros() as u64;
             frame.times.classify_us = us as u32;
             ctx.stats.classify.record_us(us);
-            output.send(frame).is_ok()
+            if let Some(w) = mine {
+                w.record_us(us);
+            }
+            let sent = output.send(frame).is_ok();
+            if let Some(credits) = &credits {
+                // Preprocess may have ended first (the source finished): nothing to hand.
+                let _ = credits.try_send(());
+            }
+            sent
         });
     }
 

@@ -88,7 +88,13 @@ pub struct CaptureConfig {
     /// (0 = as fast as the pipeline takes them).
     #[serde(default)]
     pub fps: f64,
-    /// Frames that may wait between capture and preprocess; when full, the oldest is dropped.
+    /// `dir` source: deliver the folder as a live camera would: at `fps`, never waiting
+    /// for the pipeline, dropping the oldest waiting frame when it is behind (to try a
+    /// line's timing on recorded frames). A V4L2 camera is always live.
+    #[serde(default)]
+    pub live: bool,
+    /// Frames that may wait between capture and preprocess. Live: when full, the oldest
+    /// is dropped; each frame waiting adds a frame interval of latency when behind.
     #[serde(default = "default_queue")]
     pub queue: usize,
 }
@@ -183,6 +189,10 @@ pub struct MqttConfig {
     /// Broker port.
     #[serde(default = "default_port")]
     pub port: u32,
+    /// The embedded broker has no authentication, so it listens only on a loopback
+    /// address unless this is true.
+    #[serde(default)]
+    pub embedded_allow_remote: bool,
     /// First part of every topic.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -267,8 +277,18 @@ fn default_height() -> u32 {
 fn default_pixel_format() -> String {
     "YUYV".into()
 }
+/// `localhost` or a loopback IP address (127.0.0.0/8, ::1).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn default_queue() -> usize {
-    4
+    1
 }
 fn default_blur_kernel() -> u32 {
     5
@@ -773,6 +793,14 @@ impl Settings {
         if (m.cert_file.is_some() || m.key_file.is_some()) && m.ca_file.is_none() {
             p.push("mqtt.ca_file: required when a client certificate is set".into());
         }
+        if m.mode == MqttMode::Embedded && !m.embedded_allow_remote && !is_loopback(&m.host) {
+            p.push(format!(
+                "mqtt.host: {:?} is not a loopback address; the embedded broker has no \
+                 authentication, so it listens on loopback only unless \
+                 mqtt.embedded_allow_remote = true",
+                m.host
+            ));
+        }
         if m.mode == MqttMode::Embedded && m.ca_file.is_some() {
             p.push(
                 "mqtt.ca_file: TLS is for external brokers; the embedded broker serves plain MQTT"
@@ -922,5 +950,46 @@ port = 1883
             err.to_string().contains("capture.path:") && err.to_string().contains("nowhere"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_embedded_broker_listens_on_loopback_unless_allowed_more() {
+        let dir = tempfile::tempdir().unwrap();
+        for (host, allow, ok) in [
+            ("127.0.0.1", false, true),
+            ("localhost", false, true),
+            ("::1", false, true),
+            ("0.0.0.0", false, false),
+            ("192.168.1.10", false, false),
+            ("0.0.0.0", true, true),
+        ] {
+            let body = GOOD.replace(
+                "port = 1883",
+                &format!(
+                    "port = 1883\nmode = \"embedded\"\nhost = \"{host}\"\nembedded_allow_remote = {allow}"
+                ),
+            );
+            let res = Settings::load_with_env(&write(dir.path(), &body), []);
+            assert_eq!(res.is_ok(), ok, "{host} {allow}: {:?}", res.err());
+            if let Err(e) = res {
+                assert!(
+                    e.to_string().contains("mqtt.host")
+                        && e.to_string().contains("embedded_allow_remote"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn capture_live_and_the_queue_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
+        assert!(!s.capture.live);
+        assert_eq!(s.capture.queue, 1);
+        let body = GOOD.replace("path = \"imgs\"", "path = \"imgs\"\nlive = true\nqueue = 3");
+        let s = Settings::load_with_env(&write(dir.path(), &body), []).unwrap();
+        assert!(s.capture.live);
+        assert_eq!(s.capture.queue, 3);
     }
 }

@@ -6,7 +6,10 @@
 //! ```
 //!
 //! A camera never blocks on the stages behind it: when the first queue is full capture
-//! drops the oldest waiting frame and counts it. A replayed folder waits for room
+//! drops the oldest waiting frame and counts it, and preprocess takes a frame only when a
+//! classify worker is free (credits handed back by the workers), so when the model is
+//! the bottleneck a frame waits at most one frame interval in the capture queue (the
+//! default `capture.queue = 1`), not behind every frame in the queues after it. A replayed folder waits for room
 //! instead, so every file is inspected (`capture.fps = 0`: as fast as the pipeline
 //! goes). Every later stage blocks on the next one, which is safe because publish never
 //! waits on the broker. `model.workers` classify threads share one queue; decide puts
@@ -28,6 +31,7 @@ use crossbeam_channel::{bounded, Sender};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
+use crate::alarm_state::AlarmState;
 use crate::capture::{CaptureError, CaptureStage, Source};
 use crate::classify::{Classifier, ClassifyError};
 use crate::config::{MqttMode, Settings, SourceKind};
@@ -90,10 +94,14 @@ impl Pipeline {
             &settings.state.dir,
             settings.state.max_outbox_bytes,
         )?));
+        let state = AlarmState::new(&settings.state.dir);
+        let mut tracker = AlarmTracker::new(&settings.alarm, classes.clone());
+        let restored = tracker.restore(&state.load());
         let decide = DecideStage {
             decider: Decider::new(&settings.decide, &classes).map_err(StartError::Config)?,
-            tracker: AlarmTracker::new(&settings.alarm, classes.clone()),
+            tracker,
             outbox: outbox.clone(),
+            state,
             // Every frame that can be between preprocess and decide at once.
             reorder: Reorder::new(2 * (queue + 16)),
         };
@@ -101,6 +109,7 @@ impl Pipeline {
             source: Source::open(&settings.capture)?,
             pool: FramePool::new(queue + 16),
         };
+        let live = !capture.source.waits_for_room();
         if settings.mqtt.mode == MqttMode::Embedded {
             crate::broker::start(&settings.mqtt.host, settings.mqtt.port as u16)
                 .map_err(StartError::Mqtt)?;
@@ -113,7 +122,7 @@ impl Pipeline {
             stats.clone(),
             meta.labels.clone(),
             meta.id.clone(),
-            vec![false; classes.len()],
+            restored,
             cmd_tx,
         )
         .map_err(StartError::Mqtt)?;
@@ -134,20 +143,36 @@ impl Pipeline {
             "capture".into(),
             Box::new(move || capture.run(cap_tx, oldest, c)),
         )?;
+        // Live: preprocess takes a frame only when a classify worker is free (one credit
+        // per worker), so the frame classified is the newest, not one that waited.
+        let (credit_tx, credit_rx) = bounded::<()>(workers);
+        for _ in 0..workers {
+            let _ = credit_tx.try_send(());
+        }
         let (c, pre) = (ctx.clone(), Preprocessor::new(&settings.preprocess));
+        let credits = live.then_some(credit_rx);
         spawn(
             "preprocess".into(),
-            Box::new(move || pre.run(cap_rx, pre_tx, c)),
+            Box::new(move || pre.run(cap_rx, pre_tx, credits, c)),
         )?;
+        ctx.stats
+            .classify_workers
+            .running
+            .store(workers as u64, Relaxed);
         for (i, classifier) in classifiers.into_iter().enumerate() {
             let (c, input, output) = (ctx.clone(), pre_rx.clone(), cls_tx.clone());
+            let credits = live.then(|| credit_tx.clone());
             let name = if workers == 1 {
                 "classify".into()
             } else {
                 format!("classify-{i}")
             };
-            spawn(name, Box::new(move || classifier.run(input, output, c)))?;
+            spawn(
+                name,
+                Box::new(move || classifier.run(i, input, output, credits, c)),
+            )?;
         }
+        drop(credit_tx);
         drop((pre_rx, cls_tx));
         let c = ctx.clone();
         spawn(

@@ -179,15 +179,19 @@ impl Preprocessor {
     }
 
     /// The stage's loop: numbers each frame in the order it arrived (`Frame::order`, for
-    /// the classify workers' reorder), preprocesses it and passes it on.
+    /// the classify workers' reorder), preprocesses it and passes it on. With `credits`
+    /// (a live source) it takes a frame only when a classify worker is free, so a camera
+    /// that outruns the model loses its oldest frames in the capture queue rather than
+    /// having every frame wait in the queues behind it.
     pub fn run(
         mut self,
         input: Receiver<PooledFrame>,
         output: Sender<PooledFrame>,
+        credits: Option<Receiver<()>>,
         ctx: StageContext,
     ) {
         let mut order = 0u64;
-        ctx.for_each(Stage::Preprocess, &input, |mut frame| {
+        ctx.for_each_when(Stage::Preprocess, credits.as_ref(), &input, |mut frame| {
             frame.order = order;
             order += 1;
             let t = Instant::now();
