@@ -1,19 +1,32 @@
 //! The whole pipeline: 1280 x 1024 frames from the `dir` source through every stage to a
-//! local mosquitto, as fast as it takes them. Reports frames per second (per core: this
-//! machine's core count is printed), frames per CPU-second with 1 and 2 classify
-//! workers, and end-to-end latency p50 / p99.
+//! local mosquitto. Reports, in one run:
+//!  - replay flat out with 1 and 2 classify workers: frames per second and frames per
+//!    CPU-second (getrusage; a one-frame run is subtracted, so loading the model and
+//!    starting up do not count);
+//!  - one frame's processing time: end-to-end p50 / p99 paced well below capacity;
+//!  - a live source that outruns the model (`capture.live`, 60 frames/s offered) with
+//!    the default `capture.queue` and with 4: end-to-end p50 / p99 against that time;
+//!  - `../shared/anchors/pyref_pipeline.py --whole` on the same frames, the same network
+//!    (the shipped model with a SpaceToDepth node in front, `whole_frame_model.py`) and
+//!    the same broker, when the anchors' Python has its packages (`INSPECTD_PYTHON`, else
+//!    `models/.venv`, else python3).
+//!
+//! The frames are the worst case: `line_1280x1024.png`, every 200 x 200 block a NEU
+//! defect image.
 
 mod support;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inspectd::config::Settings;
 use inspectd::pipeline::Pipeline;
-use inspectd::telemetry::Stats;
+use inspectd::telemetry::{Histogram, Stats};
 
-const FRAMES: usize = 40;
+const FRAMES: usize = 60;
 
 struct Broker(std::process::Child);
 impl Drop for Broker {
@@ -21,6 +34,61 @@ impl Drop for Broker {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A config replaying `images`, with `extra` lines appended to `[capture]`.
+fn config(dir: &Path, name: &str, images: &Path, port: u16, capture: &str) -> Settings {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[station]\nsite = \"bench\"\nline = \"l\"\nstation = \"s\"\n[capture]\nsource = \"dir\"\npath = \"{}\"\n\
+             {capture}\n[model]\npath = \"{}\"\n[mqtt]\nport = {port}\nstats_interval_s = 3600\n[state]\ndir = \"{}\"\n",
+            images.display(),
+            support::repo().join("models/neu_det.onnx").display(),
+            dir.join(format!("state-{name}")).display()
+        ),
+    )
+    .unwrap();
+    Settings::load(&path).unwrap()
+}
+
+/// Runs the pipeline until the folder is done (or for `live_for`, then stops it);
+/// returns its stats, wall seconds and this process's CPU-seconds.
+fn run(s: &Settings, live_for: Option<Duration>) -> (Arc<Stats>, f64, f64) {
+    run_window(s, live_for).0
+}
+
+/// [`run`]; for a live run also the end-to-end (count, p50, p99) of the `live_for`
+/// window, read before stopping (the final stats message resets the window).
+fn run_window(
+    s: &Settings,
+    live_for: Option<Duration>,
+) -> ((Arc<Stats>, f64, f64), (u64, f64, f64)) {
+    let stats = Arc::new(Stats::default());
+    let (t, cpu) = (Instant::now(), support::cpu_seconds());
+    let p = Pipeline::start(s, stats.clone()).unwrap();
+    let mut window = (0, 0.0, 0.0);
+    if let Some(d) = live_for {
+        // The first frame builds the plan for its size: leave it out of the latencies.
+        std::thread::sleep(Duration::from_secs(2));
+        stats.end_to_end.take();
+        std::thread::sleep(d);
+        window = stats.end_to_end.take();
+        p.stop();
+    }
+    while !p.finished() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    p.join();
+    (
+        (
+            stats,
+            t.elapsed().as_secs_f64(),
+            support::cpu_seconds() - cpu,
+        ),
+        window,
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -39,113 +107,211 @@ fn bench(c: &mut Criterion) {
     };
     let _broker = Broker(child);
     std::thread::sleep(Duration::from_millis(500));
-    let images = dir.path().join("frames");
-    std::fs::create_dir(&images).unwrap();
-    for i in 0..FRAMES {
-        std::fs::copy(support::line_frame(), images.join(format!("{i:03}.png"))).unwrap();
-    }
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[station]\nsite = \"bench\"\nline = \"l\"\nstation = \"s\"\n[capture]\nsource = \"dir\"\npath = \"{}\"\n\
-             loop = false\nfps = 0\nqueue = {FRAMES}\n[model]\npath = \"{}\"\n[mqtt]\nport = {port}\n\
-             [state]\ndir = \"{}\"\n",
-            images.display(),
-            support::repo().join("models/neu_det.onnx").display(),
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
-    let settings = Settings::load(&config).unwrap();
-    let mut last = None;
+    let folder = |name: &str, n: usize| -> PathBuf {
+        let images = dir.path().join(name);
+        std::fs::create_dir(&images).unwrap();
+        for i in 0..n {
+            std::fs::copy(support::line_frame(), images.join(format!("{i:03}.png"))).unwrap();
+        }
+        images
+    };
+    let (images, one) = (folder("frames", FRAMES), folder("one", 1));
+    let replay = format!("loop = false\nfps = 0\nqueue = {FRAMES}");
+    let settings = config(dir.path(), "replay", &images, port, &replay);
+    println!("CPU: {}", support::cpu_model());
+
     let mut g = c.benchmark_group("pipeline_1280x1024_to_mqtt");
     g.sample_size(10);
     g.throughput(Throughput::Elements(FRAMES as u64));
     g.bench_function("frames", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let stats = Arc::new(Stats::default());
-                let t = Instant::now();
-                let p = Pipeline::start(&settings, stats.clone()).unwrap();
-                while !p.finished() {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                total += t.elapsed();
-                p.join();
-                last = Some(stats);
-            }
-            total
+            (0..iters)
+                .map(|_| Duration::from_secs_f64(run(&settings, None).1))
+                .sum()
         })
     });
     g.finish();
-    if let Some(stats) = last {
-        report("as fast as it goes", &stats);
-    }
-    // Flat out with 1 and 2 classify workers: frames per second and per CPU-second.
+
+    // Replay flat out with 1 and 2 classify workers. (End-to-end latency here includes
+    // the wait in the replay queue, which holds the whole folder.)
+    let mut per_cpu = Vec::new();
+    let mut capacity = f64::NAN;
     for workers in [1, 2] {
-        let mut s = Settings::load(&config).unwrap();
+        let mut s = settings.clone();
         s.model.workers = workers;
-        let stats = Arc::new(Stats::default());
-        let (t, cpu) = (Instant::now(), cpu_seconds());
-        let p = Pipeline::start(&s, stats.clone()).unwrap();
-        while !p.finished() {
-            std::thread::sleep(Duration::from_millis(2));
+        let (stats, wall, cpu) = run(&s, None);
+        let mut s1 = config(dir.path(), "one", &one, port, &replay);
+        s1.model.workers = workers;
+        let (_, wall1, cpu1) = run(&s1, None);
+        let n = stats.frames_published.load(Relaxed) as f64;
+        let frames_per_cpu = (n - 1.0) / (cpu - cpu1);
+        per_cpu.push(frames_per_cpu);
+        if workers == settings.model.worker_count().clamp(1, 2) {
+            capacity = (n - 1.0) / (wall - wall1);
         }
-        p.join();
-        let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
-        let n = stats
-            .frames_published
-            .load(std::sync::atomic::Ordering::Relaxed) as f64;
         println!(
-            "pipeline, {workers} classify worker(s), flat out: {:.1} frames/s, {:.1} frames per CPU-second \
-             ({n} frames, {wall:.2} s, {cpu:.2} CPU-s)",
-            n / wall,
-            n / cpu
+            "pipeline, replay flat out, {workers} classify worker(s): {:.1} frames/s, {frames_per_cpu:.1} frames per \
+             CPU-second ({n} frames: {wall:.2} s, {cpu:.2} CPU-s; one-frame run {wall1:.2} s, {cpu1:.2} CPU-s \
+             subtracted); {}",
+            (n - 1.0) / (wall - wall1),
+            ms(&stats.end_to_end)
         );
-        report(&format!("{workers} worker(s)"), &stats);
+        println!("  {}", stats_line(&stats));
     }
-    // Paced below capacity, so latency is the pipeline's own, not time spent queueing.
-    let paced = Settings::load(&config).map(|mut s| {
-        s.capture.fps = 15.0;
-        s
-    });
-    let stats = Arc::new(Stats::default());
-    let p = Pipeline::start(&paced.unwrap(), stats.clone()).unwrap();
-    while !p.finished() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    p.join();
-    report("paced at 15 frames/s", &stats);
-}
 
-/// User + system CPU time of this process so far (getrusage), in seconds.
-fn cpu_seconds() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
-}
-
-fn report(what: &str, stats: &Stats) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let ms = |h: &inspectd::telemetry::Histogram| {
-        let (_, p50, p99) = h.since_start();
-        format!("p50 {p50:.1} ms, p99 {p99:.1} ms")
-    };
+    // One frame's processing time: paced at half the default setting's capacity, so
+    // nothing waits.
+    let rate = ((capacity / 2.0) * 10.0).floor().max(1.0) / 10.0;
+    let paced = config(
+        dir.path(),
+        "paced",
+        &images,
+        port,
+        &format!("loop = false\nfps = {rate}"),
+    );
+    let (stats, _, _) = run(&paced, None);
+    let (_, processing, paced_p99) = stats.end_to_end.since_start();
     println!(
-        "pipeline, {what}: {} of {} frames published, capture-queue drops {}, {} cores; end to end {}; \
-         preprocess {}; classify {}",
+        "pipeline, paced at {rate} frames/s, half of capacity (one frame's processing time): end to end \
+         p50 {processing:.1} ms, p99 {paced_p99:.1} ms\n  {}",
+        stats_line(&stats)
+    );
+
+    // A live source that outruns the model.
+    for queue in [1, 4] {
+        let s = config(
+            dir.path(),
+            &format!("live{queue}"),
+            &images,
+            port,
+            &format!("loop = true\nlive = true\nfps = 60\nqueue = {queue}"),
+        );
+        let ((stats, _, _), (n, p50, p99)) = run_window(&s, Some(Duration::from_secs(10)));
+        println!(
+            "pipeline, live at 60 frames/s offered, capture.queue = {queue}{}, {} classify worker(s): {n} frames \
+             in 10 s; end to end p50 {p50:.1} ms, p99 {p99:.1} ms = {:.2}x one frame's processing time \
+             (target <= 2x)\n  {}",
+            if queue == 1 { " (default)" } else { "" },
+            s.model.worker_count(),
+            p99 / processing,
+            stats_line(&stats)
+        );
+    }
+
+    anchor(
+        dir.path(),
+        &images,
+        port,
+        &per_cpu,
+        (rate, processing, paced_p99),
+    );
+}
+
+/// The Python pipeline on the same frames, network and broker.
+fn anchor(dir: &Path, images: &Path, port: u16, ours: &[f64], paced: (f64, f64, f64)) {
+    let (rate, processing, ours_p99) = paced;
+    let whole = dir.join("neu_det_whole.onnx");
+    let made = std::process::Command::new(support::python())
+        .arg(support::repo().join("benches/whole_frame_model.py"))
+        .arg(support::repo().join("models/neu_det.onnx"))
+        .arg(&whole)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !made {
+        println!(
+            "pyref_pipeline.py not run: {} has no onnx package to write the whole-frame model \
+             (pip install -r models/requirements.txt opencv-python-headless paho-mqtt)",
+            support::python()
+        );
+        return;
+    }
+    let args = |frames: usize, read_each: bool| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--dir",
+            &images.display().to_string(),
+            "--model",
+            &whole.display().to_string(),
+            "--tile",
+            "1280",
+            "--stride",
+            "1280",
+            "--whole",
+            "--mean",
+            "0",
+            "--std",
+            "0.00392156862745098",
+            "--port",
+            &port.to_string(),
+            "--frames",
+            &frames.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        if read_each {
+            a.push("--read-each".into());
+        }
+        a
+    };
+    let (Some((full, cpu)), Some((_, cpu1))) = (
+        support::anchor_cpu("pyref_pipeline.py", &args(FRAMES, true)),
+        support::anchor_cpu("pyref_pipeline.py", &args(1, true)),
+    ) else {
+        println!("pyref_pipeline.py not run (it needs numpy, opencv-python-headless, onnxruntime, paho-mqtt)");
+        return;
+    };
+    let theirs = (FRAMES - 1) as f64 / (cpu - cpu1);
+    println!(
+        "pyref_pipeline.py --whole --read-each: {} frames/s, {theirs:.1} frames per CPU-second ({cpu:.2} CPU-s, \
+         one-frame run {cpu1:.2} subtracted); p50 {} ms, p99 {} ms",
+        full["fps"], full["p50_ms"], full["p99_ms"]
+    );
+    println!(
+        "inspectd / Python, frames per CPU-second: 1 worker {:.2}x, 2 workers {:.2}x (target >= 1.5x)",
+        ours[0] / theirs,
+        ours[1] / theirs
+    );
+    if let Some(decoded) = support::anchor("pyref_pipeline.py", &args(FRAMES, false)) {
+        // inspectd stamps a replayed frame once decoded: compare with frames decoded beforehand.
+        let p99 = decoded["p99_ms"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "pyref_pipeline.py --whole, frames decoded beforehand (one at a time, nothing waits): p50 {} ms, \
+             p99 {p99} ms; inspectd paced at {rate} frames/s: p50 {processing:.1} ms, p99 {ours_p99:.1} ms; \
+             p99 inspectd / Python = {:.2} (target <= 0.5)",
+            decoded["p50_ms"],
+            ours_p99 / p99
+        );
+    }
+}
+
+fn ms(h: &Histogram) -> String {
+    let (_, p50, p99) = h.since_start();
+    format!("end to end p50 {p50:.1} ms, p99 {p99:.1} ms")
+}
+
+fn stats_line(stats: &Stats) -> String {
+    let workers: Vec<String> = stats
+        .classify_workers
+        .running()
+        .iter()
+        .map(|w| {
+            format!(
+                "{} frames / {:.2} s",
+                w.frames.load(Relaxed),
+                w.busy_us.load(Relaxed) as f64 / 1e6
+            )
+        })
+        .collect();
+    format!(
+        "{} of {} frames published, capture-queue drops {}; preprocess p50 {:.1} ms, classify p50 {:.1} ms; \
+         classify workers [{}]",
         stats.frames_published.load(Relaxed),
         stats.frames_captured.load(Relaxed),
         stats.dropped_capture_queue.load(Relaxed),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        ms(&stats.end_to_end),
-        ms(&stats.preprocess),
-        ms(&stats.classify),
-    );
+        stats.preprocess.since_start().1,
+        stats.classify.since_start().1,
+        workers.join(", ")
+    )
 }
 
 criterion_group!(benches, bench);

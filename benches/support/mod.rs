@@ -28,15 +28,34 @@ pub fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Runs a script of ../shared/anchors with `$INSPECTD_PYTHON` (default python3); its JSON
-/// line, or None when Python or its packages are missing.
+/// The Python the anchors run with: `$INSPECTD_PYTHON`, else `models/.venv` when it
+/// exists, else python3.
+pub fn python() -> String {
+    std::env::var("INSPECTD_PYTHON").unwrap_or_else(|_| {
+        let venv = repo().join("models/.venv/bin/python");
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    })
+}
+
+/// Runs a script of ../shared/anchors with [`python`]; its JSON line, or None when
+/// Python or its packages are missing.
 pub fn anchor(script: &str, args: &[String]) -> Option<serde_json::Value> {
-    let python = std::env::var("INSPECTD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(python)
+    anchor_cpu(script, args).map(|(v, _)| v)
+}
+
+/// [`anchor`], with the CPU-seconds (user + system, getrusage) the script's process took.
+pub fn anchor_cpu(script: &str, args: &[String]) -> Option<(serde_json::Value, f64)> {
+    let before = children_cpu_seconds();
+    let out = std::process::Command::new(python())
         .arg(repo().join("../shared/anchors").join(script))
         .args(args)
         .output()
         .ok()?;
+    let cpu = children_cpu_seconds() - before;
     if !out.status.success() {
         eprintln!(
             "anchor {script} not run: {}",
@@ -47,12 +66,31 @@ pub fn anchor(script: &str, args: &[String]) -> Option<serde_json::Value> {
         );
         return None;
     }
-    serde_json::from_slice(
+    let json = serde_json::from_slice(
         out.stdout
             .split(|&b| b == b'\n')
             .find(|l| l.starts_with(b"{"))?,
     )
-    .ok()
+    .ok()?;
+    Some((json, cpu))
+}
+
+fn rusage_seconds(who: libc::c_int) -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given; `who` is RUSAGE_SELF or _CHILDREN.
+    unsafe { libc::getrusage(who, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// User + system CPU time of this process so far, in seconds.
+pub fn cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU time of the child processes waited for so far, in seconds.
+pub fn children_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_CHILDREN)
 }
 
 /// The CPU's model name (lscpu's "Model name"), printed beside every figure.
