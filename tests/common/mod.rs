@@ -186,8 +186,21 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16, filter: &str, persistent: bool) -> Subscriber {
+        Self::start_as(port, filter, persistent, None)
+    }
+
+    /// [`start`](Self::start), logged in as `(user, password)`.
+    pub fn start_as(
+        port: u16,
+        filter: &str,
+        persistent: bool,
+        login: Option<(&str, &str)>,
+    ) -> Subscriber {
         let id = format!("test-sub-{}-{}", std::process::id(), free_port());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_clean_session(!persistent);
         opts.set_max_packet_size(1 << 20, 1 << 20);
