@@ -1,7 +1,8 @@
 //! Where tract spends its time on a model: runs it `ITERS` times on a zero input of the
-//! given shape and prints each optimised node's median time, slowest first.
+//! given shape (or on a frame, PNG, laid out as 8x8 patches as inspectd feeds it) and
+//! prints each optimised node's median time, slowest first.
 //!
-//! usage: cargo run --release --example profile_model -- MODEL.onnx 1,64,128,160 [ITERS]
+//! usage: cargo run --release --example profile_model -- MODEL.onnx 1,64,128,160 [ITERS [FRAME.png]]
 
 use std::time::Instant;
 
@@ -17,7 +18,27 @@ fn main() -> TractResult<()> {
         .into_optimized()?
         .into_runnable()?;
     let mut state = TypedSimpleState::new(&plan)?;
-    let input: TValue = Tensor::zero::<f32>(&shape)?.into();
+    let input: TValue = match args.get(4) {
+        // A real frame, as inspectd feeds it: 8x8 patches as channels, raw gray levels.
+        Some(png) => {
+            let (w, h, px) = inspectd::capture::load_gray(std::path::Path::new(png)).unwrap();
+            let (w, h) = (w as usize, h as usize);
+            let mut t = Tensor::zero::<f32>(&shape)?;
+            {
+                let mut v = t.try_as_plain_ram_mut().unwrap();
+                let d = v.as_slice_mut::<f32>()?;
+                let (gh, gw) = (shape[2], shape[3]);
+                for y in 0..h.min(gh * 8) {
+                    for x in 0..w.min(gw * 8) {
+                        d[((y % 8) * 8 + x % 8) * gh * gw + (y / 8) * gw + x / 8] =
+                            px[y * w + x] as f32;
+                    }
+                }
+            }
+            t.into()
+        }
+        None => Tensor::zero::<f32>(&shape)?.into(),
+    };
     let n = plan.model().nodes().len();
     let mut times = vec![Vec::new(); n];
     for _ in 0..iters {
