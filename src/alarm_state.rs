@@ -47,14 +47,20 @@ impl AlarmState {
         &self.path
     }
 
-    /// The alarms active when the previous process stopped. None saved yet (a first
-    /// start) is an empty set; a file that cannot be read or parsed is an ERROR naming it
-    /// and also an empty set: the daemon starts clean rather than refusing to run.
-    pub fn load(&self) -> Vec<ActiveAlarm> {
+    /// The alarms active when the previous process stopped. No file on a first start
+    /// (`alarms_before` false: the outbox has never held an alarm) is an empty set; no
+    /// file after alarms were raised, or a file that cannot be read or parsed, is an
+    /// ERROR naming it and also an empty set: the daemon starts clean rather than
+    /// refusing to run.
+    pub fn load(&self, alarms_before: bool) -> Vec<ActiveAlarm> {
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                info!(file = %self.path.display(), "No saved alarm state: starting with no alarm active.");
+                if alarms_before {
+                    error!(file = %self.path.display(), "Saved alarm state is missing although alarms were raised before; starting with no alarm active.");
+                } else {
+                    info!(file = %self.path.display(), "No saved alarm state (first start): no alarm active.");
+                }
                 return Vec::new();
             }
             Err(e) => {
@@ -115,12 +121,17 @@ mod tests {
     fn what_is_saved_is_loaded_back() {
         let dir = tempfile::tempdir().unwrap();
         let s = AlarmState::new(dir.path());
-        assert_eq!(s.load(), vec![], "nothing saved yet");
+        assert_eq!(s.load(false), vec![], "nothing saved yet");
+        assert_eq!(
+            s.load(true),
+            vec![],
+            "missing after alarms: an error, still empty"
+        );
         let set = vec![alarm("scratches", 7), alarm("patches", 9)];
         s.save(&set).unwrap();
-        assert_eq!(AlarmState::new(dir.path()).load(), set);
+        assert_eq!(AlarmState::new(dir.path()).load(true), set);
         s.save(&[]).unwrap();
-        assert_eq!(s.load(), vec![]);
+        assert_eq!(s.load(true), vec![]);
         assert!(!dir.path().join("alarms.json.tmp").exists());
     }
 
@@ -132,12 +143,12 @@ mod tests {
         let good = std::fs::read(s.path()).unwrap();
         for cut in [1, good.len() / 2, good.len() - 3] {
             std::fs::write(s.path(), &good[..cut]).unwrap();
-            assert_eq!(s.load(), vec![], "cut at {cut}");
+            assert_eq!(s.load(true), vec![], "cut at {cut}");
         }
         std::fs::write(s.path(), b"{\"v\":2,\"active\":[]}").unwrap();
-        assert_eq!(s.load(), vec![]);
+        assert_eq!(s.load(true), vec![]);
         std::fs::remove_file(s.path()).unwrap();
         std::fs::create_dir(s.path()).unwrap();
-        assert_eq!(s.load(), vec![], "a folder where the file should be");
+        assert_eq!(s.load(true), vec![], "a folder where the file should be");
     }
 }

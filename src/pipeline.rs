@@ -96,7 +96,8 @@ impl Pipeline {
         )?));
         let state = AlarmState::new(&settings.state.dir);
         let mut tracker = AlarmTracker::new(&settings.alarm, classes.clone());
-        let restored = tracker.restore(&state.load());
+        let alarms_before = outbox.lock().expect("outbox lock").next_id() > 1;
+        let restored = tracker.restore(&state.load(alarms_before));
         let decide = DecideStage {
             decider: Decider::new(&settings.decide, &classes).map_err(StartError::Config)?,
             tracker,

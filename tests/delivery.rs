@@ -372,3 +372,39 @@ fn a_corrupt_alarm_state_file_is_an_error_and_a_clean_start() {
         "{log}"
     );
 }
+
+#[test]
+fn a_missing_alarm_state_file_after_alarms_is_an_error_and_a_clean_start() {
+    let broker = Mosquitto::start();
+    let scratched = stems_with("scratches", "patches", 2);
+    let images = image_folder(&[&scratched[0], &scratched[1], &scratched[0]]);
+    let st = station(images.path(), broker.port, false, 0.0, (3, 2, 0, false), "");
+    let mut first = Daemon::start(&st.config);
+    assert_eq!(
+        first.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        first.log_text()
+    );
+    assert!(!first.logged_alarm_ids().is_empty(), "{}", first.log_text());
+    assert!(
+        first
+            .log_text()
+            .contains("No saved alarm state (first start)"),
+        "a first start is not an error"
+    );
+    std::fs::remove_file(st.dir.path().join("state/alarms.json")).unwrap();
+    let mut again = Daemon::start(&st.config);
+    assert_eq!(
+        again.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        again.log_text()
+    );
+    let log = again.log_text();
+    assert!(
+        log.contains("Saved alarm state is missing although alarms were raised before")
+            && log.contains("\"level\":\"ERROR\""),
+        "{log}"
+    );
+}
