@@ -55,16 +55,18 @@ fn config(dir: &Path, name: &str, images: &Path, port: u16, capture: &str) -> Se
 
 /// Runs the pipeline until the folder is done (or for `live_for`, then stops it);
 /// returns its stats, wall seconds and this process's CPU-seconds.
-fn run(s: &Settings, live_for: Option<Duration>) -> (Arc<Stats>, f64, f64) {
+/// A run's stats, wall seconds and CPU-seconds.
+type Run = (Arc<Stats>, f64, f64);
+/// Count, p50 ms and p99 ms of end-to-end latency in a window.
+type Window = (u64, f64, f64);
+
+fn run(s: &Settings, live_for: Option<Duration>) -> Run {
     run_window(s, live_for).0
 }
 
 /// [`run`]; for a live run also the end-to-end (count, p50, p99) of the `live_for`
 /// window, read before stopping (the final stats message resets the window).
-fn run_window(
-    s: &Settings,
-    live_for: Option<Duration>,
-) -> ((Arc<Stats>, f64, f64), (u64, f64, f64)) {
+fn run_window(s: &Settings, live_for: Option<Duration>) -> (Run, Window) {
     let stats = Arc::new(Stats::default());
     let (t, cpu) = (Instant::now(), support::cpu_seconds());
     let p = Pipeline::start(s, stats.clone()).unwrap();
