@@ -9,9 +9,9 @@
 //! drops the oldest waiting frame and counts it, and preprocess takes a frame only when a
 //! classify worker is free (credits handed back by the workers), so when the model is
 //! the bottleneck a frame waits at most one frame interval in the capture queue (the
-//! default `capture.queue = 1`), not behind every frame in the queues after it. A replayed folder waits for room
-//! instead, so every file is inspected (`capture.fps = 0`: as fast as the pipeline
-//! goes). Every later stage blocks on the next one, which is safe because publish never
+//! default `capture.queue = 1`), not behind every frame in the queues after it. A
+//! replayed folder waits for room instead, so every file is inspected (`capture.fps =
+//! 0`: as fast as the pipeline goes). Every later stage blocks on the next one, which is safe because publish never
 //! waits on the broker. `model.workers` classify threads share one queue; decide puts
 //! their frames back in order. Alarm events get their ids and are fsync'd to the outbox
 //! in decide, before anything can publish them.
