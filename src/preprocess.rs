@@ -22,6 +22,10 @@ use crate::stage::{Stage, StageContext};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
     pub weights: Vec<u16>,
+    /// The same weights summing to 16, when they are exact at that precision (OpenCV's
+    /// 3- and 5-tap tables): then both passes fit 16-bit lanes, twice as many per
+    /// instruction, with the same result.
+    four_bit: Option<Vec<u16>>,
 }
 
 impl Kernel {
@@ -40,9 +44,7 @@ impl Kernel {
                 _ => &[],
             };
             if !table.is_empty() {
-                return Kernel {
-                    weights: table.to_vec(),
-                };
+                return Kernel::from_weights(table.to_vec());
             }
         }
         let sigma = if sigma > 0.0 {
@@ -64,27 +66,19 @@ impl Kernel {
         let sum: i32 = weights.iter().map(|&w| w as i32).sum();
         let centre = r as usize;
         weights[centre] = (weights[centre] as i32 + 256 - sum) as u16;
-        Kernel { weights }
+        Kernel::from_weights(weights)
+    }
+
+    fn from_weights(weights: Vec<u16>) -> Kernel {
+        let four_bit = weights
+            .iter()
+            .all(|w| w % 16 == 0)
+            .then(|| weights.iter().map(|w| w / 16).collect());
+        Kernel { weights, four_bit }
     }
 
     pub fn radius(&self) -> usize {
         self.weights.len() / 2
-    }
-
-    /// The same weights summing to 16, when they are exact at that precision (OpenCV's
-    /// 3- and 5-tap tables): then both passes fit 16-bit lanes, twice as many per
-    /// instruction, with the same result.
-    /// (On the stack: this runs for every frame, and kernels have at most 15 taps.)
-    fn four_bit(&self) -> Option<([u16; 15], usize)> {
-        let n = self.weights.len();
-        if n > 15 || self.weights.iter().any(|w| w % 16 != 0) {
-            return None;
-        }
-        let mut out = [0u16; 15];
-        for (o, w) in out.iter_mut().zip(&self.weights) {
-            *o = w / 16;
-        }
-        Some((out, n))
     }
 }
 
@@ -239,8 +233,8 @@ fn blur_into(
     }
     let r = k.radius();
     let ks = k.weights.len();
-    let narrow = k.four_bit();
-    let weights = narrow.as_ref().map_or(&k.weights[..], |(w, n)| &w[..*n]);
+    let narrow = k.four_bit.as_deref();
+    let weights = narrow.unwrap_or(&k.weights);
     s.padded.resize(width + 2 * r, 0);
     s.rows.resize(ks * width, 0);
     s.acc.resize(width, 0);
