@@ -29,8 +29,6 @@ pub enum CaptureError {
     Folder { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Image { path: PathBuf, reason: String },
-    #[error("camera {device}: {reason}")]
-    Camera { device: PathBuf, reason: String },
 }
 
 /// What a read produced.

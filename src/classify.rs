@@ -107,12 +107,13 @@ impl ModelMeta {
 
     pub fn load(model: &Path) -> Result<ModelMeta, ClassifyError> {
         let path = Self::path_for(model);
-        let err = |reason: String| ClassifyError::Metadata {
-            path: path.clone(),
-            reason,
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        Self::from_json(&text, &path)
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_json(&text, &path),
+            Err(e) => Err(ClassifyError::Metadata {
+                reason: e.to_string(),
+                path,
+            }),
+        }
     }
 
     /// Parses and checks metadata text; `path` names it in the error, with every
