@@ -59,15 +59,21 @@ impl CameraState {
         }
     }
 
-    /// The name of the state stored in [`Stats::camera_state`] (0: no camera).
+    const ALL: [CameraState; 4] = [
+        CameraState::Opening,
+        CameraState::Streaming,
+        CameraState::Lost,
+        CameraState::Backoff,
+    ];
+
+    /// The state stored in [`Stats::camera_state`]; None: no camera.
+    pub fn from_code(code: u64) -> Option<CameraState> {
+        Self::ALL.into_iter().find(|s| *s as u64 == code)
+    }
+
+    /// The name of the state stored in [`Stats::camera_state`] (`none`: no camera).
     pub fn name_of(code: u64) -> &'static str {
-        match code {
-            1 => "opening",
-            2 => "streaming",
-            3 => "lost",
-            4 => "backoff",
-            _ => "none",
-        }
+        Self::from_code(code).map_or("none", Self::name)
     }
 }
 
@@ -121,9 +127,6 @@ impl CameraSource {
     fn enter(&mut self, state: CameraState, stats: &Stats, why: &str) {
         self.state = state;
         stats.camera_state.store(state as u64, Relaxed);
-        stats
-            .camera_down
-            .store((state != CameraState::Streaming) as u64, Relaxed);
         // Opening is a step, not news; the others are logged when they change.
         if state == CameraState::Opening || self.logged == Some(state) {
             debug!(device = %self.name.display(), state = state.name(), why, "Camera state.");
@@ -392,7 +395,7 @@ mod tests {
         assert_eq!(stats.frame_errors.load(Relaxed), 1);
         assert_eq!(stats.camera_reconnects.load(Relaxed), 2);
         assert_eq!(stats.camera_state.load(Relaxed), Streaming as u64);
-        assert_eq!(stats.camera_down.load(Relaxed), 0);
+        assert!(!stats.camera_down());
         let calls = calls.lock().unwrap();
         assert_eq!(calls.iter().filter(|c| *c == "close").count(), 2);
         assert!(calls
@@ -408,7 +411,7 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(src.read(&mut frame, &stats, &stop), Read::Nothing);
         }
-        assert_eq!(stats.camera_down.load(Relaxed), 1);
+        assert!(stats.camera_down());
         assert_eq!(
             CameraState::name_of(stats.camera_state.load(Relaxed)),
             "backoff"

@@ -28,7 +28,7 @@ use crate::decide::AlarmChange;
 use crate::frame::Frame;
 use crate::outbox::Outbox;
 use crate::stage::{Stage, StageContext};
-use crate::telemetry::Stats;
+use crate::telemetry::{round_to, Stats};
 
 /// Most alarm events in flight (published, not yet acknowledged) at once.
 const ALARM_WINDOW: usize = 32;
@@ -131,10 +131,6 @@ impl Serialize for Defects<'_> {
             area: d.area(),
         }))
     }
-}
-
-fn round_to(v: f64, scale: f64) -> f64 {
-    (v * scale).round() / scale
 }
 
 /// Writes the result JSON of the contract into `out` (cleared first; no allocation once

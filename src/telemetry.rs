@@ -164,7 +164,6 @@ pub struct Stats {
     pub corrupt_files: AtomicU64,
     pub frame_errors: AtomicU64,
     pub camera_reconnects: AtomicU64,
-    pub camera_down: AtomicU64,
     /// The camera source's state ([`crate::camera::CameraState`] as a number; 0: none).
     pub camera_state: AtomicU64,
     pub outbox_pending: AtomicU64,
@@ -181,6 +180,12 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// A camera that is not streaming (opening, lost or backing off); false without one.
+    pub fn camera_down(&self) -> bool {
+        crate::camera::CameraState::from_code(self.camera_state.load(Relaxed))
+            .is_some_and(|s| s != crate::camera::CameraState::Streaming)
+    }
+
     /// The `stats` JSON: totals, and fps and latencies since the previous call.
     pub fn snapshot_json(&self, since: &mut (Instant, u64), model: &str) -> String {
         let now = Instant::now();
@@ -190,7 +195,7 @@ impl Stats {
         *since = (now, published);
         let stage = |h: &Histogram| {
             let (n, p50, p99) = h.take();
-            serde_json::json!({ "n": n, "p50_ms": round3(p50), "p99_ms": round3(p99) })
+            serde_json::json!({ "n": n, "p50_ms": round_to(p50, 1e3), "p99_ms": round_to(p99, 1e3) })
         };
         serde_json::json!({
             "v": 1,
@@ -198,7 +203,7 @@ impl Stats {
             "model": model,
             "frames": self.frames_captured.load(Relaxed),
             "published": published,
-            "fps": round3(fps),
+            "fps": round_to(fps, 1e3),
             "drops": {
                 "capture_queue": self.dropped_capture_queue.load(Relaxed),
                 "results": self.dropped_results.load(Relaxed),
@@ -208,7 +213,7 @@ impl Stats {
             "frame_errors": self.frame_errors.load(Relaxed),
             "camera": {
                 "state": crate::camera::CameraState::name_of(self.camera_state.load(Relaxed)),
-                "down": self.camera_down.load(Relaxed) == 1,
+                "down": self.camera_down(),
                 "reconnects": self.camera_reconnects.load(Relaxed),
             },
             "mqtt": {
@@ -222,7 +227,7 @@ impl Stats {
             },
             "classify_workers": self.classify_workers.running().iter().map(|w| serde_json::json!({
                 "frames": w.frames.load(Relaxed),
-                "busy_s": round3(w.busy_us.load(Relaxed) as f64 / 1e6),
+                "busy_s": round_to(w.busy_us.load(Relaxed) as f64 / 1e6, 1e3),
             })).collect::<Vec<_>>(),
             "latency": {
                 "preprocess": stage(&self.preprocess),
@@ -235,8 +240,9 @@ impl Stats {
     }
 }
 
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
+/// `v` rounded to a multiple of `1 / scale` (1e3: three decimals), for JSON payloads.
+pub(crate) fn round_to(v: f64, scale: f64) -> f64 {
+    (v * scale).round() / scale
 }
 
 #[cfg(test)]
