@@ -449,7 +449,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// The sections of the file, in the order they are checked.
-const SECTIONS: &[&str] = &[
+pub const SECTIONS: &[&str] = &[
     "station",
     "capture",
     "preprocess",

@@ -348,6 +348,18 @@ fn an_alarm_active_when_the_daemon_is_killed_is_closed_by_the_next_one_with_its_
     assert!(!saved.contains("\"scratches\""), "{saved}");
 }
 
+/// Runs the daemon on a non-looping folder to its end; it must exit 0.
+fn run_to_the_end(config: &std::path::Path) -> Daemon {
+    let mut daemon = Daemon::start(config);
+    assert_eq!(
+        daemon.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        daemon.log_text()
+    );
+    daemon
+}
+
 #[test]
 fn a_corrupt_alarm_state_file_is_an_error_and_a_clean_start() {
     let broker = Mosquitto::start();
@@ -359,14 +371,7 @@ fn a_corrupt_alarm_state_file_is_an_error_and_a_clean_start() {
         b"{\"v\":1,\"active\":[{\"cla",
     )
     .unwrap();
-    let mut daemon = Daemon::start(&st.config);
-    assert_eq!(
-        daemon.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        daemon.log_text()
-    );
-    let log = daemon.log_text();
+    let log = run_to_the_end(&st.config).log_text();
     assert!(
         log.contains("Saved alarm state is corrupt") && log.contains("\"level\":\"ERROR\""),
         "{log}"
@@ -379,13 +384,7 @@ fn a_missing_alarm_state_file_after_alarms_is_an_error_and_a_clean_start() {
     let scratched = stems_with("scratches", "patches", 2);
     let images = image_folder(&[&scratched[0], &scratched[1], &scratched[0]]);
     let st = station(images.path(), broker.port, false, 0.0, (3, 2, 0, false), "");
-    let mut first = Daemon::start(&st.config);
-    assert_eq!(
-        first.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        first.log_text()
-    );
+    let first = run_to_the_end(&st.config);
     assert!(!first.logged_alarm_ids().is_empty(), "{}", first.log_text());
     assert!(
         first
@@ -394,14 +393,7 @@ fn a_missing_alarm_state_file_after_alarms_is_an_error_and_a_clean_start() {
         "a first start is not an error"
     );
     std::fs::remove_file(st.dir.path().join("state/alarms.json")).unwrap();
-    let mut again = Daemon::start(&st.config);
-    assert_eq!(
-        again.wait(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        again.log_text()
-    );
-    let log = again.log_text();
+    let log = run_to_the_end(&st.config).log_text();
     assert!(
         log.contains("Saved alarm state is missing although alarms were raised before")
             && log.contains("\"level\":\"ERROR\""),

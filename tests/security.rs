@@ -6,7 +6,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
@@ -73,66 +73,54 @@ fn make_certs(dir: &Path) {
     ]));
 }
 
-struct TlsBroker {
-    child: Child,
-    tls_port: u16,
-    plain_port: u16,
+/// A mosquitto of a test's own, killed when dropped.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// mosquitto with the config text `conf`, written into `dir` (whose files it must be able
+/// to read: it drops to its own user), once `port` listens.
+fn mosquitto_with(dir: &Path, conf: &str, port: u16) -> Broker {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
+    let path = dir.join("mosquitto.conf");
+    std::fs::write(&path, conf).unwrap();
+    Broker(spawn_mosquitto(&path, &dir.join("mosquitto.log"), port))
+}
+
+struct TlsBroker {
+    _broker: Broker,
+    tls_port: u16,
+    plain_port: u16,
 }
 
 /// mosquitto with a TLS listener that needs user `inspectd` / `s3cret`, and a plain
 /// anonymous listener for the test's own subscriber.
 fn tls_broker(dir: &Path) -> TlsBroker {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for f in ["ca.pem", "server.pem", "server.key"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    let passwd = dir.join("passwd");
     run(Command::new("mosquitto_passwd")
         .arg("-b")
         .arg("-c")
-        .arg(&passwd)
+        .arg(dir.join("passwd"))
         .args(["inspectd", "s3cret"]));
-    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
     let ports = free_ports(2);
     let (tls_port, plain_port) = (ports[0], ports[1]);
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "per_listener_settings true\n\
-             listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
-             allow_anonymous false\npassword_file {d}/passwd\n\
-             listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            tls_port
-        ))
-        .is_ok()),
-        "TLS mosquitto did not start:\n{}",
-        std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default()
+    let conf = format!(
+        "per_listener_settings true\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+         allow_anonymous false\npassword_file {d}/passwd\n\
+         listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
+        d = dir.display()
     );
     TlsBroker {
-        child,
+        _broker: mosquitto_with(dir, &conf, tls_port),
         tls_port,
         plain_port,
     }
@@ -242,39 +230,6 @@ fn make_client_cert(dir: &Path, cn: &str) {
         "-out",
         &format!("{cn}.pem"),
     ]));
-}
-
-/// mosquitto from `conf` (written into `dir`), once its first port listens.
-fn mosquitto_with(dir: &Path, conf: &str, port: u16) -> TlsBroker {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for f in std::fs::read_dir(dir).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    let path = dir.join("mosquitto.conf");
-    std::fs::write(&path, conf).unwrap();
-    let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()),
-        "mosquitto did not start:\n{}",
-        std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default()
-    );
-    TlsBroker {
-        child,
-        tls_port: port,
-        plain_port: 0,
-    }
 }
 
 #[test]

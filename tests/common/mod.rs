@@ -58,6 +58,33 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Starts mosquitto with the config file `conf`, its log appended to `log`; returns once
+/// `port` takes connections (or panics with the log).
+pub fn spawn_mosquitto(conf: &Path, log: &Path, port: u16) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("mosquitto must be installed (apt-get install mosquitto)");
+    if !wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }) {
+        let _ = child.kill();
+        panic!(
+            "mosquitto did not start on port {port}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    child
+}
+
 /// A mosquitto started for one test, on its own port, optionally with persistence so that
 /// a restart keeps sessions and queued messages like a production broker would.
 pub struct Mosquitto {
@@ -109,30 +136,11 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let log_path = self.dir.path().join("mosquitto.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto must be installed (apt-get install mosquitto)");
-        self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                self.port
-            ))
-            .is_ok()),
-            "mosquitto did not start on port {}:\n{}",
+        self.child = Some(spawn_mosquitto(
+            &conf,
+            &self.dir.path().join("mosquitto.log"),
             self.port,
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
+        ));
     }
 
     /// Stops the broker gracefully (it saves its persistence file).
