@@ -175,6 +175,7 @@ impl CaptureStage {
                 Read::Nothing => continue,
                 Read::End => {
                     info!(frames = seq, "Source finished; draining the pipeline.");
+                    stats.source_finished.store(1, Relaxed);
                     return;
                 }
             }
@@ -184,6 +185,9 @@ impl CaptureStage {
             frame.ts_ms = crate::frame::unix_ms();
             frame.captured_at = Some(Instant::now());
             stats.frames_captured.fetch_add(1, Relaxed);
+            stats
+                .last_frame_ms
+                .store(stats.heartbeats.now_ms().max(1), Relaxed);
             let mut pending = frame;
             if replay {
                 loop {

@@ -39,6 +39,15 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The HTTP face: metrics, health endpoints, the live page, evidence.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Images of what raised an alarm, kept under `state.dir/evidence`.
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
+    /// Camera and frame health: dark, saturated, no contrast, frozen.
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -149,6 +158,11 @@ pub struct DecideConfig {
     /// Off by default: on NEU it costs box accuracy (README, "Preprocessing").
     #[serde(default)]
     pub snap_to_regions: bool,
+    /// A frame whose difference hash equals the previous frame's (a stopped line under a
+    /// running camera) does not count again towards the alarm windows: one defect under a
+    /// stopped camera is one defect, not a frame's worth each frame.
+    #[serde(default = "yes")]
+    pub skip_repeats: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -244,6 +258,64 @@ pub struct StateConfig {
     /// with an ERROR log and counted in `stats`.
     #[serde(default = "default_max_outbox_bytes")]
     pub max_outbox_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port of the HTTP face (`/metrics`, `/health/live`, `/health/ready`,
+    /// the live page `/`, `/evidence/...`); empty turns it off. It has no authentication
+    /// and serves frames of the line: keep it on loopback or a plant network.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceConfig {
+    /// Keep the frame (PNG) and a JSON sidecar of every raised alarm under
+    /// `state.dir/evidence/YYYY-MM-DD/`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Also keep every Nth frame with a defect (0: only alarms).
+    #[serde(default)]
+    pub sample_every: u64,
+    /// Most bytes the evidence folder may hold; the oldest files go first.
+    #[serde(default = "default_evidence_max_bytes")]
+    pub max_bytes: u64,
+    /// Files older than this many days are removed (0: no age limit).
+    #[serde(default = "default_evidence_max_age_days")]
+    pub max_age_days: u32,
+    /// Frames that may wait for the evidence writer; when full, a frame is not kept and
+    /// is counted (a slow disk never stalls the pipeline).
+    #[serde(default = "default_evidence_queue")]
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Too dark: the frame's mean gray level is below this (0 to 255).
+    #[serde(default = "default_dark_below")]
+    pub dark_below: f64,
+    /// Saturated: more than this fraction of the pixels is at 250 or above (0 to 1).
+    #[serde(default = "default_saturated_above")]
+    pub saturated_above: f64,
+    /// No contrast: the standard deviation of the blurred frame's gray levels is below
+    /// this (a lens cap, a fogged lens, a lamp out on a uniform surface).
+    #[serde(default = "default_min_contrast")]
+    pub min_contrast: f64,
+    /// Frozen: frames keep arriving but show the same image (difference hashes within
+    /// `frozen_distance` bits of each other) for this many seconds (0: never reported).
+    #[serde(default = "default_frozen_after_s")]
+    pub frozen_after_s: f64,
+    /// Hamming distance (bits of 64) under which two frames' difference hashes count as
+    /// the same image for `frozen_after_s`.
+    #[serde(default)]
+    pub frozen_distance: u32,
+    /// Consecutive frames a condition must hold (or be gone) before its state changes.
+    #[serde(default = "default_confirm_frames")]
+    pub confirm_frames: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -350,6 +422,36 @@ fn default_state_dir() -> PathBuf {
 fn default_max_outbox_bytes() -> u64 {
     16 << 20
 }
+fn yes() -> bool {
+    true
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_evidence_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_evidence_max_age_days() -> u32 {
+    30
+}
+fn default_evidence_queue() -> usize {
+    4
+}
+fn default_dark_below() -> f64 {
+    20.0
+}
+fn default_saturated_above() -> f64 {
+    0.2
+}
+fn default_min_contrast() -> f64 {
+    2.0
+}
+fn default_frozen_after_s() -> f64 {
+    10.0
+}
+fn default_confirm_frames() -> u32 {
+    3
+}
 fn default_log_level() -> String {
     "info".into()
 }
@@ -396,6 +498,7 @@ impl Default for DecideConfig {
             thresholds: BTreeMap::new(),
             default_threshold: default_threshold(),
             snap_to_regions: false,
+            skip_repeats: true,
         }
     }
 }
@@ -416,6 +519,39 @@ impl Default for StateConfig {
         Self {
             dir: default_state_dir(),
             max_outbox_bytes: default_max_outbox_bytes(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_every: 0,
+            max_bytes: default_evidence_max_bytes(),
+            max_age_days: default_evidence_max_age_days(),
+            queue: default_evidence_queue(),
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            dark_below: default_dark_below(),
+            saturated_above: default_saturated_above(),
+            min_contrast: default_min_contrast(),
+            frozen_after_s: default_frozen_after_s(),
+            frozen_distance: 0,
+            confirm_frames: default_confirm_frames(),
         }
     }
 }
@@ -459,6 +595,9 @@ pub const SECTIONS: &[&str] = &[
     "mqtt",
     "state",
     "log",
+    "http",
+    "evidence",
+    "health",
 ];
 
 impl Settings {
@@ -559,6 +698,9 @@ impl Settings {
         let mqtt = section::<MqttConfig>(&table, "mqtt", true, p, f);
         let state = section::<StateConfig>(&table, "state", false, p, f);
         let log = section::<LogConfig>(&table, "log", false, p, f);
+        let http = section::<HttpConfig>(&table, "http", false, p, f);
+        let evidence = section::<EvidenceConfig>(&table, "evidence", false, p, f);
+        let health = section::<HealthConfig>(&table, "health", false, p, f);
         let mut settings = Settings {
             station: station.unwrap_or_else(|| StationConfig {
                 site: "x".into(),
@@ -576,6 +718,9 @@ impl Settings {
             mqtt: mqtt.unwrap_or_else(|| toml::from_str("").expect("placeholder parses")),
             state: state.unwrap_or_default(),
             log: log.unwrap_or_default(),
+            http: http.unwrap_or_default(),
+            evidence: evidence.unwrap_or_default(),
+            health: health.unwrap_or_default(),
         };
         settings.resolve_paths(base);
         if problems.is_empty() {
@@ -811,6 +956,63 @@ impl Settings {
             p.push(format!(
                 "state.max_outbox_bytes: {} is too small (at least 4096)",
                 self.state.max_outbox_bytes
+            ));
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(format!(
+                "http.listen: {:?} is not an address and port such as \"127.0.0.1:8080\" (empty turns HTTP off)",
+                self.http.listen
+            ));
+        }
+        let e = &self.evidence;
+        if e.max_bytes < 1 << 20 {
+            p.push(format!(
+                "evidence.max_bytes: {} is too small (at least 1048576)",
+                e.max_bytes
+            ));
+        }
+        if !(1..=1024).contains(&e.queue) {
+            p.push(format!(
+                "evidence.queue: {} is not a queue length (1 to 1024)",
+                e.queue
+            ));
+        }
+        let h = &self.health;
+        if !(h.dark_below.is_finite() && (0.0..=255.0).contains(&h.dark_below)) {
+            p.push(format!(
+                "health.dark_below: {} is not a gray level (0 to 255)",
+                h.dark_below
+            ));
+        }
+        if !(h.saturated_above.is_finite() && (0.0..=1.0).contains(&h.saturated_above)) {
+            p.push(format!(
+                "health.saturated_above: {} is not a fraction (0 to 1)",
+                h.saturated_above
+            ));
+        }
+        if !(h.min_contrast.is_finite() && (0.0..=128.0).contains(&h.min_contrast)) {
+            p.push(format!(
+                "health.min_contrast: {} is not a standard deviation of gray levels (0 to 128)",
+                h.min_contrast
+            ));
+        }
+        if !(h.frozen_after_s.is_finite() && (0.0..=86400.0).contains(&h.frozen_after_s)) {
+            p.push(format!(
+                "health.frozen_after_s: {} is not a duration (0 to 86400 s; 0 = off)",
+                h.frozen_after_s
+            ));
+        }
+        if h.frozen_distance > 32 {
+            p.push(format!(
+                "health.frozen_distance: {} is not a distance (0 to 32 bits)",
+                h.frozen_distance
+            ));
+        }
+        if !(1..=1000).contains(&h.confirm_frames) {
+            p.push(format!(
+                "health.confirm_frames: {} is not a count (1 to 1000)",
+                h.confirm_frames
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

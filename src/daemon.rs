@@ -13,8 +13,9 @@ use crate::config::Settings;
 use crate::pipeline::{Control, Pipeline};
 use crate::telemetry::Stats;
 
-/// A stage silent for longer than this stops the watchdog pings (systemd then restarts us).
-const LIVENESS: Duration = Duration::from_secs(45);
+/// A stage silent for longer than this stops the watchdog pings (systemd then restarts
+/// us) and turns `/health/live` to 503.
+use crate::http::LIVENESS;
 
 /// Runs until a signal, or until a non-looping folder is done.
 pub fn run(config_path: &Path, settings: Settings) -> anyhow::Result<()> {
@@ -26,7 +27,22 @@ pub fn run(config_path: &Path, settings: Settings) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
     let stats = Arc::new(Stats::default());
-    let pipeline = Pipeline::start(&settings, stats)?;
+    stats.live.set_config_digest(config_digest(&settings));
+    // Up before the model loads, so /health/ready can say it is loading.
+    let _http = if settings.http.listen.is_empty() {
+        None
+    } else {
+        Some(
+            crate::http::HttpServer::start(
+                &settings.http.listen,
+                stats.clone(),
+                &settings.state.dir,
+                settings.capture.fps,
+            )
+            .map_err(anyhow::Error::msg)?,
+        )
+    };
+    let pipeline = Pipeline::start(&settings, stats.clone())?;
     notify("READY=1");
     let watchdog = watchdog_interval();
     let mut last_ping = Instant::now();
@@ -68,11 +84,20 @@ pub fn run(config_path: &Path, settings: Settings) -> anyhow::Result<()> {
             })
         {
             reload(config_path, &mut running, &pipeline);
+            stats.live.set_config_digest(config_digest(&running));
         }
     }
     pipeline.stop();
     pipeline.join();
     Ok(())
+}
+
+/// SHA-256 of the running settings (after environment overrides), for evidence
+/// sidecars: two images taken under the same settings carry the same digest.
+pub fn config_digest(settings: &Settings) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{settings:?}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -99,7 +124,7 @@ fn reload(path: &Path, running: &mut Settings, pipeline: &Pipeline) {
     macro_rules! section {
         ($($name:ident),*) => { $( if new.$name != running.$name { later.push(stringify!($name)); } )* };
     }
-    section!(station, capture, preprocess, model, mqtt, state, log);
+    section!(station, capture, preprocess, model, mqtt, state, log, http, evidence, health);
     if !later.is_empty() {
         warn!(sections = %later.join(", "), "Config changes in these sections take effect after a restart.");
     }

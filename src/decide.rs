@@ -5,6 +5,7 @@
 //! can be snapped to the candidate regions preprocess found inside it
 //! (`decide.snap_to_regions`; `inspectd eval` measures whether that helps a model).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::alarm_state::{ActiveAlarm, AlarmState};
 use crate::config::{AlarmConfig, DecideConfig};
+use crate::evidence::EvidenceSink;
 use crate::frame::{Defect, Frame, PooledFrame, Region};
 use crate::outbox::Outbox;
 use crate::publish::{alarm_json, Command, Decided, ToPublish};
@@ -50,6 +52,9 @@ pub struct AlarmChange {
     pub seq: u64,
     /// For cleared and acked: the id of the raised event they close.
     pub raised_id: Option<u64>,
+    /// For raised: the frame's evidence image, relative to `state.dir`, when one is
+    /// being written.
+    pub evidence: Option<String>,
 }
 
 /// Turns the model's detections into a verdict.
@@ -269,6 +274,7 @@ impl AlarmTracker {
                     } else {
                         None
                     },
+                    evidence: None,
                 });
             }
         }
@@ -340,6 +346,7 @@ impl AlarmTracker {
                 window: self.cfg.window,
                 seq: 0,
                 raised_id: a.raised_id,
+                evidence: None,
             });
             a.acked = true;
             if self.cfg.latch {
@@ -372,6 +379,59 @@ pub struct DecideStage {
     pub state: AlarmState,
     /// Puts the classify workers' frames back in order.
     pub reorder: Reorder<PooledFrame>,
+    /// Where frames worth keeping go (None: `evidence.enabled = false`).
+    pub evidence: Option<Evidence>,
+    /// `decide.skip_repeats`.
+    pub skip_repeats: bool,
+}
+
+/// What decide needs to keep evidence.
+pub struct Evidence {
+    pub sink: EvidenceSink,
+    /// `evidence.sample_every`: keep every Nth frame with a defect too (0: none).
+    pub sample_every: u64,
+    /// Frames with a defect seen so far (for the sampling).
+    pub defect_frames: u64,
+    pub model_id: String,
+    pub labels: Vec<String>,
+}
+
+impl Evidence {
+    /// Queues `frame` for keeping under `what` (e.g. `alarm-17-scratches`), with its
+    /// sidecar; the image's path relative to `state.dir` when queued.
+    fn keep(
+        &self,
+        frame: &Frame,
+        what: &str,
+        alarm_id: Option<u64>,
+        stats: &Stats,
+    ) -> Option<String> {
+        let stem = crate::evidence::stem(frame.ts_ms, what);
+        let mut result = Vec::new();
+        let latency_ms = frame
+            .captured_at
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+        crate::publish::result_json(frame, &self.labels, &self.model_id, latency_ms, &mut result);
+        let sidecar = serde_json::to_vec(&serde_json::json!({
+            "v": 1,
+            "alarm_id": alarm_id,
+            "model": self.model_id,
+            "config_sha256": stats.live.config_digest(),
+            "origin": frame.origin,
+            "width": frame.width,
+            "height": frame.height,
+            "result": serde_json::from_slice::<serde_json::Value>(&result).unwrap_or_default(),
+        }))
+        .expect("a sidecar serialises");
+        let queued = self.sink.offer(crate::evidence::Item {
+            stem: stem.clone(),
+            width: frame.width,
+            height: frame.height,
+            pixels: frame.pixels.clone(),
+            sidecar,
+        });
+        queued.then(|| format!("{stem}.png"))
+    }
 }
 
 impl DecideStage {
@@ -407,7 +467,7 @@ impl DecideStage {
                         if !self.tracker.ack(id, &mut changes) {
                             warn!(id = ?id, "cmd/ack names no active alarm; ignored.");
                         }
-                        self.store(&mut changes);
+                        self.store(&mut changes, None, &ctx.stats);
                         let active = self.active_bits();
                         let _ = output.send(ToPublish::AlarmsStored { active });
                     }
@@ -417,6 +477,7 @@ impl DecideStage {
                         match Decider::new(&d, &self.decider.labels) {
                             Ok(new) => {
                                 self.decider = new;
+                                self.skip_repeats = d.skip_repeats;
                                 self.tracker.reconfigure(&a);
                                 info!("Applied the new thresholds and alarm settings.");
                             }
@@ -437,9 +498,22 @@ impl DecideStage {
     ) -> Decided {
         let t = Instant::now();
         self.decider.decide(&mut frame);
-        let present = |i: usize| frame.verdict.defects.iter().any(|d| d.label == i);
-        self.tracker.observe(frame.seq, present, changes);
-        let alarms = self.store(changes);
+        if self.skip_repeats && frame.repeat {
+            // The same image again (a stopped line): it says nothing new to the alarms.
+            stats.repeats_skipped.fetch_add(1, Relaxed);
+        } else {
+            let present = |i: usize| frame.verdict.defects.iter().any(|d| d.label == i);
+            self.tracker.observe(frame.seq, present, changes);
+        }
+        let alarms = self.store(changes, Some(&frame), stats);
+        if let Some(ev) = self.evidence.as_mut() {
+            if !frame.verdict.ok && ev.sample_every > 0 {
+                ev.defect_frames += 1;
+                if ev.defect_frames.is_multiple_of(ev.sample_every) {
+                    ev.keep(&frame, &format!("seq-{}", frame.seq), None, stats);
+                }
+            }
+        }
         let us = t.elapsed().as_micros() as u64;
         frame.times.decide_us = us as u32;
         stats.decide.record_us(us);
@@ -450,19 +524,30 @@ impl DecideStage {
         }
     }
 
-    /// Gives each alarm change its id by appending it to the outbox.
-    fn store(&mut self, changes: &mut Vec<AlarmChange>) -> Vec<(u64, AlarmChange)> {
+    /// Gives each alarm change its id by appending it to the outbox; a raised alarm's
+    /// `frame` is queued as evidence first, so the event can name its image.
+    fn store(
+        &mut self,
+        changes: &mut Vec<AlarmChange>,
+        frame: Option<&Frame>,
+        stats: &Stats,
+    ) -> Vec<(u64, AlarmChange)> {
         let mut out = Vec::with_capacity(changes.len());
-        for c in changes.drain(..) {
-            let res = self
-                .outbox
-                .lock()
-                .expect("outbox lock")
-                .append(|id| alarm_json(id, &c));
+        for mut c in changes.drain(..) {
+            let mut outbox = self.outbox.lock().expect("outbox lock");
+            if let (AlarmKind::Raised, Some(frame), Some(ev)) = (c.kind, frame, &self.evidence) {
+                let id = outbox.next_id();
+                c.evidence = ev.keep(frame, &format!("alarm-{id}-{}", c.class), Some(id), stats);
+            }
+            let res = outbox.append(|id| alarm_json(id, &c));
+            drop(outbox);
             match res {
                 Ok(id) => {
                     if c.kind == AlarmKind::Raised {
                         self.tracker.set_raised_id(&c.class, id);
+                    }
+                    if let Some(i) = self.tracker.classes().iter().position(|k| *k == c.class) {
+                        stats.alarm_events.add(i, c.kind);
                     }
                     info!(id, class = %c.class, event = c.kind.as_str(), frames = c.frames, window = c.window, "Alarm.");
                     out.push((id, c));
@@ -623,6 +708,7 @@ mod tests {
             thresholds: [("scratches".to_string(), 0.9)].into_iter().collect(),
             default_threshold: threshold,
             snap_to_regions: snap,
+            ..DecideConfig::default()
         };
         Decider::new(&cfg, &labels()).unwrap()
     }
@@ -663,7 +749,7 @@ mod tests {
         let cfg = DecideConfig {
             thresholds: [("scratchez".to_string(), 0.5)].into_iter().collect(),
             default_threshold: 0.5,
-            snap_to_regions: false,
+            ..DecideConfig::default()
         };
         let err = Decider::new(&cfg, &labels()).err().unwrap();
         assert!(err.contains("decide.thresholds.scratchez"), "{err}");

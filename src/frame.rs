@@ -81,6 +81,8 @@ pub struct Frame {
     pub origin: String,
     /// Otsu level of the blurred frame.
     pub otsu_level: u8,
+    /// Its difference hash equals the previous frame's (preprocess; see `health`).
+    pub repeat: bool,
     pub regions: Vec<Region>,
     /// Every peak the model found above its floor, best first (classify).
     pub detections: Vec<Detection>,
@@ -106,6 +108,7 @@ impl Frame {
         self.pixels.resize((width * height) as usize, 0);
         self.origin.clear();
         self.otsu_level = 0;
+        self.repeat = false;
         self.regions.clear();
         self.detections.clear();
         self.class_scores.clear();

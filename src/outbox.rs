@@ -158,6 +158,11 @@ impl Outbox {
         self.pending.iter().map(|(&id, p)| (id, p.as_slice()))
     }
 
+    /// Bytes of the events waiting for the broker.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }

@@ -36,8 +36,9 @@ use crate::capture::{CaptureError, CaptureStage, Source};
 use crate::classify::{Classifier, ClassifyError};
 use crate::config::{MqttMode, Settings, SourceKind};
 pub use crate::decide::Control;
-use crate::decide::{AlarmTracker, DecideStage, Decider};
+use crate::decide::{AlarmTracker, DecideStage, Decider, Evidence};
 use crate::frame::{FramePool, PooledFrame};
+use crate::health::HealthMonitor;
 use crate::outbox::{Outbox, OutboxError};
 use crate::preprocess::Preprocessor;
 use crate::publish::{Command, PublishConfig, Publisher, ToPublish, Topics};
@@ -98,6 +99,22 @@ impl Pipeline {
         let mut tracker = AlarmTracker::new(&settings.alarm, classes.clone());
         let alarms_before = outbox.lock().expect("outbox lock").next_id() > 1;
         let restored = tracker.restore(&state.load(alarms_before));
+        stats.live.set_model(&classes, &meta.id);
+        let mut threads = Vec::new();
+        let evidence = if settings.evidence.enabled {
+            let (sink, handle) =
+                crate::evidence::start(&settings.evidence, &settings.state.dir, stats.clone())?;
+            threads.push(handle);
+            Some(Evidence {
+                sink,
+                sample_every: settings.evidence.sample_every,
+                defect_frames: 0,
+                model_id: meta.id.clone(),
+                labels: classes.clone(),
+            })
+        } else {
+            None
+        };
         let decide = DecideStage {
             decider: Decider::new(&settings.decide, &classes).map_err(StartError::Config)?,
             tracker,
@@ -105,6 +122,8 @@ impl Pipeline {
             state,
             // Every frame that can be between preprocess and decide at once.
             reorder: Reorder::new(2 * (queue + 16)),
+            evidence,
+            skip_repeats: settings.decide.skip_repeats,
         };
         let capture = CaptureStage {
             source: Source::open(&settings.capture)?,
@@ -134,7 +153,6 @@ impl Pipeline {
         let (cls_tx, cls_rx) = bounded::<PooledFrame>(2);
         let (dec_tx, dec_rx) = bounded::<ToPublish>(8);
         let (ctl_tx, ctl_rx) = bounded::<Control>(64);
-        let mut threads = Vec::new();
         let mut spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> std::io::Result<()> {
             threads.push(std::thread::Builder::new().name(name).spawn(f)?);
             Ok(())
@@ -152,9 +170,10 @@ impl Pipeline {
         }
         let (c, pre) = (ctx.clone(), Preprocessor::new(&settings.preprocess));
         let credits = live.then_some(credit_rx);
+        let health = HealthMonitor::new(&settings.health);
         spawn(
             "preprocess".into(),
-            Box::new(move || pre.run(cap_rx, pre_tx, credits, c)),
+            Box::new(move || pre.run(cap_rx, pre_tx, credits, health, c)),
         )?;
         ctx.stats
             .classify_workers
@@ -190,6 +209,7 @@ impl Pipeline {
             Box::new(move || publisher.run(dec_rx, interval, model_id, c)),
         )?;
 
+        ctx.stats.model_loaded.store(1, Relaxed);
         info!(model = %meta.id, labels = meta.labels.len(), classify_workers = workers, "Pipeline running.");
         Ok(Pipeline {
             ctx,

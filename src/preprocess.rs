@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::PreprocessConfig;
 use crate::frame::{Frame, PooledFrame, Region};
+use crate::health::{FrameMeasure, HealthMonitor};
 use crate::stage::{Stage, StageContext};
 
 /// Fixed-point weights of a 1-D Gaussian kernel that sum to exactly 256.
@@ -177,11 +178,15 @@ impl Preprocessor {
     /// (a live source) it takes a frame only when a classify worker is free, so a camera
     /// that outruns the model loses its oldest frames in the capture queue rather than
     /// having every frame wait in the queues behind it.
+    ///
+    /// Each frame is also measured for `health` (brightness, contrast, saturation, its
+    /// difference hash); a frame that repeats the previous one is marked for decide.
     pub fn run(
         mut self,
         input: Receiver<PooledFrame>,
         output: Sender<PooledFrame>,
         credits: Option<Receiver<()>>,
+        mut health: HealthMonitor,
         ctx: StageContext,
     ) {
         let mut order = 0u64;
@@ -190,6 +195,9 @@ impl Preprocessor {
             order += 1;
             let t = Instant::now();
             self.process(&mut frame);
+            let (w, h) = (frame.width as usize, frame.height as usize);
+            let measure = FrameMeasure::of(&self.hist, &frame.pixels, w, h);
+            frame.repeat = health.observe(&measure, Instant::now(), &ctx.stats);
             let us = t.elapsed().as_micros() as u64;
             frame.times.preprocess_us = us as u32;
             ctx.stats.preprocess.record_us(us);

@@ -42,6 +42,7 @@ pub struct Topics {
     pub alarm: String,
     pub alarm_active: String,
     pub stats: String,
+    pub health: String,
     pub cmd_ack: String,
     /// `alarm/<class>/active`, in class order.
     pub class_active: Vec<String>,
@@ -56,6 +57,7 @@ impl Topics {
             alarm: format!("{root}/alarm"),
             alarm_active: format!("{root}/alarm/active"),
             stats: format!("{root}/stats"),
+            health: format!("{root}/health"),
             cmd_ack: format!("{root}/cmd/ack"),
             class_active: classes
                 .iter()
@@ -78,6 +80,8 @@ struct AlarmEvent<'a> {
     seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     raised_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evidence: Option<&'a str>,
 }
 
 /// The alarm JSON of the contract.
@@ -92,6 +96,7 @@ pub fn alarm_json(id: u64, change: &AlarmChange) -> Vec<u8> {
         window: change.window,
         seq: change.seq,
         raised_id: change.raised_id,
+        evidence: change.evidence.as_deref(),
     })
     .expect("an alarm event serialises")
 }
@@ -263,6 +268,7 @@ impl Session {
         stats
             .outbox_pending
             .store(outbox.pending_count() as u64, Relaxed);
+        stats.outbox_bytes.store(outbox.pending_bytes(), Relaxed);
         for (id, payload) in outbox.pending() {
             if self.sent.len() >= ALARM_WINDOW {
                 break;
@@ -469,8 +475,17 @@ impl Publisher {
     ) {
         let mut next_stats = Instant::now() + stats_interval;
         let mut since = (Instant::now(), 0u64);
+        let mut health_seen = (0, 0);
         loop {
             ctx.beat(Stage::Publish);
+            let health_now = (
+                ctx.stats.health_changes.load(Relaxed),
+                ctx.stats.camera_state.load(Relaxed),
+            );
+            if health_now != health_seen {
+                health_seen = health_now;
+                self.publish_health();
+            }
             let wait = next_stats
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1));
@@ -582,6 +597,8 @@ impl Publisher {
             self.last_active = d.active;
             s.set_active(d.active, &self.topics);
         }
+        self.stats.live.set_active_bits(d.active);
+        self.stats.live.offer(frame);
         if !d.alarms.is_empty()
             || s.sent.len() < self.outbox.lock().map(|o| o.pending_count()).unwrap_or(0)
         {
@@ -593,6 +610,13 @@ impl Publisher {
                 .end_to_end
                 .record_us(t.elapsed().as_micros() as u64);
         }
+    }
+
+    /// Publishes the retained `health` state as it is now.
+    pub fn publish_health(&self) {
+        let json = crate::health::health_json(&self.stats);
+        let mut s = self.session.lock().expect("session lock");
+        s.publish(&self.topics.health, QoS::AtLeastOnce, true, json, None);
     }
 
     /// Sends outbox events that are not on their way yet.
@@ -615,6 +639,7 @@ impl Publisher {
 
     /// Tells the alarm-state topics the current truth (after an acknowledgement, say).
     pub fn set_active(&mut self, active: u64) {
+        self.stats.live.set_active_bits(active);
         if active != self.last_active {
             self.last_active = active;
             self.session
@@ -757,6 +782,13 @@ fn run_connection(
                         None,
                     );
                     s.publish_alarm_state(&topics, true);
+                    s.publish(
+                        &topics.health,
+                        QoS::AtLeastOnce,
+                        true,
+                        crate::health::health_json(&stats),
+                        None,
+                    );
                     s.pump(&outbox, &topics, &stats);
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -850,6 +882,7 @@ mod tests {
             window: 5,
             seq: 42,
             raised_id: Some(7),
+            evidence: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&alarm_json(9, &change)).unwrap();
         assert_eq!(v["v"], 1);
@@ -887,10 +920,12 @@ mod tests {
                 window: 5,
                 seq: i as u64,
                 raised_id: None,
+                evidence: Some("evidence/2026-11-30/081020123-alarm-1-x.png".into()),
             };
             let a: serde_json::Value = serde_json::from_slice(&alarm_json(1, &change)).unwrap();
             assert_eq!(a["class"], *label);
             assert!(a.get("raised_id").is_none());
+            assert_eq!(a["evidence"], "evidence/2026-11-30/081020123-alarm-1-x.png");
         }
     }
 

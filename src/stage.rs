@@ -2,9 +2,9 @@
 //! flag. Each stage's loop lives in the stage's own file (`run`); `pipeline` only builds
 //! the queues and starts the threads.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -12,6 +12,7 @@ use crate::telemetry::Stats;
 
 /// The stages, in frame order; heartbeats are kept per stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Stage {
     Capture,
     Preprocess,
@@ -40,13 +41,11 @@ impl Stage {
     }
 }
 
-/// Counters, heartbeats and the stop flag, shared by every stage thread.
+/// Counters (with the heartbeats) and the stop flag, shared by every stage thread.
 #[derive(Clone)]
 pub struct StageContext {
     pub stats: Arc<Stats>,
     pub stop: Arc<AtomicBool>,
-    heartbeats: Arc<[AtomicU64; 5]>,
-    started: Instant,
 }
 
 impl StageContext {
@@ -54,14 +53,12 @@ impl StageContext {
         Self {
             stats,
             stop: Arc::new(AtomicBool::new(false)),
-            heartbeats: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
-            started: Instant::now(),
         }
     }
 
     /// The stage shows life (the watchdog and the health checks read it).
     pub fn beat(&self, stage: Stage) {
-        self.heartbeats[stage as usize].store(self.started.elapsed().as_millis() as u64, Relaxed);
+        self.stats.heartbeats.beat(stage);
     }
 
     pub fn stopping(&self) -> bool {
@@ -70,17 +67,11 @@ impl StageContext {
 
     /// The stage that has not shown life for longest, and how long.
     pub fn stalest(&self) -> (Stage, Duration) {
-        let now = self.started.elapsed().as_millis() as u64;
-        Stage::ALL
+        self.stats
+            .heartbeats
+            .ages()
             .into_iter()
-            .map(|s| {
-                (
-                    s,
-                    now.saturating_sub(self.heartbeats[s as usize].load(Relaxed)),
-                )
-            })
             .max_by_key(|&(_, age)| age)
-            .map(|(s, age)| (s, Duration::from_millis(age)))
             .unwrap_or((Stage::Capture, Duration::ZERO))
     }
 
@@ -130,6 +121,7 @@ mod tests {
     use super::*;
     use crossbeam_channel::{bounded, unbounded};
     use std::sync::Mutex;
+    use std::time::Instant;
 
     #[test]
     fn with_credits_an_item_is_taken_only_when_a_credit_is() {

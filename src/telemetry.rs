@@ -2,12 +2,14 @@
 //! lock-free [`Stats`] every stage updates and `stats` publishes.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::decide::AlarmKind;
+use crate::stage::Stage;
 
 /// Installs the global tracing subscriber. `level` is a tracing filter; `RUST_LOG`, when
 /// set, wins. The embedded broker (rumqttd) logs routine client disconnects as errors, so
@@ -40,6 +42,7 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
 pub struct Histogram {
     buckets: [AtomicU32; 96],
     totals: [AtomicU32; 96],
+    sum_us: AtomicU64,
 }
 
 impl Default for Histogram {
@@ -47,6 +50,7 @@ impl Default for Histogram {
         Self {
             buckets: std::array::from_fn(|_| AtomicU32::new(0)),
             totals: std::array::from_fn(|_| AtomicU32::new(0)),
+            sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -73,6 +77,23 @@ impl Histogram {
         let b = Self::bucket(us);
         self.buckets[b].fetch_add(1, Relaxed);
         self.totals[b].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Since start, for Prometheus: the sum of every value in seconds, the count, and the
+    /// cumulative count at each power of two microseconds from 2 µs to 2^24 µs (~16.8 s),
+    /// as (upper bound in seconds, count at or below it). Exact: every fourth bucket
+    /// ends at a power of two.
+    pub fn cumulative(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut seen = 0u64;
+        let mut out = Vec::with_capacity(24);
+        for (i, t) in self.totals.iter().enumerate() {
+            seen += t.load(Relaxed) as u64;
+            if i % 4 == 3 && i < 96 {
+                out.push((Self::bucket_upper_us(i) / 1e6, seen));
+            }
+        }
+        (self.sum_us.load(Relaxed) as f64 / 1e6, seen, out)
     }
 
     /// (count, p50 ms, p99 ms) since the last call; resets.
@@ -154,6 +175,68 @@ impl ClassifyWorkers {
     }
 }
 
+/// When each stage last showed life, in ms since the stats were made.
+pub struct Heartbeats {
+    started: Instant,
+    last_ms: [AtomicU64; 5],
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Heartbeats {
+    /// Milliseconds since the stats were made.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn beat(&self, stage: Stage) {
+        self.last_ms[stage as usize].store(self.now_ms(), Relaxed);
+    }
+
+    /// How long each stage has been silent.
+    pub fn ages(&self) -> [(Stage, Duration); 5] {
+        let now = self.now_ms();
+        Stage::ALL.map(|s| {
+            let age = now.saturating_sub(self.last_ms[s as usize].load(Relaxed));
+            (s, Duration::from_millis(age))
+        })
+    }
+}
+
+/// Alarm events stored, per class (up to 64, the most a model may have) and event.
+pub struct AlarmCounts {
+    each: [[AtomicU64; 3]; 64],
+}
+
+impl Default for AlarmCounts {
+    fn default() -> Self {
+        Self {
+            each: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+}
+
+impl AlarmCounts {
+    pub fn add(&self, class: usize, kind: AlarmKind) {
+        if let Some(c) = self.each.get(class) {
+            c[kind as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn get(&self, class: usize, kind: AlarmKind) -> u64 {
+        self.each
+            .get(class)
+            .map_or(0, |c| c[kind as usize].load(Relaxed))
+    }
+}
+
 /// Counters shared by every stage. Totals since start, except the histograms.
 #[derive(Default)]
 pub struct Stats {
@@ -167,6 +250,7 @@ pub struct Stats {
     /// The camera source's state ([`crate::camera::CameraState`] as a number; 0: none).
     pub camera_state: AtomicU64,
     pub outbox_pending: AtomicU64,
+    pub outbox_bytes: AtomicU64,
     pub outbox_dropped: AtomicU64,
     pub alarms_published: AtomicU64,
     pub alarms_acked_by_broker: AtomicU64,
@@ -177,6 +261,34 @@ pub struct Stats {
     pub decide: Histogram,
     pub end_to_end: Histogram,
     pub classify_workers: ClassifyWorkers,
+    /// Alarm events stored in the outbox, per class and event.
+    pub alarm_events: AlarmCounts,
+    /// Frames decide did not count again because they repeated the previous one.
+    pub repeats_skipped: AtomicU64,
+    /// Health conditions in force ([`crate::health::Condition`] bits), and how many times
+    /// they changed.
+    pub health: AtomicU64,
+    pub health_changes: AtomicU64,
+    /// The last frame's mean gray level, contrast and saturated fraction, times 1000.
+    pub frame_mean_milli: AtomicU64,
+    pub frame_stddev_milli: AtomicU64,
+    pub frame_saturated_milli: AtomicU64,
+    /// Evidence images written, not written (queue full), failed (disk), and removed by
+    /// retention; bytes kept.
+    pub evidence_written: AtomicU64,
+    pub evidence_dropped: AtomicU64,
+    pub evidence_errors: AtomicU64,
+    pub evidence_removed: AtomicU64,
+    pub evidence_bytes: AtomicU64,
+    /// 1 once the model is loaded and the pipeline runs.
+    pub model_loaded: AtomicU64,
+    /// [`Heartbeats::now_ms`] when capture last delivered a frame (0: never).
+    pub last_frame_ms: AtomicU64,
+    /// The source has delivered everything it will (a folder replayed once).
+    pub source_finished: AtomicU64,
+    pub heartbeats: Heartbeats,
+    /// What the live page and the metrics need beyond counters.
+    pub live: crate::live::LiveView,
 }
 
 impl Stats {

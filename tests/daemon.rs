@@ -405,9 +405,11 @@ fn a_bad_config_is_refused_with_every_problem_named() {
     );
     // The shipped configs are valid.
     for shipped in ["config/inspectd.toml", "config/demo.toml"] {
+        // The production file names the model where the .deb installs it.
         let out = std::process::Command::new(bin())
             .arg("check-config")
             .arg(repo().join(shipped))
+            .env("INSPECTD__MODEL__PATH", repo().join("models/neu_det.onnx"))
             .output()
             .unwrap();
         assert!(

@@ -142,7 +142,10 @@ fn target_precision_prints_a_decide_block_the_config_accepts() {
     let config = dir.path().join("tuned.toml");
     std::fs::write(
         &config,
-        edited.replace("../models/", &format!("{}/models/", repo().display())),
+        edited.replace(
+            "/usr/share/inspectd/models/",
+            &format!("{}/models/", repo().display()),
+        ),
     )
     .unwrap();
     let check = Command::new(bin())

@@ -413,6 +413,15 @@ format = "json"
         use std::io::Write;
         writeln!(f, "[mqtt]\nport = {port}\nkeep_alive_s = 2\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nstats_interval_s = 0.5").unwrap();
     }
+    if !text.contains("[http]") {
+        // Many daemons run at once: each test that wants HTTP asks for its own port.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&config)
+            .unwrap();
+        use std::io::Write;
+        writeln!(f, "[http]\nlisten = \"\"").unwrap();
+    }
     Station { dir, config, root }
 }
 

@@ -1,0 +1,336 @@
+//! The HTTP face (`[http] listen`): `/metrics`, `/health/live`, `/health/ready`, the live
+//! page `/` with its feeds (`/events`, `/frame.jpg`, `/api/state`) and the evidence
+//! folder under `/evidence/`.
+//!
+//! axum on a one-thread tokio runtime of its own (the `http` thread): rumqttc already
+//! brings tokio and axum's HTTP stack (hyper) into the build, and an async server keeps
+//! the page's open event streams from tying up a thread each. Every handler only reads
+//! the lock-free [`Stats`] (the live frames sit behind a short mutex); nothing here can
+//! slow a frame down, and nothing here changes alarm state.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tracing::{error, info};
+
+use crate::camera::CameraState;
+use crate::health::conditions;
+use crate::telemetry::Stats;
+
+/// A stage silent for longer than this is not live (the watchdog uses the same).
+pub const LIVENESS: Duration = Duration::from_secs(45);
+
+struct App {
+    stats: Arc<Stats>,
+    registry: Registry,
+    /// The source is not delivering when its last frame is older than this.
+    stale_after: Duration,
+}
+
+/// The running server; dropping it stops it.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `listen` (an error names it) and serves on the `http` thread. `fps` is the
+    /// configured frame rate (0: as fast as possible); the source counts as delivering
+    /// while its last frame is at most max(5 s, 3 frame intervals) old.
+    pub fn start(
+        listen: &str,
+        stats: Arc<Stats>,
+        state_dir: &Path,
+        fps: f64,
+    ) -> Result<HttpServer, String> {
+        let addr: SocketAddr = listen
+            .parse()
+            .map_err(|e| format!("http.listen {listen:?}: {e}"))?;
+        let std_listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("http.listen {listen}: cannot listen: {e}"))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("http.listen {listen}: {e}"))?;
+        let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
+        let stale_after = if fps > 0.0 {
+            Duration::from_secs_f64((3.0 / fps).max(5.0))
+        } else {
+            Duration::from_secs(5)
+        };
+        let app = Arc::new(App {
+            registry: crate::metrics::registry(stats.clone()),
+            stats,
+            stale_after,
+        });
+        let router = router(app, &state_dir.join(crate::evidence::FOLDER));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("HTTP runtime: {e}"))?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            error!(error = %e, "HTTP: cannot use the listening socket.");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        res = axum::serve(listener, router) => {
+                            if let Err(e) = res {
+                                error!(error = %e, "HTTP server stopped.");
+                            }
+                        }
+                        _ = stop_rx => {}
+                    }
+                });
+                // Dropping the runtime here ends every open connection.
+            })
+            .map_err(|e| format!("cannot start the http thread: {e}"))?;
+        info!(%addr, "HTTP: metrics, health and the live page.");
+        Ok(HttpServer {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address bound (the port chosen, when `listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn router(app: Arc<App>, evidence: &Path) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/api/state", get(state))
+        .route("/events", get(events))
+        .route("/frame.jpg", get(frame))
+        .nest_service("/evidence", tower_http::services::ServeDir::new(evidence))
+        .with_state(app)
+}
+
+const PAGE: &str = include_str!("live.html");
+
+async fn page(State(app): State<Arc<App>>) -> Html<&'static str> {
+    app.stats.live.watch();
+    Html(PAGE)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let body = crate::metrics::encode(&app.registry);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn live(State(app): State<Arc<App>>) -> Response {
+    let ages = app.stats.heartbeats.ages();
+    match ages.iter().max_by_key(|(_, age)| *age) {
+        Some((stage, age)) if *age >= LIVENESS => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "live": false, "stage": stage.name(), "silent_s": age.as_secs() }),
+        ),
+        _ => json(StatusCode::OK, serde_json::json!({ "live": true })),
+    }
+}
+
+/// Why the daemon is not ready (empty: ready).
+pub fn not_ready(stats: &Stats, stale_after: Duration) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if stats.model_loaded.load(Relaxed) == 0 {
+        reasons.push("model: not loaded yet".to_string());
+    }
+    let state = CameraState::from_code(stats.camera_state.load(Relaxed));
+    let last = stats.last_frame_ms.load(Relaxed);
+    if stats.source_finished.load(Relaxed) == 1 {
+        reasons.push("source: finished (the folder was replayed once)".into());
+    } else if let Some(s) = state.filter(|&s| s != CameraState::Streaming) {
+        reasons.push(format!("source: camera is {}", s.name()));
+    } else if last == 0 {
+        reasons.push("source: no frame yet".into());
+    } else {
+        let age = stats.heartbeats.now_ms().saturating_sub(last);
+        if age > stale_after.as_millis() as u64 {
+            reasons.push(format!("source: no frame for {:.1} s", age as f64 / 1e3));
+        }
+    }
+    if stats.mqtt_connected.load(Relaxed) == 0 {
+        reasons.push("broker: not connected".into());
+    }
+    for c in conditions(stats.health.load(Relaxed)) {
+        reasons.push(format!("health: {}", c.name()));
+    }
+    reasons
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let reasons = not_ready(&app.stats, app.stale_after);
+    if reasons.is_empty() {
+        json(StatusCode::OK, serde_json::json!({ "ready": true }))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "ready": false, "reasons": reasons }),
+        )
+    }
+}
+
+/// What the live page shows, as JSON: the newest kept frame (its defects; the image at
+/// `/frame.jpg?seq=N`), alarms per class, counters, latency, health.
+fn state_json(app: &App) -> serde_json::Value {
+    let s = &app.stats;
+    let live = &s.live;
+    let labels = live.labels();
+    let active = live.active_bits();
+    let frame = live.latest().map(|f| {
+        serde_json::json!({
+            "seq": f.seq,
+            "ts": f.ts_ms,
+            "width": f.width,
+            "height": f.height,
+            "ok": f.ok,
+            "defects": f.defects.iter().map(|d| serde_json::json!({
+                "class": labels.get(d.label).map_or("?", |l| l.as_str()),
+                "score": crate::telemetry::round_to(d.score as f64, 1e3),
+                "bbox": d.bbox,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    let (n, p50, p99) = s.end_to_end.since_start();
+    serde_json::json!({
+        "v": 1,
+        "model": live.model_id(),
+        "frame": frame,
+        "alarms": labels.iter().enumerate().map(|(i, c)| serde_json::json!({
+            "class": c, "active": active >> i & 1 == 1,
+        })).collect::<Vec<_>>(),
+        "frames": s.frames_published.load(Relaxed),
+        "latency_ms": { "n": n, "p50": p50, "p99": p99 },
+        "drops": {
+            "capture_queue": s.dropped_capture_queue.load(Relaxed),
+            "results": s.dropped_results.load(Relaxed),
+            "evidence": s.evidence_dropped.load(Relaxed),
+        },
+        "broker_connected": s.mqtt_connected.load(Relaxed) == 1,
+        "camera": CameraState::from_code(s.camera_state.load(Relaxed)).map(|c| c.name()),
+        "health": conditions(s.health.load(Relaxed)).map(|c| c.name()).collect::<Vec<_>>(),
+        "not_ready": not_ready(s, app.stale_after),
+    })
+}
+
+async fn state(State(app): State<Arc<App>>) -> Response {
+    app.stats.live.watch();
+    json(StatusCode::OK, state_json(&app))
+}
+
+/// Server-sent events: the page's state four times a second, with the frames per second
+/// over the last second (null during the first).
+async fn events(
+    State(app): State<Arc<App>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let frames = app.stats.frames_published.load(Relaxed);
+    let start = (
+        app.clone(),
+        tokio::time::Instant::now(),
+        frames,
+        None::<f64>,
+    );
+    let stream =
+        futures_util::stream::unfold(start, |(app, mut since, mut frames, mut fps)| async move {
+            app.stats.live.watch();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now_frames = app.stats.frames_published.load(Relaxed);
+            let elapsed = since.elapsed().as_secs_f64();
+            if elapsed >= 1.0 {
+                fps = Some(now_frames.saturating_sub(frames) as f64 / elapsed);
+                frames = now_frames;
+                since = tokio::time::Instant::now();
+            }
+            let mut v = state_json(&app);
+            v["fps"] = serde_json::json!(fps.map(|f| crate::telemetry::round_to(f, 10.0)));
+            let event = Event::default().data(v.to_string());
+            Some((Ok(event), (app, since, frames, fps)))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[derive(Deserialize)]
+struct FrameQuery {
+    seq: Option<u64>,
+}
+
+async fn frame(State(app): State<Arc<App>>, Query(q): Query<FrameQuery>) -> Response {
+    let live = &app.stats.live;
+    live.watch();
+    let snap = match q.seq {
+        Some(seq) => live.get(seq).or_else(|| live.latest()),
+        None => live.latest(),
+    };
+    let Some(snap) = snap else {
+        return (StatusCode::NOT_FOUND, "no frame yet").into_response();
+    };
+    // JPEG encoding is CPU work: off the async thread.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let seq = snap.seq;
+        (seq, snap.jpeg().to_vec())
+    })
+    .await;
+    match encoded {
+        Ok((seq, jpeg)) if !jpeg.is_empty() => {
+            let mut r = ([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response();
+            r.headers_mut().insert(
+                "x-seq",
+                HeaderValue::from_str(&seq.to_string()).expect("digits are a header value"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not encode the frame",
+        )
+            .into_response(),
+    }
+}
