@@ -43,7 +43,7 @@ fn config(dir: &Path, name: &str, images: &Path, port: u16, capture: &str) -> Se
         &path,
         format!(
             "[station]\nsite = \"bench\"\nline = \"l\"\nstation = \"s\"\n[capture]\nsource = \"dir\"\npath = \"{}\"\n\
-             {capture}\n[model]\npath = \"{}\"\n[mqtt]\nport = {port}\nstats_interval_s = 3600\n[state]\ndir = \"{}\"\n",
+             {capture}\n[model]\npath = \"{}\"\n[mqtt]\nport = {port}\nstats_interval_s = 3600\n[state]\ndir = \"{}\"\n[http]\nlisten = \"\"\n",
             images.display(),
             support::repo().join("models/neu_det.onnx").display(),
             dir.join(format!("state-{name}")).display()

@@ -164,14 +164,23 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response {
         .into_response()
 }
 
+/// The stage silent longest, when it has been silent for `limit` or more.
+pub fn stalled(stats: &Stats, limit: Duration) -> Option<(crate::stage::Stage, Duration)> {
+    stats
+        .heartbeats
+        .ages()
+        .into_iter()
+        .max_by_key(|&(_, age)| age)
+        .filter(|&(_, age)| age >= limit)
+}
+
 async fn live(State(app): State<Arc<App>>) -> Response {
-    let ages = app.stats.heartbeats.ages();
-    match ages.iter().max_by_key(|(_, age)| *age) {
-        Some((stage, age)) if *age >= LIVENESS => json(
+    match stalled(&app.stats, LIVENESS) {
+        Some((stage, age)) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "live": false, "stage": stage.name(), "silent_s": age.as_secs() }),
         ),
-        _ => json(StatusCode::OK, serde_json::json!({ "live": true })),
+        None => json(StatusCode::OK, serde_json::json!({ "live": true })),
     }
 }
 
@@ -332,5 +341,72 @@ async fn frame(State(app): State<Arc<App>>, Query(q): Query<FrameQuery>) -> Resp
             "could not encode the frame",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Condition;
+    use crate::stage::Stage;
+
+    #[test]
+    fn a_silent_stage_is_named() {
+        let stats = Stats::default();
+        for s in Stage::ALL {
+            stats.heartbeats.beat(s);
+        }
+        assert!(stalled(&stats, Duration::from_millis(50)).is_none());
+        std::thread::sleep(Duration::from_millis(80));
+        for s in Stage::ALL.into_iter().filter(|&s| s != Stage::Classify) {
+            stats.heartbeats.beat(s);
+        }
+        let (stage, age) = stalled(&stats, Duration::from_millis(50)).unwrap();
+        assert_eq!(stage, Stage::Classify);
+        assert!(age >= Duration::from_millis(80));
+    }
+
+    #[test]
+    fn readiness_gives_every_reason() {
+        let stats = Stats::default();
+        let stale = Duration::from_millis(50);
+        let reasons = not_ready(&stats, stale);
+        assert_eq!(
+            reasons,
+            [
+                "model: not loaded yet",
+                "source: no frame yet",
+                "broker: not connected"
+            ]
+        );
+        stats.model_loaded.store(1, Relaxed);
+        stats.mqtt_connected.store(1, Relaxed);
+        stats
+            .last_frame_ms
+            .store(stats.heartbeats.now_ms().max(1), Relaxed);
+        assert!(not_ready(&stats, stale).is_empty());
+        std::thread::sleep(Duration::from_millis(80));
+        let reasons = not_ready(&stats, stale);
+        assert_eq!(reasons.len(), 1);
+        assert!(
+            reasons[0].starts_with("source: no frame for"),
+            "{reasons:?}"
+        );
+        stats
+            .last_frame_ms
+            .store(stats.heartbeats.now_ms().max(1), Relaxed);
+        stats
+            .health
+            .store(Condition::Dark.bit() | Condition::Frozen.bit(), Relaxed);
+        stats.camera_state.store(CameraState::Lost as u64, Relaxed);
+        assert_eq!(
+            not_ready(&stats, stale),
+            ["source: camera is lost", "health: dark", "health: frozen"]
+        );
+        stats.source_finished.store(1, Relaxed);
+        assert_eq!(
+            not_ready(&stats, stale)[0],
+            "source: finished (the folder was replayed once)"
+        );
     }
 }

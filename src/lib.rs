@@ -4,7 +4,9 @@
 //! [`capture`] → [`preprocess`] → [`classify`] → [`decide`] → [`publish`], wired by
 //! [`pipeline`] and run by [`daemon`]. [`config`] is the operator's interface, [`outbox`]
 //! keeps alarms on disk until the broker has them, [`alarm_state`] the active alarms
-//! across restarts, [`telemetry`] holds logs and counters.
+//! across restarts, [`telemetry`] holds logs and counters. [`health`] measures each
+//! frame (dark, saturated, no contrast, frozen), [`evidence`] keeps the frames of alarms,
+//! [`http`] serves [`metrics`], the health endpoints and the [`live`] page.
 //! [`inspect`], [`eval`] and [`watch`] serve the command line.
 
 pub mod alarm_state;
