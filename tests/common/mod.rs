@@ -404,24 +404,17 @@ format = "json"
     )
     .unwrap();
     let root = format!("inspectd/{site}/l1/s1");
+    // Sections `extra` did not name get the tests' defaults.
     let text = std::fs::read_to_string(&config).unwrap();
+    let mut tail = String::new();
     if !text.contains("[mqtt]") {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&config)
-            .unwrap();
-        use std::io::Write;
-        writeln!(f, "[mqtt]\nport = {port}\nkeep_alive_s = 2\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nstats_interval_s = 0.5").unwrap();
+        tail += &format!("[mqtt]\nport = {port}\nkeep_alive_s = 2\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nstats_interval_s = 0.5\n");
     }
     if !text.contains("[http]") {
         // Many daemons run at once: each test that wants HTTP asks for its own port.
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&config)
-            .unwrap();
-        use std::io::Write;
-        writeln!(f, "[http]\nlisten = \"\"").unwrap();
+        tail += "[http]\nlisten = \"\"\n";
     }
+    std::fs::write(&config, text + &tail).unwrap();
     Station { dir, config, root }
 }
 
