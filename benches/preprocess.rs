@@ -6,6 +6,7 @@ mod support;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inspectd::config::PreprocessConfig;
 use inspectd::frame::Frame;
+use inspectd::health::FrameMeasure;
 use inspectd::preprocess::Preprocessor;
 
 fn bench(c: &mut Criterion) {
@@ -23,6 +24,18 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("blur5_otsu_regions", |b| b.iter(|| pre.process(&mut frame)));
     g.finish();
+
+    // What the stage adds for `health`: mean, contrast, saturation and the dHash.
+    pre.process(&mut frame);
+    let health = support::median_ms(200, || {
+        std::hint::black_box(FrameMeasure::of(
+            pre.histogram(),
+            &px,
+            w as usize,
+            h as usize,
+        ));
+    });
+    println!("inspectd frame health measure (histogram stats + dHash): median {health:.3} ms");
 
     let ours = support::median_ms(200, || {
         pre.blur_otsu(&px, w as usize, h as usize);

@@ -152,6 +152,11 @@ impl Preprocessor {
         }
     }
 
+    /// The histogram of the last blurred frame.
+    pub fn histogram(&self) -> &[u32; 256] {
+        &self.hist
+    }
+
     /// The blurred pixels of the last frame processed.
     pub fn blurred(&self) -> &[u8] {
         &self.blurred
@@ -196,7 +201,7 @@ impl Preprocessor {
             let t = Instant::now();
             self.process(&mut frame);
             let (w, h) = (frame.width as usize, frame.height as usize);
-            let measure = FrameMeasure::of(&self.hist, &frame.pixels, w, h);
+            let measure = FrameMeasure::of(self.histogram(), &frame.pixels, w, h);
             frame.repeat = health.observe(&measure, Instant::now(), &ctx.stats);
             let us = t.elapsed().as_micros() as u64;
             frame.times.preprocess_us = us as u32;
