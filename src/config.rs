@@ -1144,6 +1144,38 @@ port = 1883
     }
 
     #[test]
+    fn http_evidence_and_health_values_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = GOOD.to_string()
+            + "[http]\nlisten = \"localhost:8080\"\n\
+               [evidence]\nmax_bytes = 10\nqueue = 0\n\
+               [health]\ndark_below = 300\nsaturated_above = 2\nmin_contrast = -1\n\
+               frozen_after_s = -5\nfrozen_distance = 40\nconfirm_frames = 0\n";
+        let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "http.listen: \"localhost:8080\" is not an address and port",
+            "evidence.max_bytes: 10 is too small",
+            "evidence.queue: 0",
+            "health.dark_below: 300",
+            "health.saturated_above: 2",
+            "health.min_contrast: -1",
+            "health.frozen_after_s: -5",
+            "health.frozen_distance: 40",
+            "health.confirm_frames: 0",
+        ] {
+            assert!(text.contains(key), "missing {key:?} in\n{text}");
+        }
+        assert_eq!(err.problems.len(), 9, "{text}");
+        // The defaults, and HTTP turned off.
+        let body = GOOD.to_string() + "[http]\nlisten = \"\"\n";
+        let s = Settings::load_with_env(&write(dir.path(), &body), []).unwrap();
+        assert_eq!(s.http.listen, "");
+        assert!(s.evidence.enabled && s.decide.skip_repeats);
+        assert_eq!(s.health.frozen_after_s, 10.0);
+    }
+
+    #[test]
     fn a_missing_capture_folder_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let body = GOOD.replace("path = \"imgs\"", "path = \"nowhere\"");

@@ -635,3 +635,26 @@ fn the_live_page_draws_boxes_in_a_real_browser() {
         path.display()
     );
 }
+
+#[test]
+fn a_taken_http_port_is_refused_at_start_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let images = image_folder(&["scratches_1"]);
+    let station = station(
+        images.path(),
+        free_port(),
+        false,
+        0.0,
+        (3, 2, 0, false),
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let mut daemon = Daemon::start(&station.config);
+    let code = daemon.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!("http.listen 127.0.0.1:{port}: cannot listen")),
+        "{log}"
+    );
+}
