@@ -103,6 +103,23 @@ fn bench(c: &mut Criterion) {
     });
     let cpu = support::cpu_model();
     println!("CPU: {cpu}");
+    // model.threads: one frame's run split over a thread pool. Wall time per frame
+    // (median) and CPU time per frame (getrusage over the same runs).
+    for threads in [1, 2] {
+        let cfg = ModelConfig {
+            threads,
+            ..ModelConfig::with_path(model.clone())
+        };
+        let mut c = Classifier::new(&cfg, Some((line.width, line.height))).unwrap();
+        c.classify(&mut line).unwrap();
+        let cpu0 = support::cpu_seconds();
+        let wall = support::median_ms(20, || c.classify(&mut line).unwrap());
+        // median_ms runs 10 warm-up runs and 20 timed ones.
+        let cpu_ms = (support::cpu_seconds() - cpu0) * 1e3 / 30.0;
+        println!(
+            "model.threads = {threads}: 1280x1024 frame {wall:.1} ms wall (median), {cpu_ms:.1} ms CPU per frame"
+        );
+    }
     println!(
         "tract, one thread, detector: 200x200 image {neu_ms:.2} ms; 1280x1024 frame {line_ms:.1} ms \
          ({} detections)",

@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 use thiserror::Error;
 use tracing::{info, warn};
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -222,6 +223,8 @@ pub struct Classifier {
     plans: Vec<SizedPlan>,
     min_score: f32,
     max_detections: usize,
+    /// `model.threads` > 1: the thread pool one frame's matrix products are split over.
+    executor: Option<Executor>,
 }
 
 impl Classifier {
@@ -240,6 +243,8 @@ impl Classifier {
             plans: Vec::new(),
             min_score: cfg.min_score as f32,
             max_detections: cfg.max_detections,
+            executor: (cfg.threads > 1)
+                .then(|| Executor::multithread_with_name(cfg.threads, "classify-mm")),
         };
         // Always prove the model runs at start: a model that cannot be optimised is a
         // start-up error, not a per-frame one.
@@ -271,7 +276,20 @@ impl Classifier {
             plans,
             min_score: self.min_score,
             max_detections: self.max_detections,
+            // Each worker its own pool, so two workers never wait on each other's.
+            executor: self
+                .executor
+                .as_ref()
+                .map(|_| Executor::multithread_with_name(self.threads(), "classify-mm")),
         })
+    }
+
+    /// Threads one model run may use.
+    pub fn threads(&self) -> usize {
+        match &self.executor {
+            Some(Executor::MultiThread(pool)) => pool.current_num_threads(),
+            _ => 1,
+        }
     }
 
     /// The stage's loop (one per worker, numbered `worker`; the workers share `input`):
@@ -313,6 +331,13 @@ impl Classifier {
     /// `model.min_score`, best first, at most `model.max_detections`) and
     /// `frame.class_scores` (each class's highest heat inside the frame).
     pub fn classify(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
+        match self.executor.clone() {
+            Some(pool) => multithread_tract_scope(pool, || self.classify_here(frame)),
+            None => self.classify_here(frame),
+        }
+    }
+
+    fn classify_here(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
         let (classes, min_score) = (self.loaded.meta.labels.len(), self.min_score);
         let (detections, class_scores) = (&mut frame.detections, &mut frame.class_scores);
         infer(
@@ -710,6 +735,44 @@ fn build_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_split_over_threads_finds_what_one_thread_finds() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/neu_det.onnx");
+        let (w, h, px) = crate::capture::load_gray(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/scratches_13.png"),
+        )
+        .unwrap();
+        let run = |threads: usize| {
+            let cfg = ModelConfig {
+                threads,
+                ..ModelConfig::with_path(model.clone())
+            };
+            let mut c = Classifier::new(&cfg, None).unwrap();
+            assert_eq!(c.threads(), threads);
+            let mut f = Frame::default();
+            f.reset(1, w, h);
+            f.pixels.copy_from_slice(&px);
+            c.classify(&mut f).unwrap();
+            let worker = c.worker().unwrap();
+            assert_eq!(worker.threads(), threads, "each worker gets its own pool");
+            (f.detections, f.class_scores)
+        };
+        let (one, one_scores) = run(1);
+        let (two, two_scores) = run(2);
+        assert!(!one.is_empty());
+        assert_eq!(one.len(), two.len());
+        for (a, b) in one.iter().zip(&two) {
+            assert_eq!(a.label, b.label);
+            assert!((a.score - b.score).abs() < 1e-5, "{a:?} {b:?}");
+            for k in 0..4 {
+                assert!((a.rect[k] - b.rect[k]).abs() < 1e-3, "{a:?} {b:?}");
+            }
+        }
+        for (a, b) in one_scores.iter().zip(&two_scores) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
 
     #[test]
     fn labels_that_would_break_topics_or_json_are_refused_by_name() {

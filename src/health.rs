@@ -165,6 +165,7 @@ impl HealthMonitor {
     /// Takes one frame's measure at `now`; returns whether the frame repeats the previous
     /// one exactly (same hash). State changes are logged once and stored in `stats`.
     pub fn observe(&mut self, m: &FrameMeasure, now: Instant, stats: &Stats) -> bool {
+        let first = self.previous.is_none();
         let repeat = self.previous == Some(m.dhash);
         let same = self
             .previous
@@ -231,6 +232,9 @@ impl HealthMonitor {
             self.state = next;
             stats.health.store(next, Relaxed);
             stats.health_changes.fetch_add(1, Relaxed);
+        } else if first {
+            // The retained `health` gets the first frame's measures.
+            stats.health_changes.fetch_add(1, Relaxed);
         }
         repeat
     }
@@ -260,10 +264,10 @@ pub struct HealthMsg<'a> {
     pub no_contrast: bool,
     pub frozen: bool,
     /// The last frame's mean gray level, contrast (standard deviation) and saturated
-    /// fraction.
-    pub mean: f64,
-    pub contrast: f64,
-    pub saturated_fraction: f64,
+    /// fraction; null before the first frame.
+    pub mean: Option<f64>,
+    pub contrast: Option<f64>,
+    pub saturated_fraction: Option<f64>,
 }
 
 /// The `health` JSON for the state in `stats` now.
@@ -271,8 +275,9 @@ pub fn health_json(stats: &Stats) -> Vec<u8> {
     let bits = stats.health.load(Relaxed);
     let camera = crate::camera::CameraState::from_code(stats.camera_state.load(Relaxed));
     let has = |c: Condition| bits & c.bit() != 0;
+    let measured = stats.health_changes.load(Relaxed) > 0;
     let milli = |a: &std::sync::atomic::AtomicU64| {
-        crate::telemetry::round_to(a.load(Relaxed) as f64 / 1000.0, 1e3)
+        measured.then(|| crate::telemetry::round_to(a.load(Relaxed) as f64 / 1000.0, 1e3))
     };
     serde_json::to_vec(&HealthMsg {
         v: 1,
@@ -393,7 +398,8 @@ mod tests {
         m.observe(&dark, t, &stats);
         assert_eq!(m.state(), Condition::Dark.bit());
         assert_eq!(stats.health.load(Relaxed), Condition::Dark.bit());
-        assert_eq!(stats.health_changes.load(Relaxed), 1);
+        // The first frame counts as a change (its measures), then the dark one.
+        assert_eq!(stats.health_changes.load(Relaxed), 2);
         for _ in 0..2 {
             m.observe(&fine, t, &stats);
         }
@@ -410,12 +416,14 @@ mod tests {
             m.observe(&flat, t, &stats);
         }
         assert_eq!(m.state(), Condition::NoContrast.bit());
-        assert_eq!(stats.health_changes.load(Relaxed), 4);
+        assert_eq!(stats.health_changes.load(Relaxed), 5);
     }
 
     #[test]
     fn the_same_image_for_frozen_after_s_is_frozen_and_a_new_one_ends_it() {
         let stats = Stats::default();
+        let before: serde_json::Value = serde_json::from_slice(&health_json(&stats)).unwrap();
+        assert!(before["mean"].is_null(), "no frame yet: {before}");
         let mut m = HealthMonitor::new(&cfg());
         let t = Instant::now();
         let same = measure(100.0, 30.0, 0.0, 0xABCD);
@@ -431,6 +439,7 @@ mod tests {
         assert_eq!(json["frozen"], true);
         assert_eq!(json["ok"], false);
         assert_eq!(json["v"], 1);
+        assert_eq!(json["mean"], 100.0);
         let new = measure(100.0, 30.0, 0.0, 0xABCD ^ 0xFF00);
         assert!(!m.observe(&new, t + Duration::from_millis(1200), &stats));
         assert_eq!(m.state(), 0, "a new image ends it at once");

@@ -210,7 +210,7 @@ impl Pipeline {
         )?;
 
         ctx.stats.model_loaded.store(1, Relaxed);
-        info!(model = %meta.id, labels = meta.labels.len(), classify_workers = workers, "Pipeline running.");
+        info!(model = %meta.id, labels = meta.labels.len(), classify_workers = workers, threads_per_worker = settings.model.threads, "Pipeline running.");
         Ok(Pipeline {
             ctx,
             threads,
