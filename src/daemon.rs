@@ -13,9 +13,7 @@ use crate::config::Settings;
 use crate::pipeline::{Control, Pipeline};
 use crate::telemetry::Stats;
 
-/// A stage silent for longer than this stops the watchdog pings (systemd then restarts
-/// us) and turns `/health/live` to 503.
-use crate::http::LIVENESS;
+use crate::stage::LIVENESS;
 
 /// Runs until a signal, or until a non-looping folder is done.
 pub fn run(config_path: &Path, settings: Settings) -> anyhow::Result<()> {

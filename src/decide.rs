@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use tracing::{error, info, warn};
 
 use crate::alarm_state::{ActiveAlarm, AlarmState};
@@ -392,8 +394,19 @@ pub struct Evidence {
     pub sample_every: u64,
     /// Frames with a defect seen so far (for the sampling).
     pub defect_frames: u64,
-    pub model_id: String,
-    pub labels: Vec<String>,
+}
+
+/// An evidence image's JSON sidecar; `result` is the frame's result JSON as it is.
+#[derive(Serialize)]
+struct Sidecar<'a> {
+    v: u8,
+    alarm_id: Option<u64>,
+    model: &'a str,
+    config_sha256: String,
+    origin: &'a str,
+    width: u32,
+    height: u32,
+    result: &'a RawValue,
 }
 
 impl Evidence {
@@ -407,21 +420,24 @@ impl Evidence {
         stats: &Stats,
     ) -> Option<String> {
         let stem = crate::evidence::stem(frame.ts_ms, what);
+        let (labels, model) = (stats.live.labels(), stats.live.model_id());
         let mut result = Vec::new();
         let latency_ms = frame
             .captured_at
             .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-        crate::publish::result_json(frame, &self.labels, &self.model_id, latency_ms, &mut result);
-        let sidecar = serde_json::to_vec(&serde_json::json!({
-            "v": 1,
-            "alarm_id": alarm_id,
-            "model": self.model_id,
-            "config_sha256": stats.live.config_digest(),
-            "origin": frame.origin,
-            "width": frame.width,
-            "height": frame.height,
-            "result": serde_json::from_slice::<serde_json::Value>(&result).unwrap_or_default(),
-        }))
+        crate::publish::result_json(frame, labels, model, latency_ms, &mut result);
+        let result = String::from_utf8(result).expect("serde_json writes UTF-8");
+        let result = RawValue::from_string(result).expect("a result is JSON");
+        let sidecar = serde_json::to_vec(&Sidecar {
+            v: 1,
+            alarm_id,
+            model,
+            config_sha256: stats.live.config_digest(),
+            origin: &frame.origin,
+            width: frame.width,
+            height: frame.height,
+            result: &result,
+        })
         .expect("a sidecar serialises");
         let queued = self.sink.offer(crate::evidence::Item {
             stem: stem.clone(),

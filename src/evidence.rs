@@ -79,27 +79,10 @@ pub fn stem(ts_ms: u64, what: &str) -> String {
 
 /// `("YYYY-MM-DD", "HHMMSSmmm")` in UTC for Unix milliseconds.
 pub fn utc(ts_ms: u64) -> (String, String) {
-    let days = (ts_ms / 86_400_000) as i64;
-    let in_day = ts_ms % 86_400_000;
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian), by 400-year eras.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    let (h, m, s, ms) = (
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000,
-    );
+    let t = crate::frame::Utc::from_unix_ms(ts_ms);
     (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{h:02}{m:02}{s:02}{ms:03}"),
+        format!("{:04}-{:02}-{:02}", t.year, t.month, t.day),
+        format!("{:02}{:02}{:02}{:03}", t.hour, t.minute, t.second, t.milli),
     )
 }
 

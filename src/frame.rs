@@ -125,6 +125,44 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A Unix time in milliseconds as UTC calendar parts (proleptic Gregorian): for
+/// evidence file names and printed times, without a date library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Utc {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u64,
+    pub minute: u64,
+    pub second: u64,
+    pub milli: u64,
+}
+
+impl Utc {
+    pub fn from_unix_ms(ms: u64) -> Utc {
+        let days = (ms / 86_400_000) as i64;
+        let in_day = ms % 86_400_000;
+        // Days since 1970-01-01 to a civil date, by 400-year eras.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        Utc {
+            year: yoe + era * 400 + (month <= 2) as i64,
+            month,
+            day,
+            hour: in_day / 3_600_000,
+            minute: in_day / 60_000 % 60,
+            second: in_day / 1000 % 60,
+            milli: in_day % 1000,
+        }
+    }
+}
+
 /// A bounded set of reusable frames. Taking blocks never: when every frame is in use a
 /// new one is allocated (and kept afterwards, up to the pool's capacity).
 #[derive(Clone)]

@@ -144,6 +144,8 @@ pub struct HealthMonitor {
     previous: Option<u64>,
     /// When the frames started showing the image they show now.
     image_since: Option<Instant>,
+    /// `health.frozen_after_s`; None when it is 0 (off).
+    frozen_after: Option<Duration>,
 }
 
 impl HealthMonitor {
@@ -154,6 +156,8 @@ impl HealthMonitor {
             streak: [0; 3],
             previous: None,
             image_since: None,
+            frozen_after: (cfg.frozen_after_s > 0.0)
+                .then(|| Duration::from_secs_f64(cfg.frozen_after_s)),
         }
     }
 
@@ -198,10 +202,10 @@ impl HealthMonitor {
         if !same {
             self.image_since = Some(now);
         }
-        let frozen = self.cfg.frozen_after_s > 0.0
-            && self.image_since.is_some_and(|t| {
-                now.duration_since(t) >= Duration::from_secs_f64(self.cfg.frozen_after_s)
-            });
+        let frozen = self
+            .frozen_after
+            .zip(self.image_since)
+            .is_some_and(|(after, since)| now.duration_since(since) >= after);
         next = (next & !Condition::Frozen.bit()) | if frozen { Condition::Frozen.bit() } else { 0 };
         stats
             .frame_mean_milli
@@ -275,10 +279,7 @@ pub fn health_json(stats: &Stats) -> Vec<u8> {
     let bits = stats.health.load(Relaxed);
     let camera = crate::camera::CameraState::from_code(stats.camera_state.load(Relaxed));
     let has = |c: Condition| bits & c.bit() != 0;
-    let measured = stats.health_changes.load(Relaxed) > 0;
-    let milli = |a: &std::sync::atomic::AtomicU64| {
-        measured.then(|| crate::telemetry::round_to(a.load(Relaxed) as f64 / 1000.0, 1e3))
-    };
+    let measures = stats.frame_measures();
     serde_json::to_vec(&HealthMsg {
         v: 1,
         ts: crate::frame::unix_ms(),
@@ -288,9 +289,9 @@ pub fn health_json(stats: &Stats) -> Vec<u8> {
         saturated: has(Condition::Saturated),
         no_contrast: has(Condition::NoContrast),
         frozen: has(Condition::Frozen),
-        mean: milli(&stats.frame_mean_milli),
-        contrast: milli(&stats.frame_stddev_milli),
-        saturated_fraction: milli(&stats.frame_saturated_milli),
+        mean: measures.map(|m| m[0]),
+        contrast: measures.map(|m| m[1]),
+        saturated_fraction: measures.map(|m| m[2]),
     })
     .expect("health serialises")
 }

@@ -27,10 +27,8 @@ use tracing::{error, info};
 
 use crate::camera::CameraState;
 use crate::health::conditions;
+use crate::stage::LIVENESS;
 use crate::telemetry::Stats;
-
-/// A stage silent for longer than this is not live (the watchdog uses the same).
-pub const LIVENESS: Duration = Duration::from_secs(45);
 
 struct App {
     stats: Arc<Stats>,
@@ -166,12 +164,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response {
 
 /// The stage silent longest, when it has been silent for `limit` or more.
 pub fn stalled(stats: &Stats, limit: Duration) -> Option<(crate::stage::Stage, Duration)> {
-    stats
-        .heartbeats
-        .ages()
-        .into_iter()
-        .max_by_key(|&(_, age)| age)
-        .filter(|&(_, age)| age >= limit)
+    Some(stats.heartbeats.stalest()).filter(|&(_, age)| age >= limit)
 }
 
 async fn live(State(app): State<Arc<App>>) -> Response {
@@ -190,12 +183,14 @@ pub fn not_ready(stats: &Stats, stale_after: Duration) -> Vec<String> {
     if stats.model_loaded.load(Relaxed) == 0 {
         reasons.push("model: not loaded yet".to_string());
     }
-    let state = CameraState::from_code(stats.camera_state.load(Relaxed));
     let last = stats.last_frame_ms.load(Relaxed);
     if stats.source_finished.load(Relaxed) == 1 {
         reasons.push("source: finished (the folder was replayed once)".into());
-    } else if let Some(s) = state.filter(|&s| s != CameraState::Streaming) {
-        reasons.push(format!("source: camera is {}", s.name()));
+    } else if stats.camera_down() {
+        reasons.push(format!(
+            "source: camera is {}",
+            CameraState::name_of(stats.camera_state.load(Relaxed))
+        ));
     } else if last == 0 {
         reasons.push("source: no frame yet".into());
     } else {

@@ -240,27 +240,27 @@ impl Collector for StatsCollector {
                 ConstGauge::new(v).encode(m.encode_family(&[("condition", c.name())])?)?;
             }
         }
-        let milli = |a: &AtomicU64| load(a) as f64 / 1000.0;
+        let [mean, contrast, saturated] = s.frame_measures().unwrap_or_default();
         gauge(
             &mut e,
             "frame_mean_gray_level",
             "The last frame's mean gray level (0 to 255).",
             None,
-            milli(&s.frame_mean_milli),
+            mean,
         )?;
         gauge(
             &mut e,
             "frame_contrast_gray_level",
             "The last frame's contrast: standard deviation of its gray levels.",
             None,
-            milli(&s.frame_stddev_milli),
+            contrast,
         )?;
         gauge(
             &mut e,
             "frame_saturated",
             "Fraction of the last frame's pixels at 250 or above.",
             Some(&Unit::Ratios),
-            milli(&s.frame_saturated_milli),
+            saturated,
         )?;
         counter(
             &mut e,

@@ -109,8 +109,6 @@ impl Pipeline {
                 sink,
                 sample_every: settings.evidence.sample_every,
                 defect_frames: 0,
-                model_id: meta.id.clone(),
-                labels: classes.clone(),
             })
         } else {
             None

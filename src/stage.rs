@@ -10,6 +10,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::telemetry::Stats;
 
+/// A stage silent for longer than this is not live: the watchdog stops its pings
+/// (systemd then restarts us) and `/health/live` turns 503.
+pub const LIVENESS: Duration = Duration::from_secs(45);
+
 /// The stages, in frame order; heartbeats are kept per stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -67,12 +71,7 @@ impl StageContext {
 
     /// The stage that has not shown life for longest, and how long.
     pub fn stalest(&self) -> (Stage, Duration) {
-        self.stats
-            .heartbeats
-            .ages()
-            .into_iter()
-            .max_by_key(|&(_, age)| age)
-            .unwrap_or((Stage::Capture, Duration::ZERO))
+        self.stats.heartbeats.stalest()
     }
 
     /// A stage's loop over its input queue: beats at least every second, hands each item

@@ -200,6 +200,14 @@ impl Heartbeats {
         self.last_ms[stage as usize].store(self.now_ms(), Relaxed);
     }
 
+    /// The stage that has been silent longest, and how long.
+    pub fn stalest(&self) -> (Stage, Duration) {
+        self.ages()
+            .into_iter()
+            .max_by_key(|&(_, age)| age)
+            .unwrap_or((Stage::Capture, Duration::ZERO))
+    }
+
     /// How long each stage has been silent.
     pub fn ages(&self) -> [(Stage, Duration); 5] {
         let now = self.now_ms();
@@ -266,7 +274,8 @@ pub struct Stats {
     /// Frames decide did not count again because they repeated the previous one.
     pub repeats_skipped: AtomicU64,
     /// Health conditions in force ([`crate::health::Condition`] bits), and how many times
-    /// they changed.
+    /// what the retained `health` says changed: each condition change, and the first
+    /// frame's measures (0: no frame measured yet).
     pub health: AtomicU64,
     pub health_changes: AtomicU64,
     /// The last frame's mean gray level, contrast and saturated fraction, times 1000.
@@ -296,6 +305,19 @@ impl Stats {
     pub fn camera_down(&self) -> bool {
         crate::camera::CameraState::from_code(self.camera_state.load(Relaxed))
             .is_some_and(|s| s != crate::camera::CameraState::Streaming)
+    }
+
+    /// The last frame's mean gray level, contrast and saturated fraction; None before a
+    /// frame was measured.
+    pub fn frame_measures(&self) -> Option<[f64; 3]> {
+        (self.health_changes.load(Relaxed) > 0).then(|| {
+            [
+                &self.frame_mean_milli,
+                &self.frame_stddev_milli,
+                &self.frame_saturated_milli,
+            ]
+            .map(|a| round_to(a.load(Relaxed) as f64 / 1000.0, 1e3))
+        })
     }
 
     /// The `stats` JSON: totals, and fps and latencies since the previous call.

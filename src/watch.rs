@@ -66,14 +66,11 @@ pub fn watch(
     Ok(())
 }
 
-/// HH:MM:SS.mmm (UTC) without a date library.
+/// HH:MM:SS.mmm (UTC).
 fn chrono_like(ms: u64) -> String {
-    let s = ms / 1000;
+    let t = crate::frame::Utc::from_unix_ms(ms);
     format!(
         "{:02}:{:02}:{:02}.{:03}",
-        (s / 3600) % 24,
-        (s / 60) % 60,
-        s % 60,
-        ms % 1000
+        t.hour, t.minute, t.second, t.milli
     )
 }
