@@ -2,7 +2,9 @@
 //! 1280 x 1024 camera frame (the whole stage: fill, run, decode), beside
 //!  - the previous shipped setting, measured in the same run: the 64 x 64 tile classifier
 //!    (`benches/baseline/neu_tiles.onnx`) at stride 64, 320 tract runs per frame;
-//!  - ONNX Runtime on the same model and input shapes (`../shared/anchors/ort_infer.py`).
+//!  - the faster alternative detector (`models/neu_det_lite.onnx`, the "lite" design: 1.14 G
+//!    multiply-adds per frame against the shipped "deep" design's 2.91 G);
+//!  - ONNX Runtime on the same models and input shapes (`../shared/anchors/ort_infer.py`).
 
 mod support;
 
@@ -101,6 +103,14 @@ fn bench(c: &mut Criterion) {
     let base_ms = support::median_ms(20, || {
         tiles.classify(&line);
     });
+    let lite = support::repo().join("models/neu_det_lite.onnx");
+    let mut alt = Classifier::new(
+        &ModelConfig::with_path(lite.clone()),
+        Some((line.width, line.height)),
+    )
+    .unwrap();
+    alt.classify(&mut line).unwrap();
+    let lite_ms = support::median_ms(20, || alt.classify(&mut line).unwrap());
     let cpu = support::cpu_model();
     println!("CPU: {cpu}");
     // model.threads: one frame's run split over a thread pool. Wall time per frame
@@ -130,9 +140,17 @@ fn bench(c: &mut Criterion) {
          detector / previous = {:.2}",
         line_ms / base_ms
     );
-    for (shape, ours) in [("1,64,28,28", neu_ms), ("1,64,128,160", line_ms)] {
+    println!(
+        "lite detector (models/neu_det_lite.onnx): {lite_ms:.1} ms per 1280x1024 frame; lite / shipped = {:.2}",
+        lite_ms / line_ms
+    );
+    for (what, path, shape, ours) in [
+        ("shipped", &model, "1,64,28,28", neu_ms),
+        ("shipped", &model, "1,64,128,160", line_ms),
+        ("lite", &lite, "1,64,128,160", lite_ms),
+    ] {
         let args = [
-            model.display().to_string(),
+            path.display().to_string(),
             "--shape".into(),
             shape.into(),
             "--iters".into(),
@@ -142,8 +160,8 @@ fn bench(c: &mut Criterion) {
             Some(ort) => {
                 let theirs = ort["median_ms"].as_f64().unwrap_or(f64::NAN);
                 println!(
-                    "ONNX Runtime {}, one thread, input [{shape}]: {theirs:.2} ms; tract (whole stage) {ours:.2} ms; \
-                     tract / ORT = {:.2}",
+                    "ONNX Runtime {}, one thread, {what} model, input [{shape}]: {theirs:.2} ms; tract (whole \
+                     stage) {ours:.2} ms; tract / ORT = {:.2}",
                     ort["version"],
                     ours / theirs
                 );

@@ -12,7 +12,8 @@
 //!    `models/.venv`, else python3).
 //!
 //! The frames are the worst case: `line_1280x1024.png`, every 200 x 200 block a NEU
-//! defect image.
+//! defect image. `INSPECTD_BENCH_MODEL=models/neu_det_lite.onnx` measures another model
+//! (both pipelines run it); the default is the shipped `models/neu_det.onnx`.
 
 mod support;
 
@@ -45,7 +46,7 @@ fn config(dir: &Path, name: &str, images: &Path, port: u16, capture: &str) -> Se
             "[station]\nsite = \"bench\"\nline = \"l\"\nstation = \"s\"\n[capture]\nsource = \"dir\"\npath = \"{}\"\n\
              {capture}\n[model]\npath = \"{}\"\n[mqtt]\nport = {port}\nstats_interval_s = 3600\n[state]\ndir = \"{}\"\n[http]\nlisten = \"\"\n",
             images.display(),
-            support::repo().join("models/neu_det.onnx").display(),
+            model().display(),
             dir.join(format!("state-{name}")).display()
         ),
     )
@@ -53,13 +54,20 @@ fn config(dir: &Path, name: &str, images: &Path, port: u16, capture: &str) -> Se
     Settings::load(&path).unwrap()
 }
 
-/// Runs the pipeline until the folder is done (or for `live_for`, then stops it);
-/// returns its stats, wall seconds and this process's CPU-seconds.
-/// A run's stats, wall seconds and CPU-seconds.
+/// The model both pipelines run: `INSPECTD_BENCH_MODEL` (relative to the repository),
+/// else the shipped one.
+fn model() -> PathBuf {
+    let name =
+        std::env::var("INSPECTD_BENCH_MODEL").unwrap_or_else(|_| "models/neu_det.onnx".into());
+    support::repo().join(name)
+}
+
+/// A run's stats, wall seconds and this process's CPU-seconds.
 type Run = (Arc<Stats>, f64, f64);
 /// Count, p50 ms and p99 ms of end-to-end latency in a window.
 type Window = (u64, f64, f64);
 
+/// Runs the pipeline until the folder is done (or for `live_for`, then stops it).
 fn run(s: &Settings, live_for: Option<Duration>) -> Run {
     run_window(s, live_for).0
 }
@@ -120,7 +128,7 @@ fn bench(c: &mut Criterion) {
     let (images, one) = (folder("frames", FRAMES), folder("one", 1));
     let replay = format!("loop = false\nfps = 0\nqueue = {FRAMES}");
     let settings = config(dir.path(), "replay", &images, port, &replay);
-    println!("CPU: {}", support::cpu_model());
+    println!("CPU: {}; model {}", support::cpu_model(), model().display());
 
     let mut g = c.benchmark_group("pipeline_1280x1024_to_mqtt");
     g.sample_size(10);
@@ -240,7 +248,7 @@ fn anchor(
     let whole = dir.join("neu_det_whole.onnx");
     let made = std::process::Command::new(support::python())
         .arg(support::repo().join("benches/whole_frame_model.py"))
-        .arg(support::repo().join("models/neu_det.onnx"))
+        .arg(model())
         .arg(&whole)
         .output()
         .map(|o| o.status.success())

@@ -160,8 +160,27 @@ DESIGNS = {
     "small": {"c8": 64, "c16": 128, "c32": 128, "n16": 1, "n32": 2, "head": 64},
     # Deeper at 1/16 and wider at 1/32 (where tract's kernels run best), same 1/8 cost.
     "deep": {"c8": 64, "c16": 128, "c32": 160, "n16": 2, "n32": 2, "head": 64},
+    # Half the multiply-adds: 3x3 convolutions split into depthwise 3x3 + pointwise 1x1
+    # (residual) at 1/16 and 1/32, one block more at each, wider at 1/32, a thinner 1/8
+    # level (its maps are the largest: tract's cost there is packing, not arithmetic).
+    "lite": {"c8": 32, "c16": 128, "c32": 256, "n16": 3, "n32": 3, "head": 48, "block": "sep"},
 }
 PATCH = 8  # the first layer sees 8x8 pixel patches (space-to-depth, done by inspectd)
+
+
+class SepBlock(nn.Module):
+    """A 3x3 convolution split in two: depthwise 3x3 then pointwise 1x1, each with batch
+    norm, ReLU after the sum with the block's input (a residual block). About a ninth of
+    a full 3x3's multiply-adds at 128 channels."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.dw = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c),
+                                nn.ReLU(inplace=True))
+        self.pw = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return F.relu(x + self.pw(self.dw(x)))
 
 
 class Detector(nn.Module):
@@ -180,9 +199,12 @@ class Detector(nn.Module):
         def cbr(cin, cout, k, s, p=0):
             return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
+        def block(c):
+            return SepBlock(c) if d.get("block") == "sep" else cbr(c, c, 3, 1, 1)
+
         self.s8 = nn.Sequential(cbr(PATCH * PATCH, c8, 1, 1), cbr(c8, c8, 1, 1))
-        self.s16 = nn.Sequential(cbr(c8, c16, 2, 2), *[cbr(c16, c16, 3, 1, 1) for _ in range(d["n16"])])
-        self.s32 = nn.Sequential(cbr(c16, c32, 2, 2), *[cbr(c32, c32, 3, 1, 1) for _ in range(d["n32"])])
+        self.s16 = nn.Sequential(cbr(c8, c16, 2, 2), *[block(c16) for _ in range(d["n16"])])
+        self.s32 = nn.Sequential(cbr(c16, c32, 2, 2), *[block(c32) for _ in range(d["n32"])])
         self.up32 = nn.Sequential(nn.ConvTranspose2d(c32, c16, 2, 2, bias=False), nn.BatchNorm2d(c16))
         self.up16 = nn.Sequential(nn.ConvTranspose2d(c16, c8, 2, 2, bias=False), nn.BatchNorm2d(c8))
         self.head = cbr(c8, ch, 1, 1)

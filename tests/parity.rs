@@ -9,9 +9,19 @@ use inspectd::config::ModelConfig;
 
 #[test]
 fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
+    parity("neu_det");
+}
+
+#[test]
+fn the_lite_model_too() {
+    parity("neu_det_lite");
+}
+
+/// `models/<name>.onnx` against `models/<name>.reference.json`.
+fn parity(name: &str) {
     let repo = common::repo();
     let refs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo.join("models/neu_det.reference.json")).unwrap(),
+        &std::fs::read_to_string(repo.join(format!("models/{name}.reference.json"))).unwrap(),
     )
     .unwrap();
     assert_eq!(refs["source"], "PyTorch");
@@ -21,7 +31,7 @@ fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
     );
     assert!(heat_tol <= 1e-4 && box_tol <= 1e-2);
     let mut classifier = Classifier::new(
-        &ModelConfig::with_path(repo.join("models/neu_det.onnx")),
+        &ModelConfig::with_path(repo.join(format!("models/{name}.onnx"))),
         None,
     )
     .unwrap();
@@ -37,16 +47,21 @@ fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
     };
     let (mut worst_heat, mut worst_box) = (0f32, 0f32);
     for img in images {
-        let name = img["image"].as_str().unwrap();
-        let (w, h, px) = inspectd::capture::load_gray(&repo.join("models").join(name)).unwrap();
+        let image_name = img["image"].as_str().unwrap();
+        let (w, h, px) =
+            inspectd::capture::load_gray(&repo.join("models").join(image_name)).unwrap();
         let (want_heat, want_box) = (floats(&img["heat"]), floats(&img["box"]));
         let want_image = floats(&img["image_probs"]);
         let grid: Vec<usize> = serde_json::from_value(img["grid"].clone()).unwrap();
         classifier
             .infer(&px, w as usize, h as usize, |heat, boxes, image, g| {
-                assert_eq!([g.rows, g.cols], [grid[0], grid[1]], "{name}: same grid");
-                assert_eq!(heat.len(), want_heat.len(), "{name}");
-                assert_eq!(boxes.len(), want_box.len(), "{name}");
+                assert_eq!(
+                    [g.rows, g.cols],
+                    [grid[0], grid[1]],
+                    "{image_name}: same grid"
+                );
+                assert_eq!(heat.len(), want_heat.len(), "{image_name}");
+                assert_eq!(boxes.len(), want_box.len(), "{image_name}");
                 for (got, want) in heat.iter().zip(&want_heat) {
                     worst_heat = worst_heat.max((got - want).abs());
                 }
@@ -54,7 +69,7 @@ fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
                     worst_box = worst_box.max((got - want).abs());
                 }
                 let image = image.expect("the shipped model has an image output");
-                assert_eq!(image.len(), want_image.len(), "{name}");
+                assert_eq!(image.len(), want_image.len(), "{image_name}");
                 for (got, want) in image.iter().zip(&want_image) {
                     worst_heat = worst_heat.max((got - want).abs());
                 }
@@ -62,12 +77,15 @@ fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
             .unwrap();
     }
     eprintln!(
-        "parity: {} images, max abs difference heat and image probabilities {worst_heat:.2e}, box {worst_box:.2e} px",
+        "parity {name}: {} images, max abs difference heat and image probabilities {worst_heat:.2e}, box {worst_box:.2e} px",
         images.len()
     );
     assert!(
         worst_heat as f64 <= heat_tol,
-        "heat differs by {worst_heat}"
+        "{name}: heat differs by {worst_heat}"
     );
-    assert!(worst_box as f64 <= box_tol, "box differs by {worst_box} px");
+    assert!(
+        worst_box as f64 <= box_tol,
+        "{name}: box differs by {worst_box} px"
+    );
 }
