@@ -9,13 +9,13 @@
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inspectd::classify::Classifier;
 use inspectd::config::ModelConfig;
 use inspectd::frame::Frame;
+use inspectd::stages::classify::Classifier;
 use tract_onnx::prelude::*;
 
 fn frame_from(path: &std::path::Path) -> Frame {
-    let (w, h, px) = inspectd::capture::load_gray(path).unwrap();
+    let (w, h, px) = inspectd::stages::capture::load_gray(path).unwrap();
     let mut f = Frame::default();
     f.reset(1, w, h);
     f.pixels.copy_from_slice(&px);

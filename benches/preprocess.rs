@@ -6,12 +6,12 @@ mod support;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inspectd::config::PreprocessConfig;
 use inspectd::frame::Frame;
-use inspectd::health::FrameMeasure;
-use inspectd::preprocess::Preprocessor;
+use inspectd::stages::health::FrameMeasure;
+use inspectd::stages::preprocess::Preprocessor;
 
 fn bench(c: &mut Criterion) {
     let (w, h, px) =
-        inspectd::capture::load_gray(&support::line_frame()).expect("line_1280x1024.png");
+        inspectd::stages::capture::load_gray(&support::line_frame()).expect("line_1280x1024.png");
     let mut pre = Preprocessor::new(&PreprocessConfig::default());
     let mut frame = Frame::default();
     frame.reset(1, w, h);

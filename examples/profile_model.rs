@@ -21,7 +21,8 @@ fn main() -> TractResult<()> {
     let input: TValue = match args.get(4) {
         // A real frame, as inspectd feeds it: 8x8 patches as channels, raw gray levels.
         Some(png) => {
-            let (w, h, px) = inspectd::capture::load_gray(std::path::Path::new(png)).unwrap();
+            let (w, h, px) =
+                inspectd::stages::capture::load_gray(std::path::Path::new(png)).unwrap();
             let (w, h) = (w as usize, h as usize);
             let mut t = Tensor::zero::<f32>(&shape)?;
             {

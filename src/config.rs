@@ -334,7 +334,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// A tracing filter, e.g. `info` or `info,inspectd::publish=debug`.
+    /// A tracing filter, e.g. `info` or `info,inspectd::mqtt=debug`.
     #[serde(default = "default_log_level")]
     pub level: String,
     /// `pretty`, `json` or `journald`.

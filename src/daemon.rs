@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::pipeline::{Control, Pipeline};
 use crate::telemetry::Stats;
 
-use crate::stage::LIVENESS;
+use crate::telemetry::LIVENESS;
 
 /// Runs until a signal, or until a non-looping folder is done.
 pub fn run(config_path: &Path, settings: Settings) -> anyhow::Result<()> {

@@ -1,35 +1,29 @@
 //! inspectd: an edge daemon for unattended visual inspection of steel surfaces.
 //!
-//! Frames flow through one thread per stage, in the order of these modules:
-//! [`capture`] → [`preprocess`] → [`classify`] → [`decide`] → [`publish`], wired by
-//! [`pipeline`] and run by [`daemon`]. [`config`] is the operator's interface, [`outbox`]
-//! keeps alarms on disk until the broker has them, [`alarm_state`] the active alarms
-//! across restarts, [`telemetry`] holds logs and counters. [`health`] measures each
-//! frame (dark, saturated, no contrast, frozen), [`evidence`] keeps the frames of alarms,
-//! [`http`] serves [`metrics`], the health endpoints and the [`live`] page.
-//! [`inspect`], [`eval`] and [`watch`] serve the command line.
+//! Read the tree in the order frames flow:
+//! - [`stages`]: capture → preprocess → classify → decide, one thread each (classify: N
+//!   workers), each stage's loop in its own file;
+//! - [`mqtt`]: the broker side, publishing what decide hands on (and an embedded broker);
+//!   [`contract`] is what it publishes: every topic and payload a PLC reads;
+//! - [`state`]: what is kept on disk under `state.dir` (the alarm outbox, the active
+//!   alarms, evidence images);
+//! - [`http`]: metrics, health endpoints, the live page and evidence over HTTP;
+//! - [`pipeline`] wires the stages and [`daemon`] runs them; [`cli`] serves the other
+//!   commands (classify, eval, watch).
+//!
+//! Underneath everything: [`config`] (the operator's interface), [`frame`] (the unit of
+//! work and its pool), [`telemetry`] (logs, counters, heartbeats, the live view).
+//! Imports flow one way: `cli`, `daemon`, `pipeline` → `http`, `mqtt` → `stages` →
+//! `state` → `contract`, `telemetry` → `frame`, `config`.
 
-pub mod alarm_state;
-pub mod broker;
-pub mod camera;
-pub mod capture;
-pub mod classify;
+pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod daemon;
-pub mod decide;
-pub mod eval;
-pub mod evidence;
 pub mod frame;
-pub mod health;
 pub mod http;
-pub mod inspect;
-pub mod live;
-pub mod metrics;
-pub mod outbox;
+pub mod mqtt;
 pub mod pipeline;
-pub mod preprocess;
-pub mod publish;
-pub mod reorder;
-pub mod stage;
+pub mod stages;
+pub mod state;
 pub mod telemetry;
-pub mod watch;

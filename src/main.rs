@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use inspectd::cli::inspect::Inspector;
 use inspectd::config::{DecideConfig, ModelConfig, PreprocessConfig, Settings};
-use inspectd::inspect::Inspector;
 
 /// Edge daemon for unattended visual inspection of steel surfaces.
 #[derive(Parser)]
@@ -134,8 +134,13 @@ fn main() -> ExitCode {
                 s.mqtt.host.clone()
             };
             let timeout = timeout.map(Duration::from_secs_f64);
-            match inspectd::watch::watch(&host, s.mqtt.port as u16, &s.topic_root(), count, timeout)
-            {
+            match inspectd::cli::watch::watch(
+                &host,
+                s.mqtt.port as u16,
+                &s.topic_root(),
+                count,
+                timeout,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -207,7 +212,7 @@ fn classify(images: &[PathBuf], config: Option<&Path>, model: PathBuf, json: boo
     for path in images {
         match insp.inspect_file(path) {
             Ok(frame) => {
-                let top = &labels[inspectd::inspect::top_class(frame)];
+                let top = &labels[inspectd::cli::inspect::top_class(frame)];
                 let defects: Vec<serde_json::Value> = frame
                     .verdict
                     .defects
@@ -253,14 +258,14 @@ fn eval(
     json: Option<&Path>,
     target_precision: Option<f64>,
 ) -> ExitCode {
-    let only = match holdout.map(inspectd::eval::read_holdout).transpose() {
+    let only = match holdout.map(inspectd::cli::eval::read_holdout).transpose() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
-    let samples = match inspectd::eval::list_samples(dataset, only.as_ref()) {
+    let samples = match inspectd::cli::eval::list_samples(dataset, only.as_ref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -272,11 +277,12 @@ fn eval(
         Err(code) => return code,
     };
     let total = samples.len();
-    let report = inspectd::eval::evaluate(&mut insp, dataset, &samples, target_precision, |k| {
-        if k % 100 == 0 {
-            eprintln!("{k}/{total} images");
-        }
-    });
+    let report =
+        inspectd::cli::eval::evaluate(&mut insp, dataset, &samples, target_precision, |k| {
+            if k % 100 == 0 {
+                eprintln!("{k}/{total} images");
+            }
+        });
     match report {
         Ok(r) => {
             print!("{}", r.table());

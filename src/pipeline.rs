@@ -31,19 +31,20 @@ use crossbeam_channel::{bounded, Sender};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use crate::alarm_state::AlarmState;
-use crate::capture::{CaptureError, CaptureStage, Source};
-use crate::classify::{Classifier, ClassifyError};
 use crate::config::{MqttMode, Settings, SourceKind};
-pub use crate::decide::Control;
-use crate::decide::{AlarmTracker, DecideStage, Decider, Evidence};
+use crate::contract::{Command, Topics};
 use crate::frame::{FramePool, PooledFrame};
-use crate::health::HealthMonitor;
-use crate::outbox::{Outbox, OutboxError};
-use crate::preprocess::Preprocessor;
-use crate::publish::{Command, PublishConfig, Publisher, ToPublish, Topics};
-use crate::reorder::Reorder;
-use crate::stage::StageContext;
+use crate::mqtt::{PublishConfig, Publisher};
+use crate::stages::capture::{CaptureError, CaptureStage, Source};
+use crate::stages::classify::{Classifier, ClassifyError};
+use crate::stages::decide::reorder::Reorder;
+pub use crate::stages::decide::Control;
+use crate::stages::decide::{AlarmTracker, DecideStage, Decider, Evidence, ToPublish};
+use crate::stages::health::HealthMonitor;
+use crate::stages::preprocess::Preprocessor;
+use crate::stages::StageContext;
+use crate::state::alarms::AlarmState;
+use crate::state::outbox::{Outbox, OutboxError};
 use crate::telemetry::Stats;
 
 #[derive(Debug, Error)]
@@ -102,8 +103,11 @@ impl Pipeline {
         stats.live.set_model(&classes, &meta.id);
         let mut threads = Vec::new();
         let evidence = if settings.evidence.enabled {
-            let (sink, handle) =
-                crate::evidence::start(&settings.evidence, &settings.state.dir, stats.clone())?;
+            let (sink, handle) = crate::state::evidence::start(
+                &settings.evidence,
+                &settings.state.dir,
+                stats.clone(),
+            )?;
             threads.push(handle);
             Some(Evidence {
                 sink,
@@ -129,7 +133,7 @@ impl Pipeline {
         };
         let live = !capture.source.waits_for_room();
         if settings.mqtt.mode == MqttMode::Embedded {
-            crate::broker::start(&settings.mqtt.host, settings.mqtt.port as u16)
+            crate::mqtt::broker::start(&settings.mqtt.host, settings.mqtt.port as u16)
                 .map_err(StartError::Mqtt)?;
         }
         let (cmd_tx, cmd_rx) = bounded::<Command>(64);

@@ -6,11 +6,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use inspectd::classify::Classifier;
 use inspectd::config::{DecideConfig, ModelConfig, PreprocessConfig};
-use inspectd::decide::Decider;
 use inspectd::frame::Frame;
-use inspectd::preprocess::Preprocessor;
+use inspectd::stages::classify::Classifier;
+use inspectd::stages::decide::Decider;
+use inspectd::stages::preprocess::Preprocessor;
 
 struct Counting;
 
@@ -53,9 +53,10 @@ fn allocations_in<R>(f: impl FnOnce() -> R) -> (u64, R) {
 #[test]
 fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let (w, h, px) =
-        inspectd::capture::load_gray(&repo.join("../shared/datasets/frames/line_1280x1024.png"))
-            .unwrap();
+    let (w, h, px) = inspectd::stages::capture::load_gray(
+        &repo.join("../shared/datasets/frames/line_1280x1024.png"),
+    )
+    .unwrap();
     let mut pre = Preprocessor::new(&PreprocessConfig::default());
     let mut classifier = Classifier::new(
         &ModelConfig::with_path(repo.join("models/neu_det.onnx")),
@@ -106,10 +107,18 @@ fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
     let grid = grid.unwrap();
     let (mut dets, mut scores) = (Vec::new(), Vec::new());
     let n = classifier.labels().len();
-    inspectd::classify::decode(&heat, &boxes, &grid, n, 0.05, &mut dets, &mut scores);
+    inspectd::stages::classify::decode(&heat, &boxes, &grid, n, 0.05, &mut dets, &mut scores);
     let (decode_allocs, ()) = allocations_in(|| {
         for _ in 0..200 {
-            inspectd::classify::decode(&heat, &boxes, &grid, n, 0.05, &mut dets, &mut scores);
+            inspectd::stages::classify::decode(
+                &heat,
+                &boxes,
+                &grid,
+                n,
+                0.05,
+                &mut dets,
+                &mut scores,
+            );
         }
     });
     assert!(!dets.is_empty());

@@ -9,11 +9,11 @@ mod common;
 use std::io::Cursor;
 use std::path::Path;
 
-use inspectd::capture::gray_from_bytes;
-use inspectd::classify::ModelMeta;
 use inspectd::config::Settings;
-use inspectd::outbox::Outbox;
-use inspectd::publish::{parse_ack, Command};
+use inspectd::contract::{parse_ack, Command};
+use inspectd::stages::capture::gray_from_bytes;
+use inspectd::stages::classify::ModelMeta;
+use inspectd::state::outbox::Outbox;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 

@@ -4,8 +4,8 @@
 
 mod common;
 
-use inspectd::classify::Classifier;
 use inspectd::config::ModelConfig;
+use inspectd::stages::classify::Classifier;
 
 #[test]
 fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
@@ -49,7 +49,7 @@ fn parity(name: &str) {
     for img in images {
         let image_name = img["image"].as_str().unwrap();
         let (w, h, px) =
-            inspectd::capture::load_gray(&repo.join("models").join(image_name)).unwrap();
+            inspectd::stages::capture::load_gray(&repo.join("models").join(image_name)).unwrap();
         let (want_heat, want_box) = (floats(&img["heat"]), floats(&img["box"]));
         let want_image = floats(&img["image_probs"]);
         let grid: Vec<usize> = serde_json::from_value(img["grid"].clone()).unwrap();

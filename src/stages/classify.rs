@@ -26,7 +26,8 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::ModelConfig;
 use crate::frame::{Detection, Frame, PooledFrame};
-use crate::stage::{Stage, StageContext};
+use crate::stages::StageContext;
+use crate::telemetry::Stage;
 
 #[derive(Debug, Error)]
 pub enum ClassifyError {
@@ -739,7 +740,7 @@ mod tests {
     #[test]
     fn a_run_split_over_threads_finds_what_one_thread_finds() {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/neu_det.onnx");
-        let (w, h, px) = crate::capture::load_gray(
+        let (w, h, px) = crate::stages::capture::load_gray(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/scratches_13.png"),
         )
         .unwrap();

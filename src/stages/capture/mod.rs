@@ -1,46 +1,30 @@
-//! Capture: frames from a V4L2 camera or from a folder of images, as 8-bit gray.
+//! Capture: frames from a V4L2 camera ([`camera`]) or from a folder of images
+//! ([`folder`]), as 8-bit gray ([`source`] decodes files and camera formats).
 //!
 //! The `dir` source replays PNG, JPEG and BMP files in file-name order (colour becomes
-//! gray); a file that cannot be decoded is logged, counted and skipped. Decoded images are
-//! kept in memory up to a budget, so a looping replay does not decode every frame again.
-//!
-//! The `v4l2` source ([`crate::camera`]) negotiates GREY, YUYV or MJPG and converts to
-//! gray. When the camera disappears it is closed and reopened with backoff (1 s doubling
-//! to 30 s); the daemon keeps running and `stats` says the camera's state. The pixel
-//! conversions are plain functions here, tested on real images.
+//! gray); a file that cannot be decoded is logged, counted and skipped. The `v4l2` source
+//! negotiates GREY, YUYV or MJPG and converts to gray; when the camera disappears it is
+//! closed and reopened with backoff (1 s doubling to 30 s), the daemon keeps running and
+//! `stats` says the camera's state.
 
-use std::path::{Path, PathBuf};
+pub mod camera;
+pub mod folder;
+pub mod source;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
-use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::camera::{CameraSource, Format, V4l2Device};
 use crate::config::{CaptureConfig, SourceKind};
 use crate::frame::{Frame, FramePool, PooledFrame};
-use crate::stage::{Stage, StageContext};
-use crate::telemetry::Stats;
-
-#[derive(Debug, Error)]
-pub enum CaptureError {
-    #[error("capture.path {path}: {reason}")]
-    Folder { path: PathBuf, reason: String },
-    #[error("{path}: {reason}")]
-    Image { path: PathBuf, reason: String },
-}
-
-/// What a read produced.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Read {
-    /// The frame was filled.
-    Frame,
-    /// Nothing this time (a skipped file, a camera being reopened): ask again.
-    Nothing,
-    /// A non-looping folder is done.
-    End,
-}
+use crate::stages::StageContext;
+use crate::telemetry::{Stage, Stats};
+use camera::{CameraSource, Format, V4l2Device};
+use folder::DirSource;
+pub use source::{gray_from_bytes, is_image_file, load_gray, CaptureError, Read};
 
 pub enum Source {
     Dir(DirSource),
@@ -96,56 +80,6 @@ impl Source {
     }
 }
 
-/// Sleeps up to `d`, waking early when `stop` is set.
-pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !stop.load(Relaxed) {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
-}
-
-/// Keeps frames at a steady rate; `fps == 0` does not pace.
-struct Pacer {
-    period: Option<Duration>,
-    next: Option<Instant>,
-}
-
-impl Pacer {
-    fn new(fps: f64) -> Self {
-        Self {
-            period: (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps)),
-            next: None,
-        }
-    }
-
-    fn wait(&mut self, stop: &AtomicBool) {
-        let Some(period) = self.period else { return };
-        let now = Instant::now();
-        let due = self.next.unwrap_or(now);
-        if due > now {
-            sleep_unless_stopped(due - now, stop);
-        }
-        // When far behind, start afresh rather than bursting to catch up.
-        let base = if now > due + period { now } else { due };
-        self.next = Some(base + period);
-    }
-}
-
-pub fn is_image_file(p: &Path) -> bool {
-    matches!(
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-            .as_deref(),
-        Some("png" | "jpg" | "jpeg" | "bmp")
-    )
-}
-
-/// Decodes an image file to 8-bit gray: (width, height, pixels).
 /// The capture stage: reads frames from the source into pooled buffers and queues them.
 pub struct CaptureStage {
     pub source: Source,
@@ -222,198 +156,14 @@ impl CaptureStage {
     }
 }
 
-pub fn load_gray(path: &Path) -> Result<(u32, u32, Vec<u8>), CaptureError> {
-    let bytes = std::fs::read(path).map_err(|e| CaptureError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    gray_from_bytes(&bytes, path)
-}
-
-/// Decodes an image file's bytes to 8-bit gray; `path` names it in the error. The
-/// decoder's memory limit refuses decompression bombs.
-pub fn gray_from_bytes(bytes: &[u8], path: &Path) -> Result<(u32, u32, Vec<u8>), CaptureError> {
-    let err = |reason: String| CaptureError::Image {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?
-        .decode()
-        .map_err(|e| err(format!("cannot decode: {e}")))?;
-    let gray = img.into_luma8();
-    let (w, h) = gray.dimensions();
-    if w == 0 || h == 0 {
-        return Err(err("empty image".into()));
-    }
-    Ok((w, h, gray.into_raw()))
-}
-
-/// Decoded images kept for replay, up to this many bytes.
-const CACHE_BUDGET: usize = 256 << 20;
-
-pub struct DirSource {
-    files: Vec<PathBuf>,
-    cache: Vec<Option<(u32, u32, Vec<u8>)>>,
-    cached_bytes: usize,
-    next: usize,
-    looping: bool,
-    pacer: Pacer,
-    good_this_pass: usize,
-    /// Delivered as a live camera would (`capture.live`): never waits for the pipeline.
-    pub live: bool,
-}
-
-impl DirSource {
-    pub fn open(path: &Path, looping: bool, fps: f64) -> Result<DirSource, CaptureError> {
-        let folder_err = |reason: String| CaptureError::Folder {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let entries = std::fs::read_dir(path).map_err(|e| folder_err(e.to_string()))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image_file(p))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(folder_err("holds no PNG, JPEG or BMP image".into()));
-        }
-        info!(folder = %path.display(), images = files.len(), looping, "Replaying a folder of images.");
-        Ok(DirSource {
-            cache: vec![None; files.len()],
-            files,
-            cached_bytes: 0,
-            next: 0,
-            looping,
-            pacer: Pacer::new(fps),
-            good_this_pass: 0,
-            live: false,
-        })
-    }
-
-    fn read(&mut self, frame: &mut Frame, stats: &Stats, stop: &AtomicBool) -> Read {
-        if self.next == self.files.len() {
-            if !self.looping {
-                return Read::End;
-            }
-            if self.good_this_pass == 0 {
-                // Every file failed: do not spin on a folder of broken files.
-                sleep_unless_stopped(Duration::from_secs(1), stop);
-            }
-            self.next = 0;
-            self.good_this_pass = 0;
-        }
-        let i = self.next;
-        self.next += 1;
-        let path = &self.files[i];
-        if self.cache[i].is_none() {
-            match load_gray(path) {
-                Ok(img) => {
-                    if self.cached_bytes + img.2.len() <= CACHE_BUDGET {
-                        self.cached_bytes += img.2.len();
-                        self.cache[i] = Some(img);
-                    } else {
-                        self.pacer.wait(stop);
-                        fill(frame, img.0, img.1, &img.2, path);
-                        self.good_this_pass += 1;
-                        return Read::Frame;
-                    }
-                }
-                Err(e) => {
-                    stats.corrupt_files.fetch_add(1, Relaxed);
-                    warn!(error = %e, "Skipped an image that cannot be read.");
-                    return Read::Nothing;
-                }
-            }
-        }
-        let (w, h, px) = self.cache[i].as_ref().expect("cached above");
-        self.pacer.wait(stop);
-        fill(frame, *w, *h, px, path);
-        self.good_this_pass += 1;
-        Read::Frame
-    }
-}
-
-fn fill(frame: &mut Frame, w: u32, h: u32, px: &[u8], path: &Path) {
-    frame.width = w;
-    frame.height = h;
-    frame.pixels.clear();
-    frame.pixels.extend_from_slice(px);
-    frame.origin.clear();
-    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-        frame.origin.push_str(name);
-    }
-}
-
-/// 8-bit gray from packed YUYV (4:2:2): the Y bytes are the gray image.
-pub fn gray_from_yuyv(
-    src: &[u8],
-    width: u32,
-    height: u32,
-    dst: &mut Vec<u8>,
-) -> Result<(), String> {
-    let n = (width * height) as usize;
-    if src.len() < n * 2 {
-        return Err(format!(
-            "YUYV buffer of {} bytes is short for {width}x{height}",
-            src.len()
-        ));
-    }
-    dst.clear();
-    dst.extend(src[..n * 2].iter().step_by(2));
-    Ok(())
-}
-
-/// 8-bit gray from one MJPEG frame. A frame cut short (USB cameras deliver those) is
-/// refused: it must end with the JPEG end-of-image marker, which the decoder does not check.
-pub fn gray_from_mjpeg(
-    src: &[u8],
-    width: u32,
-    height: u32,
-    dst: &mut Vec<u8>,
-) -> Result<(), String> {
-    let end = src.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    if end < 2 || src[end - 2..end] != [0xFF, 0xD9] {
-        return Err("MJPEG frame is cut short (no end-of-image marker)".into());
-    }
-    let img = image::load_from_memory_with_format(src, image::ImageFormat::Jpeg)
-        .map_err(|e| format!("MJPEG frame cannot be decoded: {e}"))?
-        .into_luma8();
-    if img.dimensions() != (width, height) {
-        return Err(format!(
-            "MJPEG frame is {:?}, expected {width}x{height}",
-            img.dimensions()
-        ));
-    }
-    dst.clear();
-    dst.extend_from_slice(img.as_raw());
-    Ok(())
-}
-
-/// 8-bit gray from GREY: a copy, checking the size.
-pub fn gray_from_grey(
-    src: &[u8],
-    width: u32,
-    height: u32,
-    dst: &mut Vec<u8>,
-) -> Result<(), String> {
-    let n = (width * height) as usize;
-    if src.len() < n {
-        return Err(format!(
-            "GREY buffer of {} bytes is short for {width}x{height}",
-            src.len()
-        ));
-    }
-    dst.clear();
-    dst.extend_from_slice(&src[..n]);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::folder::DirSource;
+    use super::source::*;
+    use crate::frame::Frame;
+    use crate::telemetry::Stats;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
     fn neu_image() -> (u32, u32, Vec<u8>) {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples");

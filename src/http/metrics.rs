@@ -16,8 +16,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::decide::AlarmKind;
-use crate::health::Condition;
+use crate::contract::AlarmKind;
+use crate::contract::Condition;
 use crate::telemetry::{Histogram, Stats};
 
 /// The registry `/metrics` encodes: one collector reading `stats`.

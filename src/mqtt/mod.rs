@@ -13,6 +13,8 @@
 //! a fresh client and event loop, so nothing is retransmitted behind our back: after a
 //! reconnect the outbox alone says what still has to go.
 
+pub mod broker;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -20,169 +22,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rumqttc::{Client, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
-use crate::decide::AlarmChange;
-use crate::frame::Frame;
-use crate::outbox::Outbox;
-use crate::stage::{Stage, StageContext};
-use crate::telemetry::{round_to, Stats};
+use crate::contract::{flag, parse_ack, result_json, Command, Topics, OFFLINE, ONLINE};
+use crate::stages::decide::{Decided, ToPublish};
+use crate::stages::StageContext;
+use crate::state::outbox::Outbox;
+use crate::telemetry::Stage;
+use crate::telemetry::Stats;
 
 /// Most alarm events in flight (published, not yet acknowledged) at once.
 const ALARM_WINDOW: usize = 32;
-
-/// Every topic of the contract, built once from the config.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    pub status: String,
-    pub result: String,
-    pub result_ok: String,
-    pub alarm: String,
-    pub alarm_active: String,
-    pub stats: String,
-    pub health: String,
-    pub cmd_ack: String,
-    /// `alarm/<class>/active`, in class order.
-    pub class_active: Vec<String>,
-}
-
-impl Topics {
-    pub fn new(root: &str, classes: &[String]) -> Topics {
-        Topics {
-            status: format!("{root}/status"),
-            result: format!("{root}/result"),
-            result_ok: format!("{root}/result/ok"),
-            alarm: format!("{root}/alarm"),
-            alarm_active: format!("{root}/alarm/active"),
-            stats: format!("{root}/stats"),
-            health: format!("{root}/health"),
-            cmd_ack: format!("{root}/cmd/ack"),
-            class_active: classes
-                .iter()
-                .map(|c| format!("{root}/alarm/{c}/active"))
-                .collect(),
-        }
-    }
-}
-
-/// An alarm event as the contract has it (serialised by serde: labels are escaped).
-#[derive(Serialize)]
-struct AlarmEvent<'a> {
-    v: u8,
-    ts: u64,
-    id: u64,
-    event: &'a str,
-    class: &'a str,
-    frames: u32,
-    window: u32,
-    seq: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    raised_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    evidence: Option<&'a str>,
-}
-
-/// The alarm JSON of the contract.
-pub fn alarm_json(id: u64, change: &AlarmChange) -> Vec<u8> {
-    serde_json::to_vec(&AlarmEvent {
-        v: 1,
-        ts: crate::frame::unix_ms(),
-        id,
-        event: change.kind.as_str(),
-        class: &change.class,
-        frames: change.frames,
-        window: change.window,
-        seq: change.seq,
-        raised_id: change.raised_id,
-        evidence: change.evidence.as_deref(),
-    })
-    .expect("an alarm event serialises")
-}
-
-/// A result as the contract has it, borrowing the frame.
-#[derive(Serialize)]
-struct ResultMsg<'a> {
-    v: u8,
-    ts: u64,
-    seq: u64,
-    ok: bool,
-    defects: Defects<'a>,
-    latency_ms: f64,
-    model: &'a str,
-    regions: usize,
-}
-
-struct Defects<'a> {
-    frame: &'a Frame,
-    labels: &'a [String],
-}
-
-#[derive(Serialize)]
-struct DefectMsg<'a> {
-    class: &'a str,
-    score: f64,
-    bbox: [u32; 4],
-    area: u64,
-}
-
-impl Serialize for Defects<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.frame.verdict.defects.iter().map(|d| DefectMsg {
-            class: &self.labels[d.label],
-            score: round_to(d.score as f64, 1e4),
-            bbox: d.bbox,
-            area: d.area(),
-        }))
-    }
-}
-
-/// Writes the result JSON of the contract into `out` (cleared first; no allocation once
-/// it has grown to a frame's size).
-pub fn result_json(
-    frame: &Frame,
-    labels: &[String],
-    model: &str,
-    latency_ms: f64,
-    out: &mut Vec<u8>,
-) {
-    out.clear();
-    serde_json::to_writer(
-        &mut *out,
-        &ResultMsg {
-            v: 1,
-            ts: frame.ts_ms,
-            seq: frame.seq,
-            ok: frame.verdict.ok,
-            defects: Defects { frame, labels },
-            latency_ms: round_to(latency_ms, 1e3),
-            model,
-            regions: frame.regions.len(),
-        },
-    )
-    .expect("a result serialises into memory");
-}
-
-/// Commands that arrive from the broker for the decide stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Acknowledge the alarm raised with this id, or all (`None`).
-    Ack(Option<u64>),
-}
-
-/// Parses a `cmd/ack` payload: an alarm id or `all`.
-pub fn parse_ack(payload: &[u8]) -> Result<Command, String> {
-    let text = std::str::from_utf8(payload)
-        .map_err(|_| "payload is not text".to_string())?
-        .trim();
-    if text.eq_ignore_ascii_case("all") {
-        return Ok(Command::Ack(None));
-    }
-    text.parse::<u64>()
-        .map(|id| Command::Ack(Some(id)))
-        .map_err(|_| format!("{text:?} is neither an alarm id nor `all`"))
-}
 
 /// State shared by the `publish` and `mqtt` threads.
 struct Session {
@@ -289,10 +140,6 @@ impl Session {
             stats.alarms_published.fetch_add(1, Relaxed);
         }
     }
-}
-
-fn flag(on: bool) -> Vec<u8> {
-    vec![if on { b'1' } else { b'0' }]
 }
 
 /// Everything the publish stage needs from the config.
@@ -428,24 +275,6 @@ fn read_password(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("mqtt.password_file {}: {e}", path.display()))?;
     Ok(text.lines().next().unwrap_or("").to_string())
-}
-
-/// A decided frame and the alarm events it caused (ids already given by the outbox).
-pub struct Decided {
-    pub frame: crate::frame::PooledFrame,
-    pub alarms: Vec<(u64, AlarmChange)>,
-    /// Active alarms after this frame, in class order, as a bit set.
-    pub active: u64,
-}
-
-/// What decide hands to publish.
-pub enum ToPublish {
-    Frame(Decided),
-    /// Alarm events were stored without a frame (acknowledgements): send them, and the
-    /// active set after them.
-    AlarmsStored {
-        active: u64,
-    },
 }
 
 /// The publish side of the pipeline: call [`Publisher::publish`] per decided frame.
@@ -614,7 +443,7 @@ impl Publisher {
 
     /// Publishes the retained `health` state as it is now.
     pub fn publish_health(&self) {
-        let json = crate::health::health_json(&self.stats);
+        let json = crate::stages::health::health_json(&self.stats);
         let mut s = self.session.lock().expect("session lock");
         s.publish(&self.topics.health, QoS::AtLeastOnce, true, json, None);
     }
@@ -674,7 +503,7 @@ impl Publisher {
                 &self.topics.status,
                 QoS::AtLeastOnce,
                 true,
-                b"offline".to_vec(),
+                OFFLINE.to_vec(),
                 None,
             ) {
                 // Wait briefly for the broker to take it before the disconnect.
@@ -778,7 +607,7 @@ fn run_connection(
                         &topics.status,
                         QoS::AtLeastOnce,
                         true,
-                        b"online".to_vec(),
+                        ONLINE.to_vec(),
                         None,
                     );
                     s.publish_alarm_state(&topics, true);
@@ -786,7 +615,7 @@ fn run_connection(
                         &topics.health,
                         QoS::AtLeastOnce,
                         true,
-                        crate::health::health_json(&stats),
+                        crate::stages::health::health_json(&stats),
                         None,
                     );
                     s.pump(&outbox, &topics, &stats);
@@ -857,105 +686,5 @@ fn run_connection(
         }
         sleep_unless(backoff, &stop);
         backoff = (backoff * 2).min(cfg.reconnect_max);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::decide::AlarmKind;
-
-    #[test]
-    fn ack_commands_parse_ids_and_all() {
-        assert_eq!(parse_ack(b"17"), Ok(Command::Ack(Some(17))));
-        assert_eq!(parse_ack(b" all\n"), Ok(Command::Ack(None)));
-        assert!(parse_ack(b"seventeen").is_err());
-        assert!(parse_ack(&[0xff, 0xfe]).is_err());
-    }
-
-    #[test]
-    fn alarm_json_follows_the_contract() {
-        let change = AlarmChange {
-            kind: AlarmKind::Cleared,
-            class: "scratches".into(),
-            frames: 1,
-            window: 5,
-            seq: 42,
-            raised_id: Some(7),
-            evidence: None,
-        };
-        let v: serde_json::Value = serde_json::from_slice(&alarm_json(9, &change)).unwrap();
-        assert_eq!(v["v"], 1);
-        assert_eq!(v["id"], 9);
-        assert_eq!(v["event"], "cleared");
-        assert_eq!(v["class"], "scratches");
-        assert_eq!(v["frames"], 1);
-        assert_eq!(v["window"], 5);
-        assert_eq!(v["seq"], 42);
-        assert_eq!(v["raised_id"], 7);
-        assert!(v["ts"].as_u64().unwrap() > 1_700_000_000_000);
-    }
-
-    #[test]
-    fn payloads_stay_valid_json_whatever_the_label_and_model_id_hold() {
-        let hostile = ["a\"b", "back\\slash", "ünïcödé ✓", "tab\there", "\u{1}ctl"];
-        let mut f = Frame::default();
-        f.reset(1, 10, 10);
-        let mut out = Vec::new();
-        for (i, label) in hostile.iter().enumerate() {
-            f.verdict.defects.clear();
-            f.verdict.defects.push(crate::frame::Defect {
-                label: 0,
-                score: 0.5,
-                bbox: [0, 0, 1, 1],
-            });
-            result_json(&f, &[label.to_string()], label, 1.0, &mut out);
-            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            assert_eq!(v["defects"][0]["class"], *label);
-            assert_eq!(v["model"], *label);
-            let change = AlarmChange {
-                kind: AlarmKind::Raised,
-                class: label.to_string(),
-                frames: 3,
-                window: 5,
-                seq: i as u64,
-                raised_id: None,
-                evidence: Some("evidence/2026-11-30/081020123-alarm-1-x.png".into()),
-            };
-            let a: serde_json::Value = serde_json::from_slice(&alarm_json(1, &change)).unwrap();
-            assert_eq!(a["class"], *label);
-            assert!(a.get("raised_id").is_none());
-            assert_eq!(a["evidence"], "evidence/2026-11-30/081020123-alarm-1-x.png");
-        }
-    }
-
-    #[test]
-    fn result_json_follows_the_contract() {
-        let mut f = Frame::default();
-        f.reset(5, 200, 200);
-        f.verdict.ok = false;
-        f.verdict.defects.push(crate::frame::Defect {
-            label: 1,
-            score: 0.97,
-            bbox: [1, 2, 64, 64],
-        });
-        let mut out = Vec::new();
-        result_json(
-            &f,
-            &["ok".into(), "scratches".into()],
-            "m1",
-            1.23456,
-            &mut out,
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["v"], 1);
-        assert_eq!(v["seq"], 5);
-        assert_eq!(v["ok"], false);
-        assert_eq!(v["defects"][0]["class"], "scratches");
-        assert_eq!(v["defects"][0]["bbox"], serde_json::json!([1, 2, 64, 64]));
-        assert_eq!(v["defects"][0]["area"], 64 * 64);
-        assert!((v["defects"][0]["score"].as_f64().unwrap() - 0.97).abs() < 1e-4);
-        assert_eq!(v["model"], "m1");
-        assert!((v["latency_ms"].as_f64().unwrap() - 1.235).abs() < 1e-9);
     }
 }

@@ -1,5 +1,8 @@
-//! Logs and counters: the tracing subscriber (`pretty`, `json`, `journald`) and the
-//! lock-free [`Stats`] every stage updates and `stats` publishes.
+//! Logs and counters: the tracing subscriber (`pretty`, `json`, `journald`), the
+//! lock-free [`Stats`] every stage updates and `stats` publishes, the stages' heartbeats
+//! and the [`live`] view of the newest frames.
+
+pub mod live;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -8,8 +11,45 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
-use crate::decide::AlarmKind;
-use crate::stage::Stage;
+use crate::contract::{
+    round_to, AlarmKind, AlarmStats, CameraState, CameraStats, Drops, Latencies, Latency,
+    MqttStats, StatsMsg, WorkerMsg,
+};
+
+/// A stage silent for longer than this is not live: the watchdog stops its pings
+/// (systemd then restarts us) and `/health/live` turns 503.
+pub const LIVENESS: Duration = Duration::from_secs(45);
+
+/// The stages, in frame order; heartbeats are kept per stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Stage {
+    Capture,
+    Preprocess,
+    Classify,
+    Decide,
+    Publish,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Capture,
+        Stage::Preprocess,
+        Stage::Classify,
+        Stage::Decide,
+        Stage::Publish,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Capture => "capture",
+            Stage::Preprocess => "preprocess",
+            Stage::Classify => "classify",
+            Stage::Decide => "decide",
+            Stage::Publish => "publish",
+        }
+    }
+}
 
 /// Installs the global tracing subscriber. `level` is a tracing filter; `RUST_LOG`, when
 /// set, wins. The embedded broker (rumqttd) logs routine client disconnects as errors, so
@@ -255,7 +295,7 @@ pub struct Stats {
     pub corrupt_files: AtomicU64,
     pub frame_errors: AtomicU64,
     pub camera_reconnects: AtomicU64,
-    /// The camera source's state ([`crate::camera::CameraState`] as a number; 0: none).
+    /// The camera source's state ([`CameraState`] as a number; 0: none).
     pub camera_state: AtomicU64,
     pub outbox_pending: AtomicU64,
     pub outbox_bytes: AtomicU64,
@@ -273,7 +313,7 @@ pub struct Stats {
     pub alarm_events: AlarmCounts,
     /// Frames decide did not count again because they repeated the previous one.
     pub repeats_skipped: AtomicU64,
-    /// Health conditions in force ([`crate::health::Condition`] bits), and how many times
+    /// Health conditions in force ([`crate::contract::Condition`] bits), and how many times
     /// what the retained `health` says changed: each condition change, and the first
     /// frame's measures (0: no frame measured yet).
     pub health: AtomicU64,
@@ -297,14 +337,14 @@ pub struct Stats {
     pub source_finished: AtomicU64,
     pub heartbeats: Heartbeats,
     /// What the live page and the metrics need beyond counters.
-    pub live: crate::live::LiveView,
+    pub live: crate::telemetry::live::LiveView,
 }
 
 impl Stats {
     /// A camera that is not streaming (opening, lost or backing off); false without one.
     pub fn camera_down(&self) -> bool {
-        crate::camera::CameraState::from_code(self.camera_state.load(Relaxed))
-            .is_some_and(|s| s != crate::camera::CameraState::Streaming)
+        CameraState::from_code(self.camera_state.load(Relaxed))
+            .is_some_and(|s| s != CameraState::Streaming)
     }
 
     /// The last frame's mean gray level, contrast and saturated fraction; None before a
@@ -329,54 +369,58 @@ impl Stats {
         *since = (now, published);
         let stage = |h: &Histogram| {
             let (n, p50, p99) = h.take();
-            serde_json::json!({ "n": n, "p50_ms": round_to(p50, 1e3), "p99_ms": round_to(p99, 1e3) })
+            Latency {
+                n,
+                p50_ms: round_to(p50, 1e3),
+                p99_ms: round_to(p99, 1e3),
+            }
         };
-        serde_json::json!({
-            "v": 1,
-            "ts": crate::frame::unix_ms(),
-            "model": model,
-            "frames": self.frames_captured.load(Relaxed),
-            "published": published,
-            "fps": round_to(fps, 1e3),
-            "drops": {
-                "capture_queue": self.dropped_capture_queue.load(Relaxed),
-                "results": self.dropped_results.load(Relaxed),
-                "outbox": self.outbox_dropped.load(Relaxed),
+        let msg = StatsMsg {
+            v: 1,
+            ts: crate::frame::unix_ms(),
+            model,
+            frames: self.frames_captured.load(Relaxed),
+            published,
+            fps: round_to(fps, 1e3),
+            drops: Drops {
+                capture_queue: self.dropped_capture_queue.load(Relaxed),
+                results: self.dropped_results.load(Relaxed),
+                outbox: self.outbox_dropped.load(Relaxed),
             },
-            "corrupt_files": self.corrupt_files.load(Relaxed),
-            "frame_errors": self.frame_errors.load(Relaxed),
-            "camera": {
-                "state": crate::camera::CameraState::name_of(self.camera_state.load(Relaxed)),
-                "down": self.camera_down(),
-                "reconnects": self.camera_reconnects.load(Relaxed),
+            corrupt_files: self.corrupt_files.load(Relaxed),
+            frame_errors: self.frame_errors.load(Relaxed),
+            camera: CameraStats {
+                state: CameraState::name_of(self.camera_state.load(Relaxed)),
+                down: self.camera_down(),
+                reconnects: self.camera_reconnects.load(Relaxed),
             },
-            "mqtt": {
-                "connected": self.mqtt_connected.load(Relaxed) == 1,
-                "reconnects": self.mqtt_reconnects.load(Relaxed),
+            mqtt: MqttStats {
+                connected: self.mqtt_connected.load(Relaxed) == 1,
+                reconnects: self.mqtt_reconnects.load(Relaxed),
             },
-            "alarms": {
-                "outbox_pending": self.outbox_pending.load(Relaxed),
-                "published": self.alarms_published.load(Relaxed),
-                "acked_by_broker": self.alarms_acked_by_broker.load(Relaxed),
+            alarms: AlarmStats {
+                outbox_pending: self.outbox_pending.load(Relaxed),
+                published: self.alarms_published.load(Relaxed),
+                acked_by_broker: self.alarms_acked_by_broker.load(Relaxed),
             },
-            "classify_workers": self.classify_workers.running().iter().map(|w| serde_json::json!({
-                "frames": w.frames.load(Relaxed),
-                "busy_s": round_to(w.busy_us.load(Relaxed) as f64 / 1e6, 1e3),
-            })).collect::<Vec<_>>(),
-            "latency": {
-                "preprocess": stage(&self.preprocess),
-                "classify": stage(&self.classify),
-                "decide": stage(&self.decide),
-                "end_to_end": stage(&self.end_to_end),
+            classify_workers: self
+                .classify_workers
+                .running()
+                .iter()
+                .map(|w| WorkerMsg {
+                    frames: w.frames.load(Relaxed),
+                    busy_s: round_to(w.busy_us.load(Relaxed) as f64 / 1e6, 1e3),
+                })
+                .collect(),
+            latency: Latencies {
+                preprocess: stage(&self.preprocess),
+                classify: stage(&self.classify),
+                decide: stage(&self.decide),
+                end_to_end: stage(&self.end_to_end),
             },
-        })
-        .to_string()
+        };
+        serde_json::to_string(&msg).expect("stats serialise")
     }
-}
-
-/// `v` rounded to a multiple of `1 / scale` (1e3: three decimals), for JSON payloads.
-pub(crate) fn round_to(v: f64, scale: f64) -> f64 {
-    (v * scale).round() / scale
 }
 
 #[cfg(test)]

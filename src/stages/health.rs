@@ -12,10 +12,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::HealthConfig;
+use crate::contract::{CameraState, Condition, HealthMsg};
 use crate::telemetry::Stats;
 
 /// What one frame measured.
@@ -92,45 +92,6 @@ pub fn dhash(pixels: &[u8], width: usize, height: usize) -> u64 {
         }
     }
     hash
-}
-
-/// The health conditions, as bits of [`Stats::health`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
-    Dark = 1,
-    Saturated = 2,
-    NoContrast = 4,
-    Frozen = 8,
-}
-
-impl Condition {
-    pub const ALL: [Condition; 4] = [
-        Condition::Dark,
-        Condition::Saturated,
-        Condition::NoContrast,
-        Condition::Frozen,
-    ];
-
-    /// The name in the `health` JSON, the metrics and the readiness reasons.
-    pub fn name(self) -> &'static str {
-        match self {
-            Condition::Dark => "dark",
-            Condition::Saturated => "saturated",
-            Condition::NoContrast => "no_contrast",
-            Condition::Frozen => "frozen",
-        }
-    }
-
-    pub fn bit(self) -> u64 {
-        self as u64
-    }
-}
-
-/// The conditions set in a [`Stats::health`] bit set.
-pub fn conditions(bits: u64) -> impl Iterator<Item = Condition> {
-    Condition::ALL
-        .into_iter()
-        .filter(move |c| bits & c.bit() != 0)
 }
 
 /// Turns each frame's measure into health states; lives in the preprocess stage, which
@@ -255,29 +216,10 @@ fn describe(c: Condition) -> &'static str {
     }
 }
 
-/// The `health` JSON of the contract (retained): the camera's state and each condition.
-#[derive(Serialize)]
-pub struct HealthMsg<'a> {
-    pub v: u8,
-    pub ts: u64,
-    pub ok: bool,
-    /// The camera source's state; `null` for a replayed folder.
-    pub camera: Option<&'a str>,
-    pub dark: bool,
-    pub saturated: bool,
-    pub no_contrast: bool,
-    pub frozen: bool,
-    /// The last frame's mean gray level, contrast (standard deviation) and saturated
-    /// fraction; null before the first frame.
-    pub mean: Option<f64>,
-    pub contrast: Option<f64>,
-    pub saturated_fraction: Option<f64>,
-}
-
 /// The `health` JSON for the state in `stats` now.
 pub fn health_json(stats: &Stats) -> Vec<u8> {
     let bits = stats.health.load(Relaxed);
-    let camera = crate::camera::CameraState::from_code(stats.camera_state.load(Relaxed));
+    let camera = CameraState::from_code(stats.camera_state.load(Relaxed));
     let has = |c: Condition| bits & c.bit() != 0;
     let measures = stats.frame_measures();
     serde_json::to_vec(&HealthMsg {

@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::capture::{load_gray, CaptureError};
-use crate::classify::{Classifier, ClassifyError};
 use crate::config::{DecideConfig, ModelConfig, PreprocessConfig};
-use crate::decide::Decider;
 use crate::frame::Frame;
-use crate::preprocess::Preprocessor;
+use crate::stages::capture::{load_gray, CaptureError};
+use crate::stages::classify::{Classifier, ClassifyError};
+use crate::stages::decide::Decider;
+use crate::stages::preprocess::Preprocessor;
 
 pub struct Inspector {
     pre: Preprocessor,

@@ -1,6 +1,14 @@
-//! What every stage thread is handed: the shared counters, its heartbeat and the stop
-//! flag. Each stage's loop lives in the stage's own file (`run`); `pipeline` only builds
-//! the queues and starts the threads.
+//! The stages a frame passes through, in order: [`capture`] (camera or folder) →
+//! [`preprocess`] (blur, Otsu, regions; [`health`] measures the frame) → [`classify`]
+//! (the model) → [`decide`] (thresholds, alarms). Each stage's loop lives in its own file
+//! (`run`); `pipeline` only builds the queues and starts the threads. This file holds
+//! what every stage thread is handed: the shared counters, its heartbeat and the stop flag.
+
+pub mod capture;
+pub mod classify;
+pub mod decide;
+pub mod health;
+pub mod preprocess;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -8,42 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::telemetry::Stats;
-
-/// A stage silent for longer than this is not live: the watchdog stops its pings
-/// (systemd then restarts us) and `/health/live` turns 503.
-pub const LIVENESS: Duration = Duration::from_secs(45);
-
-/// The stages, in frame order; heartbeats are kept per stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Stage {
-    Capture,
-    Preprocess,
-    Classify,
-    Decide,
-    Publish,
-}
-
-impl Stage {
-    pub const ALL: [Stage; 5] = [
-        Stage::Capture,
-        Stage::Preprocess,
-        Stage::Classify,
-        Stage::Decide,
-        Stage::Publish,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Capture => "capture",
-            Stage::Preprocess => "preprocess",
-            Stage::Classify => "classify",
-            Stage::Decide => "decide",
-            Stage::Publish => "publish",
-        }
-    }
-}
+use crate::telemetry::{Stage, Stats};
 
 /// Counters (with the heartbeats) and the stop flag, shared by every stage thread.
 #[derive(Clone)]

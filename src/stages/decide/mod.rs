@@ -5,6 +5,8 @@
 //! can be snapped to the candidate regions preprocess found inside it
 //! (`decide.snap_to_regions`; `inspectd eval` measures whether that helps a model).
 
+pub mod reorder;
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,49 +16,33 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::{error, info, warn};
 
-use crate::alarm_state::{ActiveAlarm, AlarmState};
 use crate::config::{AlarmConfig, DecideConfig};
-use crate::evidence::EvidenceSink;
+use crate::contract::{alarm_json, AlarmChange, AlarmKind, Command};
 use crate::frame::{Defect, Frame, PooledFrame, Region};
-use crate::outbox::Outbox;
-use crate::publish::{alarm_json, Command, Decided, ToPublish};
-use crate::reorder::Reorder;
-use crate::stage::{Stage, StageContext};
+use crate::stages::decide::reorder::Reorder;
+use crate::stages::StageContext;
+use crate::state::alarms::{ActiveAlarm, AlarmState};
+use crate::state::evidence::EvidenceSink;
+use crate::state::outbox::Outbox;
+use crate::telemetry::Stage;
 use crate::telemetry::Stats;
 
-/// What an alarm did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlarmKind {
-    Raised,
-    Cleared,
-    Acked,
+/// A decided frame and the alarm events it caused (ids already given by the outbox).
+pub struct Decided {
+    pub frame: crate::frame::PooledFrame,
+    pub alarms: Vec<(u64, AlarmChange)>,
+    /// Active alarms after this frame, in class order, as a bit set.
+    pub active: u64,
 }
 
-impl AlarmKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlarmKind::Raised => "raised",
-            AlarmKind::Cleared => "cleared",
-            AlarmKind::Acked => "acked",
-        }
-    }
-}
-
-/// An alarm transition, before it gets its id from the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlarmChange {
-    pub kind: AlarmKind,
-    pub class: String,
-    /// Frames in the window that had the class.
-    pub frames: u32,
-    pub window: u32,
-    /// The frame that caused it (0 for an acknowledgement).
-    pub seq: u64,
-    /// For cleared and acked: the id of the raised event they close.
-    pub raised_id: Option<u64>,
-    /// For raised: the frame's evidence image, relative to `state.dir`, when one is
-    /// being written.
-    pub evidence: Option<String>,
+/// What decide hands to publish.
+pub enum ToPublish {
+    Frame(Decided),
+    /// Alarm events were stored without a frame (acknowledgements): send them, and the
+    /// active set after them.
+    AlarmsStored {
+        active: u64,
+    },
 }
 
 /// Turns the model's detections into a verdict.
@@ -290,7 +276,7 @@ impl AlarmTracker {
         }
     }
 
-    /// The active alarms, for [`AlarmState::save`](crate::alarm_state::AlarmState::save).
+    /// The active alarms, for [`AlarmState::save`](crate::state::alarms::AlarmState::save).
     pub fn snapshot(&self) -> Vec<ActiveAlarm> {
         self.alarms
             .iter()
@@ -419,13 +405,13 @@ impl Evidence {
         alarm_id: Option<u64>,
         stats: &Stats,
     ) -> Option<String> {
-        let stem = crate::evidence::stem(frame.ts_ms, what);
+        let stem = crate::state::evidence::stem(frame.ts_ms, what);
         let (labels, model) = (stats.live.labels(), stats.live.model_id());
         let mut result = Vec::new();
         let latency_ms = frame
             .captured_at
             .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-        crate::publish::result_json(frame, labels, model, latency_ms, &mut result);
+        crate::contract::result_json(frame, labels, model, latency_ms, &mut result);
         let result = String::from_utf8(result).expect("serde_json writes UTF-8");
         let result = RawValue::from_string(result).expect("a result is JSON");
         let sidecar = serde_json::to_vec(&Sidecar {
@@ -439,7 +425,7 @@ impl Evidence {
             result: &result,
         })
         .expect("a sidecar serialises");
-        let queued = self.sink.offer(crate::evidence::Item {
+        let queued = self.sink.offer(crate::state::evidence::Item {
             stem: stem.clone(),
             width: frame.width,
             height: frame.height,

@@ -16,8 +16,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::PreprocessConfig;
 use crate::frame::{Frame, PooledFrame, Region};
-use crate::health::{FrameMeasure, HealthMonitor};
-use crate::stage::{Stage, StageContext};
+use crate::stages::health::{FrameMeasure, HealthMonitor};
+use crate::stages::StageContext;
+use crate::telemetry::Stage;
 
 /// Fixed-point weights of a 1-D Gaussian kernel that sum to exactly 256.
 #[derive(Debug, Clone, PartialEq, Eq)]

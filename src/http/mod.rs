@@ -8,6 +8,8 @@
 //! the lock-free [`Stats`] (the live frames sit behind a short mutex); nothing here can
 //! slow a frame down, and nothing here changes alarm state.
 
+pub mod metrics;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,10 +27,10 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tracing::{error, info};
 
-use crate::camera::CameraState;
-use crate::health::conditions;
-use crate::stage::LIVENESS;
+use crate::contract::conditions;
+use crate::contract::CameraState;
 use crate::telemetry::Stats;
+use crate::telemetry::LIVENESS;
 
 struct App {
     stats: Arc<Stats>,
@@ -69,11 +71,11 @@ impl HttpServer {
             Duration::from_secs(5)
         };
         let app = Arc::new(App {
-            registry: crate::metrics::registry(stats.clone()),
+            registry: crate::http::metrics::registry(stats.clone()),
             stats,
             stale_after,
         });
-        let router = router(app, &state_dir.join(crate::evidence::FOLDER));
+        let router = router(app, &state_dir.join(crate::state::evidence::FOLDER));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -149,8 +151,12 @@ async fn page(State(app): State<Arc<App>>) -> Html<&'static str> {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let body = crate::metrics::encode(&app.registry);
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+    let body = crate::http::metrics::encode(&app.registry);
+    (
+        [(header::CONTENT_TYPE, crate::http::metrics::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {
@@ -163,7 +169,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response {
 }
 
 /// The stage silent longest, when it has been silent for `limit` or more.
-pub fn stalled(stats: &Stats, limit: Duration) -> Option<(crate::stage::Stage, Duration)> {
+pub fn stalled(stats: &Stats, limit: Duration) -> Option<(crate::telemetry::Stage, Duration)> {
     Some(stats.heartbeats.stalest()).filter(|&(_, age)| age >= limit)
 }
 
@@ -236,7 +242,7 @@ fn state_json(app: &App) -> serde_json::Value {
             "ok": f.ok,
             "defects": f.defects.iter().map(|d| serde_json::json!({
                 "class": labels.get(d.label).map_or("?", |l| l.as_str()),
-                "score": crate::telemetry::round_to(d.score as f64, 1e3),
+                "score": crate::contract::round_to(d.score as f64, 1e3),
                 "bbox": d.bbox,
             })).collect::<Vec<_>>(),
         })
@@ -292,7 +298,7 @@ async fn events(
                 since = tokio::time::Instant::now();
             }
             let mut v = state_json(&app);
-            v["fps"] = serde_json::json!(fps.map(|f| crate::telemetry::round_to(f, 10.0)));
+            v["fps"] = serde_json::json!(fps.map(|f| crate::contract::round_to(f, 10.0)));
             let event = Event::default().data(v.to_string());
             Some((Ok(event), (app, since, frames, fps)))
         });
@@ -342,8 +348,8 @@ async fn frame(State(app): State<Arc<App>>, Query(q): Query<FrameQuery>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::Condition;
-    use crate::stage::Stage;
+    use crate::contract::Condition;
+    use crate::telemetry::Stage;
 
     #[test]
     fn a_silent_stage_is_named() {

@@ -14,8 +14,8 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::decide::{snap_to_regions, whole_pixels};
-use crate::inspect::{InspectError, Inspector};
+use crate::cli::inspect::{InspectError, Inspector};
+use crate::stages::decide::{snap_to_regions, whole_pixels};
 
 #[derive(Debug, Error)]
 pub enum EvalError {
@@ -145,7 +145,7 @@ pub fn list_samples(dir: &Path, only: Option<&BTreeSet<String>>) -> Result<Vec<S
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&images)
         .map_err(|e| derr(e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| crate::capture::is_image_file(p))
+        .filter(|p| crate::stages::capture::is_image_file(p))
         .collect();
     entries.sort();
     for image in entries {
@@ -580,7 +580,7 @@ pub fn evaluate(
         stage_us[0] += frame.times.preprocess_us as u64;
         stage_us[1] += frame.times.classify_us as u64;
         stage_us[2] += frame.times.decide_us as u64;
-        confusion[label][crate::inspect::top_class(frame)] += 1;
+        confusion[label][crate::cli::inspect::top_class(frame)] += 1;
         reported_ok += frame.verdict.ok as usize;
         let size = (frame.width as usize, frame.height as usize);
         reported.clear();

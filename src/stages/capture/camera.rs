@@ -17,8 +17,11 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::capture::{gray_from_grey, gray_from_mjpeg, gray_from_yuyv, sleep_unless_stopped, Read};
+use crate::contract::CameraState;
 use crate::frame::Frame;
+use crate::stages::capture::source::{
+    gray_from_grey, gray_from_mjpeg, gray_from_yuyv, sleep_unless_stopped, Read,
+};
 use crate::telemetry::Stats;
 
 /// A frame format: size and V4L2 pixel format (fourcc).
@@ -38,43 +41,6 @@ pub trait CameraDevice: Send {
     fn next_frame(&mut self) -> Result<&[u8], String>;
     /// Closes the device (after a loss, or a format that will not do).
     fn close(&mut self);
-}
-
-/// Where the camera source is; `stats` reports it as `camera.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CameraState {
-    Opening = 1,
-    Streaming = 2,
-    Lost = 3,
-    Backoff = 4,
-}
-
-impl CameraState {
-    pub fn name(self) -> &'static str {
-        match self {
-            CameraState::Opening => "opening",
-            CameraState::Streaming => "streaming",
-            CameraState::Lost => "lost",
-            CameraState::Backoff => "backoff",
-        }
-    }
-
-    const ALL: [CameraState; 4] = [
-        CameraState::Opening,
-        CameraState::Streaming,
-        CameraState::Lost,
-        CameraState::Backoff,
-    ];
-
-    /// The state stored in [`Stats::camera_state`]; None: no camera.
-    pub fn from_code(code: u64) -> Option<CameraState> {
-        Self::ALL.into_iter().find(|s| *s as u64 == code)
-    }
-
-    /// The name of the state stored in [`Stats::camera_state`] (`none`: no camera).
-    pub fn name_of(code: u64) -> &'static str {
-        Self::from_code(code).map_or("none", Self::name)
-    }
 }
 
 pub struct CameraSource {

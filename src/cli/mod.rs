@@ -1,0 +1,7 @@
+//! The operator's commands beside `run`: [`inspect`] (one verdict per image, through the
+//! daemon's own stages: `inspectd classify`), [`eval`] (accuracy on a labelled folder) and
+//! [`watch`] (a station's topics, printed readably).
+
+pub mod eval;
+pub mod inspect;
+pub mod watch;

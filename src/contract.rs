@@ -1,0 +1,488 @@
+//! The contract with the PLC, SCADA and historian: every MQTT topic under the station's
+//! root and every payload published on it, with its version field. README.md's "MQTT
+//! contract" table describes exactly this file; a test holds the two together.
+//!
+//! Scalars are plain ASCII (`1` / `0`, `online` / `offline`); JSON is compact, produced by
+//! serde (labels and model ids escaped whatever they hold) and versioned (`"v":1`).
+//!
+//! | topic          | payload                          | QoS | retained |
+//! |----------------|----------------------------------|-----|----------|
+//! | `status`       | `online` / `offline` (last will) | 1   | yes      |
+//! | `result`       | [`result_json`]                  | cfg | no       |
+//! | `result/ok`    | `1` / `0`                        | cfg | yes      |
+//! | `alarm`        | [`alarm_json`]                   | 1   | no       |
+//! | `alarm/active` | `1` / `0`                        | 1   | yes      |
+//! | `alarm/<class>/active` | `1` / `0`                | 1   | yes      |
+//! | `stats`        | [`StatsMsg`]                     | 0   | no       |
+//! | `health`       | [`HealthMsg`]                    | 1   | yes      |
+//! | `cmd/ack` (in) | an alarm id or `all`: [`parse_ack`] | 1 | no     |
+
+use serde::Serialize;
+
+use crate::frame::Frame;
+
+/// The payloads of `status`: the daemon's own, and its last will.
+pub const ONLINE: &[u8] = b"online";
+pub const OFFLINE: &[u8] = b"offline";
+
+/// A retained flag's payload.
+pub fn flag(on: bool) -> Vec<u8> {
+    vec![if on { b'1' } else { b'0' }]
+}
+
+/// Every topic of the contract, built once from the config.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub status: String,
+    pub result: String,
+    pub result_ok: String,
+    pub alarm: String,
+    pub alarm_active: String,
+    pub stats: String,
+    pub health: String,
+    pub cmd_ack: String,
+    /// `alarm/<class>/active`, in class order.
+    pub class_active: Vec<String>,
+}
+
+impl Topics {
+    pub fn new(root: &str, classes: &[String]) -> Topics {
+        Topics {
+            status: format!("{root}/status"),
+            result: format!("{root}/result"),
+            result_ok: format!("{root}/result/ok"),
+            alarm: format!("{root}/alarm"),
+            alarm_active: format!("{root}/alarm/active"),
+            stats: format!("{root}/stats"),
+            health: format!("{root}/health"),
+            cmd_ack: format!("{root}/cmd/ack"),
+            class_active: classes
+                .iter()
+                .map(|c| format!("{root}/alarm/{c}/active"))
+                .collect(),
+        }
+    }
+}
+
+/// An alarm event as the contract has it (serialised by serde: labels are escaped).
+#[derive(Serialize)]
+struct AlarmEvent<'a> {
+    v: u8,
+    ts: u64,
+    id: u64,
+    event: &'a str,
+    class: &'a str,
+    frames: u32,
+    window: u32,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raised_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evidence: Option<&'a str>,
+}
+
+/// The alarm JSON of the contract.
+pub fn alarm_json(id: u64, change: &AlarmChange) -> Vec<u8> {
+    serde_json::to_vec(&AlarmEvent {
+        v: 1,
+        ts: crate::frame::unix_ms(),
+        id,
+        event: change.kind.as_str(),
+        class: &change.class,
+        frames: change.frames,
+        window: change.window,
+        seq: change.seq,
+        raised_id: change.raised_id,
+        evidence: change.evidence.as_deref(),
+    })
+    .expect("an alarm event serialises")
+}
+
+/// A result as the contract has it, borrowing the frame.
+#[derive(Serialize)]
+struct ResultMsg<'a> {
+    v: u8,
+    ts: u64,
+    seq: u64,
+    ok: bool,
+    defects: Defects<'a>,
+    latency_ms: f64,
+    model: &'a str,
+    regions: usize,
+}
+
+struct Defects<'a> {
+    frame: &'a Frame,
+    labels: &'a [String],
+}
+
+#[derive(Serialize)]
+struct DefectMsg<'a> {
+    class: &'a str,
+    score: f64,
+    bbox: [u32; 4],
+    area: u64,
+}
+
+impl Serialize for Defects<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.frame.verdict.defects.iter().map(|d| DefectMsg {
+            class: &self.labels[d.label],
+            score: round_to(d.score as f64, 1e4),
+            bbox: d.bbox,
+            area: d.area(),
+        }))
+    }
+}
+
+/// Writes the result JSON of the contract into `out` (cleared first; no allocation once
+/// it has grown to a frame's size).
+pub fn result_json(
+    frame: &Frame,
+    labels: &[String],
+    model: &str,
+    latency_ms: f64,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    serde_json::to_writer(
+        &mut *out,
+        &ResultMsg {
+            v: 1,
+            ts: frame.ts_ms,
+            seq: frame.seq,
+            ok: frame.verdict.ok,
+            defects: Defects { frame, labels },
+            latency_ms: round_to(latency_ms, 1e3),
+            model,
+            regions: frame.regions.len(),
+        },
+    )
+    .expect("a result serialises into memory");
+}
+
+/// Commands that arrive from the broker for the decide stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Acknowledge the alarm raised with this id, or all (`None`).
+    Ack(Option<u64>),
+}
+
+/// Parses a `cmd/ack` payload: an alarm id or `all`.
+pub fn parse_ack(payload: &[u8]) -> Result<Command, String> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| "payload is not text".to_string())?
+        .trim();
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(Command::Ack(None));
+    }
+    text.parse::<u64>()
+        .map(|id| Command::Ack(Some(id)))
+        .map_err(|_| format!("{text:?} is neither an alarm id nor `all`"))
+}
+
+/// What an alarm did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmKind {
+    Raised,
+    Cleared,
+    Acked,
+}
+
+impl AlarmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmKind::Raised => "raised",
+            AlarmKind::Cleared => "cleared",
+            AlarmKind::Acked => "acked",
+        }
+    }
+}
+
+/// An alarm transition, before it gets its id from the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmChange {
+    pub kind: AlarmKind,
+    pub class: String,
+    /// Frames in the window that had the class.
+    pub frames: u32,
+    pub window: u32,
+    /// The frame that caused it (0 for an acknowledgement).
+    pub seq: u64,
+    /// For cleared and acked: the id of the raised event they close.
+    pub raised_id: Option<u64>,
+    /// For raised: the frame's evidence image, relative to `state.dir`, when one is
+    /// being written.
+    pub evidence: Option<String>,
+}
+
+/// The health conditions, as bits of [`Stats::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Dark = 1,
+    Saturated = 2,
+    NoContrast = 4,
+    Frozen = 8,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 4] = [
+        Condition::Dark,
+        Condition::Saturated,
+        Condition::NoContrast,
+        Condition::Frozen,
+    ];
+
+    /// The name in the `health` JSON, the metrics and the readiness reasons.
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::Dark => "dark",
+            Condition::Saturated => "saturated",
+            Condition::NoContrast => "no_contrast",
+            Condition::Frozen => "frozen",
+        }
+    }
+
+    pub fn bit(self) -> u64 {
+        self as u64
+    }
+}
+
+/// The conditions set in a [`Stats::health`] bit set.
+pub fn conditions(bits: u64) -> impl Iterator<Item = Condition> {
+    Condition::ALL
+        .into_iter()
+        .filter(move |c| bits & c.bit() != 0)
+}
+
+/// Where the camera source is; `stats` reports it as `camera.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraState {
+    Opening = 1,
+    Streaming = 2,
+    Lost = 3,
+    Backoff = 4,
+}
+
+impl CameraState {
+    pub fn name(self) -> &'static str {
+        match self {
+            CameraState::Opening => "opening",
+            CameraState::Streaming => "streaming",
+            CameraState::Lost => "lost",
+            CameraState::Backoff => "backoff",
+        }
+    }
+
+    const ALL: [CameraState; 4] = [
+        CameraState::Opening,
+        CameraState::Streaming,
+        CameraState::Lost,
+        CameraState::Backoff,
+    ];
+
+    /// The state stored in [`Stats::camera_state`]; None: no camera.
+    pub fn from_code(code: u64) -> Option<CameraState> {
+        Self::ALL.into_iter().find(|s| *s as u64 == code)
+    }
+
+    /// The name of the state stored in [`Stats::camera_state`] (`none`: no camera).
+    pub fn name_of(code: u64) -> &'static str {
+        Self::from_code(code).map_or("none", Self::name)
+    }
+}
+
+/// The `health` JSON of the contract (retained): the camera's state and each condition.
+#[derive(Serialize)]
+pub struct HealthMsg<'a> {
+    pub v: u8,
+    pub ts: u64,
+    pub ok: bool,
+    /// The camera source's state; `null` for a replayed folder.
+    pub camera: Option<&'a str>,
+    pub dark: bool,
+    pub saturated: bool,
+    pub no_contrast: bool,
+    pub frozen: bool,
+    /// The last frame's mean gray level, contrast (standard deviation) and saturated
+    /// fraction; null before the first frame.
+    pub mean: Option<f64>,
+    pub contrast: Option<f64>,
+    pub saturated_fraction: Option<f64>,
+}
+
+/// `v` rounded to a multiple of `1 / scale` (1e3: three decimals), for JSON payloads.
+pub fn round_to(v: f64, scale: f64) -> f64 {
+    (v * scale).round() / scale
+}
+
+/// The `stats` JSON, every `telemetry.stats_interval`: totals since start, and fps and
+/// stage latencies since the previous one.
+#[derive(Serialize)]
+pub struct StatsMsg<'a> {
+    pub v: u8,
+    pub ts: u64,
+    pub model: &'a str,
+    /// Frames captured, and results published.
+    pub frames: u64,
+    pub published: u64,
+    pub fps: f64,
+    pub drops: Drops,
+    pub corrupt_files: u64,
+    pub frame_errors: u64,
+    pub camera: CameraStats,
+    pub mqtt: MqttStats,
+    pub alarms: AlarmStats,
+    pub classify_workers: Vec<WorkerMsg>,
+    pub latency: Latencies,
+}
+
+/// Frames and events not delivered, by where they were dropped.
+#[derive(Serialize)]
+pub struct Drops {
+    pub capture_queue: u64,
+    pub results: u64,
+    pub outbox: u64,
+}
+
+#[derive(Serialize)]
+pub struct CameraStats {
+    /// A [`CameraState`] name, or `none` (a replayed folder).
+    pub state: &'static str,
+    pub down: bool,
+    pub reconnects: u64,
+}
+
+#[derive(Serialize)]
+pub struct MqttStats {
+    pub connected: bool,
+    pub reconnects: u64,
+}
+
+#[derive(Serialize)]
+pub struct AlarmStats {
+    pub outbox_pending: u64,
+    pub published: u64,
+    pub acked_by_broker: u64,
+}
+
+#[derive(Serialize)]
+pub struct WorkerMsg {
+    pub frames: u64,
+    pub busy_s: f64,
+}
+
+/// Per stage: frames measured, median and 99th percentile in ms.
+#[derive(Serialize)]
+pub struct Latency {
+    pub n: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct Latencies {
+    pub preprocess: Latency,
+    pub classify: Latency,
+    pub decide: Latency,
+    pub end_to_end: Latency,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_commands_parse_ids_and_all() {
+        assert_eq!(parse_ack(b"17"), Ok(Command::Ack(Some(17))));
+        assert_eq!(parse_ack(b" all\n"), Ok(Command::Ack(None)));
+        assert!(parse_ack(b"seventeen").is_err());
+        assert!(parse_ack(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn alarm_json_follows_the_contract() {
+        let change = AlarmChange {
+            kind: AlarmKind::Cleared,
+            class: "scratches".into(),
+            frames: 1,
+            window: 5,
+            seq: 42,
+            raised_id: Some(7),
+            evidence: None,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&alarm_json(9, &change)).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["event"], "cleared");
+        assert_eq!(v["class"], "scratches");
+        assert_eq!(v["frames"], 1);
+        assert_eq!(v["window"], 5);
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["raised_id"], 7);
+        assert!(v["ts"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+
+    #[test]
+    fn payloads_stay_valid_json_whatever_the_label_and_model_id_hold() {
+        let hostile = ["a\"b", "back\\slash", "ünïcödé ✓", "tab\there", "\u{1}ctl"];
+        let mut f = Frame::default();
+        f.reset(1, 10, 10);
+        let mut out = Vec::new();
+        for (i, label) in hostile.iter().enumerate() {
+            f.verdict.defects.clear();
+            f.verdict.defects.push(crate::frame::Defect {
+                label: 0,
+                score: 0.5,
+                bbox: [0, 0, 1, 1],
+            });
+            result_json(&f, &[label.to_string()], label, 1.0, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["defects"][0]["class"], *label);
+            assert_eq!(v["model"], *label);
+            let change = AlarmChange {
+                kind: AlarmKind::Raised,
+                class: label.to_string(),
+                frames: 3,
+                window: 5,
+                seq: i as u64,
+                raised_id: None,
+                evidence: Some("evidence/2026-11-30/081020123-alarm-1-x.png".into()),
+            };
+            let a: serde_json::Value = serde_json::from_slice(&alarm_json(1, &change)).unwrap();
+            assert_eq!(a["class"], *label);
+            assert!(a.get("raised_id").is_none());
+            assert_eq!(a["evidence"], "evidence/2026-11-30/081020123-alarm-1-x.png");
+        }
+    }
+
+    #[test]
+    fn result_json_follows_the_contract() {
+        let mut f = Frame::default();
+        f.reset(5, 200, 200);
+        f.verdict.ok = false;
+        f.verdict.defects.push(crate::frame::Defect {
+            label: 1,
+            score: 0.97,
+            bbox: [1, 2, 64, 64],
+        });
+        let mut out = Vec::new();
+        result_json(
+            &f,
+            &["ok".into(), "scratches".into()],
+            "m1",
+            1.23456,
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["seq"], 5);
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["defects"][0]["class"], "scratches");
+        assert_eq!(v["defects"][0]["bbox"], serde_json::json!([1, 2, 64, 64]));
+        assert_eq!(v["defects"][0]["area"], 64 * 64);
+        assert!((v["defects"][0]["score"].as_f64().unwrap() - 0.97).abs() < 1e-4);
+        assert_eq!(v["model"], "m1");
+        assert!((v["latency_ms"].as_f64().unwrap() - 1.235).abs() < 1e-9);
+    }
+}
