@@ -6,7 +6,7 @@
 //! types are errors), then [`Settings::validate`] checks the values and reports every
 //! problem it finds, each naming its key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -611,7 +611,9 @@ pub const SECTIONS: &[&str] = &[
 
 impl Settings {
     /// Reads `path`, applies `INSPECTD__SECTION__KEY` overrides from the environment and
-    /// validates. Relative paths in the file are taken relative to the file's folder.
+    /// validates. A relative path written in the file is taken relative to the file's
+    /// folder; one given in the environment, relative to the working directory (as any
+    /// path typed on a command line is).
     pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
         Self::load_with_env(path, std::env::vars())
     }
@@ -632,6 +634,15 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("INSPECTD__"))
             .collect();
+        // `model.path` for INSPECTD__MODEL__PATH: the keys the environment set.
+        let from_env: BTreeSet<String> = env
+            .keys()
+            .map(|k| {
+                k["INSPECTD__".len()..]
+                    .to_ascii_lowercase()
+                    .replace("__", ".")
+            })
+            .collect();
         let merged = ::config::Config::builder()
             .add_source(::config::File::from_str(&text, ::config::FileFormat::Toml))
             .add_source(
@@ -644,7 +655,7 @@ impl Settings {
             .build()
             .map_err(|e| fail(vec![e.to_string()]))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let settings = Self::deserialize_sections(&merged, base).map_err(fail)?;
+        let settings = Self::deserialize_sections(&merged, base, &from_env).map_err(fail)?;
         let problems = settings.validate();
         if problems.is_empty() {
             Ok(settings)
@@ -659,6 +670,7 @@ impl Settings {
     fn deserialize_sections(
         merged: &::config::Config,
         base: &Path,
+        from_env: &BTreeSet<String>,
     ) -> Result<Settings, Vec<String>> {
         let mut problems = Vec::new();
         let table = merged
@@ -731,7 +743,7 @@ impl Settings {
             evidence: evidence.unwrap_or_default(),
             health: health.unwrap_or_default(),
         };
-        settings.resolve_paths(base);
+        settings.resolve_paths(base, from_env);
         if problems.is_empty() {
             return Ok(settings);
         }
@@ -741,27 +753,30 @@ impl Settings {
         Err(problems)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
+    /// Makes relative paths absolute: against the config file's folder, or the working
+    /// directory for a key the environment set.
+    fn resolve_paths(&mut self, base: &Path, from_env: &BTreeSet<String>) {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let fix = |key: &str, p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                let from = if from_env.contains(key) { &cwd } else { base };
+                *p = from.join(&*p);
             }
         };
-        fix(&mut self.model.path);
-        fix(&mut self.state.dir);
+        fix("model.path", &mut self.model.path);
+        fix("state.dir", &mut self.state.dir);
         if let Some(p) = self.capture.path.as_mut() {
-            fix(p);
+            fix("capture.path", p);
         }
-        for p in [
-            &mut self.mqtt.password_file,
-            &mut self.mqtt.ca_file,
-            &mut self.mqtt.cert_file,
-            &mut self.mqtt.key_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            fix(p);
+        for (key, p) in [
+            ("mqtt.password_file", &mut self.mqtt.password_file),
+            ("mqtt.ca_file", &mut self.mqtt.ca_file),
+            ("mqtt.cert_file", &mut self.mqtt.cert_file),
+            ("mqtt.key_file", &mut self.mqtt.key_file),
+        ] {
+            if let Some(p) = p {
+                fix(key, p);
+            }
         }
     }
 
@@ -1101,6 +1116,25 @@ port = 1883
         let env = [("INSPECTD__MQTT__PORT".to_string(), "1884".to_string())];
         let s = Settings::load_with_env(&write(dir.path(), GOOD), env).unwrap();
         assert_eq!(s.mqtt.port, 1884);
+    }
+
+    #[test]
+    fn a_relative_path_from_the_environment_is_relative_to_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [
+            (
+                "INSPECTD__MODEL__PATH".to_string(),
+                "models/x.onnx".to_string(),
+            ),
+            ("INSPECTD__STATE__DIR".to_string(), "/var/tmp/s".to_string()),
+        ];
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), env).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(s.model.path, cwd.join("models/x.onnx"));
+        assert_eq!(s.state.dir, Path::new("/var/tmp/s"));
+        // The file's own relative paths stay relative to the file.
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
+        assert_eq!(s.model.path, dir.path().join("m.onnx"));
     }
 
     #[test]

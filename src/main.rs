@@ -38,9 +38,11 @@ enum Cmd {
         /// Take the model, preprocess and thresholds from this config.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The ONNX model (without --config).
-        #[arg(long, default_value = "models/neu_det.onnx")]
-        model: PathBuf,
+        /// The ONNX model (without --config); default: models/neu_det.onnx under the
+        /// working directory (a checkout), else the installed
+        /// /usr/share/inspectd/models/neu_det.onnx.
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
@@ -56,9 +58,11 @@ enum Cmd {
         /// Take the model, preprocess and thresholds from this config.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The ONNX model (without --config).
-        #[arg(long, default_value = "models/neu_det.onnx")]
-        model: PathBuf,
+        /// The ONNX model (without --config); default: models/neu_det.onnx under the
+        /// working directory (a checkout), else the installed
+        /// /usr/share/inspectd/models/neu_det.onnx.
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -176,7 +180,7 @@ fn run(config: &Path) -> ExitCode {
 /// The stages' configs: from a config file, or defaults around a model path.
 fn stage_configs(
     config: Option<&Path>,
-    model: PathBuf,
+    model: Option<PathBuf>,
 ) -> Result<(PreprocessConfig, ModelConfig, DecideConfig), String> {
     match config {
         Some(c) => {
@@ -185,13 +189,16 @@ fn stage_configs(
         }
         None => Ok((
             PreprocessConfig::default(),
-            ModelConfig::with_path(model),
+            ModelConfig::with_path(match model {
+                Some(m) => m,
+                None => inspectd::cli::inspect::default_model()?,
+            }),
             DecideConfig::default(),
         )),
     }
 }
 
-fn inspector(config: Option<&Path>, model: PathBuf) -> Result<Inspector, ExitCode> {
+fn inspector(config: Option<&Path>, model: Option<PathBuf>) -> Result<Inspector, ExitCode> {
     let (pre, model, decide) = stage_configs(config, model).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(1)
@@ -202,7 +209,12 @@ fn inspector(config: Option<&Path>, model: PathBuf) -> Result<Inspector, ExitCod
     })
 }
 
-fn classify(images: &[PathBuf], config: Option<&Path>, model: PathBuf, json: bool) -> ExitCode {
+fn classify(
+    images: &[PathBuf],
+    config: Option<&Path>,
+    model: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
     let mut insp = match inspector(config, model) {
         Ok(i) => i,
         Err(code) => return code,
@@ -254,7 +266,7 @@ fn eval(
     dataset: &Path,
     holdout: Option<&Path>,
     config: Option<&Path>,
-    model: PathBuf,
+    model: Option<PathBuf>,
     json: Option<&Path>,
     target_precision: Option<f64>,
 ) -> ExitCode {

@@ -420,6 +420,53 @@ fn a_bad_config_is_refused_with_every_problem_named() {
     }
 }
 
+#[test]
+fn readme_checkout_paths_work_as_written() {
+    // From the checkout's root, as README says: a relative path given in the environment
+    // is relative to the working directory, not to the config file's folder.
+    let out = std::process::Command::new(bin())
+        .current_dir(repo())
+        .args(["check-config", "config/inspectd.toml"])
+        .env("INSPECTD__MODEL__PATH", "models/neu_det.onnx")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `classify` without --model, from the checkout: finds models/neu_det.onnx.
+    let out = std::process::Command::new(bin())
+        .current_dir(repo())
+        .args(["classify", "models/samples/scratches_13.png"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scratches"));
+    // Outside a checkout: the installed model, or a message naming the option to give.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .current_dir(elsewhere.path())
+        .arg("classify")
+        .arg(repo().join("models/samples/scratches_13.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if std::path::Path::new(inspectd::cli::inspect::DEFAULT_MODELS[1]).is_file() {
+        assert!(out.status.success(), "the installed model is found: {err}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("give --model FILE.onnx or --config FILE"),
+            "{err}"
+        );
+    }
+}
+
 /// Runs `inspectd classify --model MODEL IMAGE`, expects exit 1, returns stderr.
 fn refused_model(model: &std::path::Path, image: &std::path::Path) -> String {
     let out = std::process::Command::new(bin())

@@ -2,7 +2,7 @@
 //! `classify` and `eval` commands take. The stages are the daemon's own, built from the
 //! same config, so a verdict here is the verdict the line would publish.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{DecideConfig, ModelConfig, PreprocessConfig};
@@ -97,4 +97,26 @@ pub fn top_class(frame: &Frame) -> usize {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i)
+}
+
+/// Where `classify` and `eval` look for the model when given neither `--model` nor
+/// `--config`: a checkout's `models/` under the working directory, then where the .deb
+/// installs it.
+pub const DEFAULT_MODELS: [&str; 2] = [
+    "models/neu_det.onnx",
+    "/usr/share/inspectd/models/neu_det.onnx",
+];
+
+/// The first of [`DEFAULT_MODELS`] that exists, or an error saying which option to give.
+pub fn default_model() -> Result<PathBuf, String> {
+    DEFAULT_MODELS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no model given and none at {}: give --model FILE.onnx or --config FILE",
+                DEFAULT_MODELS.join(" or ")
+            )
+        })
 }
