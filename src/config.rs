@@ -159,6 +159,13 @@ pub struct DecideConfig {
     /// Threshold for classes not named in `thresholds`.
     #[serde(default = "default_threshold")]
     pub default_threshold: f64,
+    /// Area defects, per class, e.g. `{ crazing = 0.9 }`: where the model's area output
+    /// is at least this sure that a region's surface shows the class and no box of that
+    /// class was reported there, the region itself is reported as one defect (texture
+    /// defects such as crazing cover a region rather than make an object). Classes not
+    /// named report boxes only. Needs a model with an area output.
+    #[serde(default)]
+    pub area_thresholds: BTreeMap<String, f64>,
     /// Shrink each defect's box to the candidate regions (Otsu blobs) centred inside it.
     /// Off by default: on NEU it costs box accuracy (README, "Preprocessing").
     #[serde(default)]
@@ -506,6 +513,7 @@ impl Default for DecideConfig {
         Self {
             thresholds: BTreeMap::new(),
             default_threshold: default_threshold(),
+            area_thresholds: BTreeMap::new(),
             snap_to_regions: false,
             skip_repeats: true,
         }
@@ -877,11 +885,14 @@ impl Settings {
                 self.model.max_detections
             ));
         }
-        for (class, t) in &self.decide.thresholds {
-            if !(0.0..=1.0).contains(t) {
-                p.push(format!(
-                    "decide.thresholds.{class}: {t} is not a score (0 to 1)"
-                ));
+        for (key, table) in [
+            ("thresholds", &self.decide.thresholds),
+            ("area_thresholds", &self.decide.area_thresholds),
+        ] {
+            for (class, t) in table {
+                if !(0.0..=1.0).contains(t) {
+                    p.push(format!("decide.{key}.{class}: {t} is not a score (0 to 1)"));
+                }
             }
         }
         if !(0.0..=1.0).contains(&self.decide.default_threshold) {

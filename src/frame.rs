@@ -45,6 +45,15 @@ impl Defect {
     }
 }
 
+/// The cells of a model's area output: `cols x rows` cells of `stride` pixels, over the
+/// padded frame (cells past the frame's edge see padding).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AreaGrid {
+    pub cols: usize,
+    pub rows: usize,
+    pub stride: u32,
+}
+
 /// What decide concluded about a frame.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verdict {
@@ -90,6 +99,14 @@ pub struct Frame {
     /// whole-image output, or (a model without one) the class's highest heat in the
     /// frame. Eval's predicted class is the top one; it never decides a defect.
     pub class_scores: Vec<f32>,
+    /// The whole-image probability that the frame shows no defect (a model whose
+    /// metadata has `output.none`).
+    pub clean_score: Option<f32>,
+    /// Per label, per cell of `area_grid` (row-major): how sure the model is that the
+    /// window centred on the cell shows that class over its surface (a model with an
+    /// area output; empty otherwise). Decide turns sure regions into area defects.
+    pub area: Vec<f32>,
+    pub area_grid: AreaGrid,
     pub verdict: Verdict,
     pub times: StageTimes,
 }
@@ -112,6 +129,9 @@ impl Frame {
         self.regions.clear();
         self.detections.clear();
         self.class_scores.clear();
+        self.clean_score = None;
+        self.area.clear();
+        self.area_grid = AreaGrid::default();
         self.verdict.ok = true;
         self.verdict.defects.clear();
         self.times = StageTimes::default();

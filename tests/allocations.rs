@@ -98,7 +98,7 @@ fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
     // outputs (copied out first): no allocation once its buffers have grown.
     let (mut heat, mut boxes, mut grid) = (Vec::new(), Vec::new(), None);
     classifier
-        .infer(&px, w as usize, h as usize, |hm, bx, _, g| {
+        .infer(&px, w as usize, h as usize, |hm, bx, _, _, g| {
             heat.extend_from_slice(hm);
             boxes.extend_from_slice(bx);
             grid = Some(*g);

@@ -54,26 +54,47 @@ fn parity(name: &str) {
         let want_image = floats(&img["image_probs"]);
         let grid: Vec<usize> = serde_json::from_value(img["grid"].clone()).unwrap();
         classifier
-            .infer(&px, w as usize, h as usize, |heat, boxes, image, g| {
-                assert_eq!(
-                    [g.rows, g.cols],
-                    [grid[0], grid[1]],
-                    "{image_name}: same grid"
-                );
-                assert_eq!(heat.len(), want_heat.len(), "{image_name}");
-                assert_eq!(boxes.len(), want_box.len(), "{image_name}");
-                for (got, want) in heat.iter().zip(&want_heat) {
-                    worst_heat = worst_heat.max((got - want).abs());
-                }
-                for (got, want) in boxes.iter().zip(&want_box) {
-                    worst_box = worst_box.max((got - want).abs());
-                }
-                let image = image.expect("the shipped model has an image output");
-                assert_eq!(image.len(), want_image.len(), "{image_name}");
-                for (got, want) in image.iter().zip(&want_image) {
-                    worst_heat = worst_heat.max((got - want).abs());
-                }
-            })
+            .infer(
+                &px,
+                w as usize,
+                h as usize,
+                |heat, boxes, image, area, g| {
+                    assert_eq!(
+                        [g.rows, g.cols],
+                        [grid[0], grid[1]],
+                        "{image_name}: same grid"
+                    );
+                    assert_eq!(heat.len(), want_heat.len(), "{image_name}");
+                    assert_eq!(boxes.len(), want_box.len(), "{image_name}");
+                    for (got, want) in heat.iter().zip(&want_heat) {
+                        worst_heat = worst_heat.max((got - want).abs());
+                    }
+                    for (got, want) in boxes.iter().zip(&want_box) {
+                        worst_box = worst_box.max((got - want).abs());
+                    }
+                    let image = image.expect("the shipped model has an image output");
+                    assert_eq!(image.len(), want_image.len(), "{image_name}");
+                    for (got, want) in image.iter().zip(&want_image) {
+                        worst_heat = worst_heat.max((got - want).abs());
+                    }
+                    // A model with an area output has its reference too.
+                    match (area, img.get("area")) {
+                        (Some(area), Some(want)) => {
+                            let want = floats(want);
+                            assert_eq!(area.len(), want.len(), "{image_name}: area");
+                            for (got, want) in area.iter().zip(&want) {
+                                worst_heat = worst_heat.max((got - want).abs());
+                            }
+                        }
+                        (None, None) => {}
+                        (got, want) => panic!(
+                            "{image_name}: area output {} but reference {}",
+                            got.is_some(),
+                            want.is_some()
+                        ),
+                    }
+                },
+            )
             .unwrap();
     }
     eprintln!(

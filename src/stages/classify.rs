@@ -25,7 +25,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::ModelConfig;
-use crate::frame::{Detection, Frame, PooledFrame};
+use crate::frame::{AreaGrid, Detection, Frame, PooledFrame};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
 
@@ -85,6 +85,17 @@ pub struct OutputSpec {
     /// whole. Without it a class's score is its highest heat.
     #[serde(default)]
     pub image: Option<String>,
+    /// Name of the optional area output: the whole-image head applied to every window of
+    /// a coarser grid (`[1, labels (+1), H/area_stride, W/area_stride]`), where a texture
+    /// defect covers the surface.
+    #[serde(default)]
+    pub area: Option<String>,
+    /// Pixels per cell of the area output.
+    #[serde(default)]
+    pub area_stride: Option<usize>,
+    /// The image and area outputs carry one more class after the labels: no defect.
+    #[serde(default)]
+    pub none: bool,
 }
 
 /// The metadata file that sits beside the ONNX file.
@@ -167,6 +178,15 @@ impl ModelMeta {
         if meta.labels.is_empty() {
             problems.push("labels: the model needs at least one class".into());
         }
+        match (&meta.output.area, meta.output.area_stride) {
+            (Some(_), Some(a)) if a == 0 || m % a != 0 => problems.push(format!(
+                "output.area_stride {a} must be positive and divide input.multiple {m}"
+            )),
+            (Some(_), None) => {
+                problems.push("output.area needs output.area_stride (pixels per cell)".into())
+            }
+            _ => {}
+        }
         for (i, l) in meta.labels.iter().enumerate() {
             if meta.labels[..i].contains(l) {
                 problems.push(format!("labels: {l:?} appears twice"));
@@ -193,6 +213,7 @@ struct Outputs {
     heat: usize,
     boxes: usize,
     image: Option<usize>,
+    area: Option<usize>,
 }
 
 /// The model optimised for one padded frame size, with its runnable state.
@@ -340,14 +361,21 @@ impl Classifier {
 
     fn classify_here(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
         let (classes, min_score) = (self.loaded.meta.labels.len(), self.min_score);
+        let output = &self.loaded.meta.output;
+        let (none, area_stride) = (output.none, output.area_stride.unwrap_or(0));
         let (detections, class_scores) = (&mut frame.detections, &mut frame.class_scores);
+        let (area_map, area_grid, clean) = (
+            &mut frame.area,
+            &mut frame.area_grid,
+            &mut frame.clean_score,
+        );
         infer(
             &mut self.plans,
             &self.loaded,
             &frame.pixels,
             frame.width as usize,
             frame.height as usize,
-            |heat, boxes, image, grid| {
+            |heat, boxes, image, area, grid| {
                 decode(
                     heat,
                     boxes,
@@ -360,6 +388,22 @@ impl Classifier {
                 if let Some(image) = image {
                     class_scores.clear();
                     class_scores.extend_from_slice(&image[..classes]);
+                    *clean = none.then(|| image[classes]);
+                }
+                if let Some(area) = area {
+                    // The defect classes' maps only: the "no defect" map follows them.
+                    let s = area_stride;
+                    let (cols, rows) = (
+                        grid.cols * grid.stride as usize / s,
+                        grid.rows * grid.stride as usize / s,
+                    );
+                    area_map.clear();
+                    area_map.extend_from_slice(&area[..classes * cols * rows]);
+                    *area_grid = AreaGrid {
+                        cols,
+                        rows,
+                        stride: s as u32,
+                    };
                 }
             },
         )?;
@@ -375,7 +419,7 @@ impl Classifier {
         pixels: &[u8],
         width: usize,
         height: usize,
-        read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, &Grid),
+        read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>, &Grid),
     ) -> Result<(), ClassifyError> {
         infer(&mut self.plans, &self.loaded, pixels, width, height, read)
     }
@@ -388,7 +432,7 @@ fn infer(
     pixels: &[u8],
     w: usize,
     h: usize,
-    read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, &Grid),
+    read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>, &Grid),
 ) -> Result<(), ClassifyError> {
     let (meta, outputs) = (&loaded.meta, loaded.outputs);
     if w == 0 || h == 0 || pixels.len() < w * h {
@@ -438,6 +482,14 @@ fn infer(
         Some(v) => Some(v.as_slice::<f32>().map_err(run_err)?),
         None => None,
     };
+    let area_view = match outputs.area {
+        Some(k) => Some(out[k].try_as_plain_ram().map_err(run_err)?),
+        None => None,
+    };
+    let area = match &area_view {
+        Some(v) => Some(v.as_slice::<f32>().map_err(run_err)?),
+        None => None,
+    };
     let s = meta.output.stride;
     let grid = Grid {
         cols: plan.width / s,
@@ -450,6 +502,7 @@ fn infer(
         heat_view.as_slice::<f32>().map_err(run_err)?,
         box_view.as_slice::<f32>().map_err(run_err)?,
         image,
+        area,
         &grid,
     );
     Ok(())
@@ -684,6 +737,7 @@ fn load_model(path: &Path, meta: &ModelMeta) -> Result<(InferenceModel, Outputs)
         heat: find(&meta.output.heat)?,
         boxes: find(&meta.output.boxes)?,
         image: meta.output.image.as_deref().map(find).transpose()?,
+        area: meta.output.area.as_deref().map(find).transpose()?,
     };
     Ok((model, outputs))
 }
@@ -714,8 +768,12 @@ fn build_plan(
         (outputs.heat, vec![1, n, height / s, width / s], "heat"),
         (outputs.boxes, vec![1, 4, height / s, width / s], "box"),
     ];
+    let outcomes = n + meta.output.none as usize;
     if let Some(k) = outputs.image {
-        wanted.push((k, vec![1, n], "image"));
+        wanted.push((k, vec![1, outcomes], "image"));
+    }
+    if let (Some(k), Some(a)) = (outputs.area, meta.output.area_stride) {
+        wanted.push((k, vec![1, outcomes, height / a, width / a], "area"));
     }
     for (k, want, what) in wanted {
         let fact = typed.output_fact(k).map_err(|e| model_err(e.to_string()))?;

@@ -49,19 +49,29 @@ pub enum ToPublish {
 pub struct Decider {
     labels: Vec<String>,
     thresholds: Vec<f32>,
+    /// Per label: the area output's level that makes a region an area defect.
+    area_thresholds: Vec<Option<f32>>,
     snap: bool,
+    /// Flood-fill buffers for the area regions, kept between frames.
+    seen: Vec<bool>,
+    stack: Vec<usize>,
 }
 
 impl Decider {
     /// `labels`: the model's defect classes. Every threshold must name one of them.
     pub fn new(cfg: &DecideConfig, labels: &[String]) -> Result<Decider, String> {
         let mut problems = Vec::new();
-        for name in cfg.thresholds.keys() {
-            if !labels.contains(name) {
-                problems.push(format!(
-                    "decide.thresholds.{name}: the model has no defect class {name:?} (it has: {})",
-                    labels.join(", ")
-                ));
+        for (key, table) in [
+            ("thresholds", &cfg.thresholds),
+            ("area_thresholds", &cfg.area_thresholds),
+        ] {
+            for name in table.keys() {
+                if !labels.contains(name) {
+                    problems.push(format!(
+                        "decide.{key}.{name}: the model has no defect class {name:?} (it has: {})",
+                        labels.join(", ")
+                    ));
+                }
             }
         }
         if !problems.is_empty() {
@@ -79,7 +89,13 @@ impl Decider {
         Ok(Decider {
             labels: labels.to_vec(),
             thresholds,
+            area_thresholds: labels
+                .iter()
+                .map(|l| cfg.area_thresholds.get(l).map(|&t| t as f32))
+                .collect(),
             snap: cfg.snap_to_regions,
+            seen: Vec::new(),
+            stack: Vec::new(),
         })
     }
 
@@ -92,8 +108,14 @@ impl Decider {
         &self.thresholds
     }
 
+    /// Each class's area threshold (None: boxes only), in label order.
+    pub fn area_thresholds(&self) -> &[Option<f32>] {
+        &self.area_thresholds
+    }
+
     /// Fills `frame.verdict`: every detection at or above its class's threshold is a
-    /// defect (best first), its box in whole frame pixels.
+    /// defect, its box in whole frame pixels, unless a better one of its class already
+    /// covers the same spot (one defect, one box); then every area defect; best first.
     pub fn decide(&mut self, frame: &mut Frame) {
         let v = &mut frame.verdict;
         v.defects.clear();
@@ -105,14 +127,111 @@ impl Decider {
             if self.snap {
                 rect = snap_to_regions(rect, &frame.regions);
             }
+            let bbox = [rect[0], rect[1], rect[2] - rect[0], rect[3] - rect[1]];
+            // Detections come best first: a box mostly on a reported one of its class is
+            // the same defect seen from a second peak.
+            if v.defects
+                .iter()
+                .any(|e| e.label == d.label && same_spot(e.bbox, bbox))
+            {
+                continue;
+            }
             v.defects.push(Defect {
                 label: d.label,
                 score: d.score,
-                bbox: [rect[0], rect[1], rect[2] - rect[0], rect[3] - rect[1]],
+                bbox,
             });
         }
+        self.area_defects(frame);
+        let v = &mut frame.verdict;
+        v.defects
+            .sort_unstable_by(|a, b| b.score.total_cmp(&a.score));
         v.ok = v.defects.is_empty();
     }
+
+    /// Adds, per class with an area threshold, each 4-connected region of area cells at
+    /// or above it that no reported box of the class touches, as one defect: the cells'
+    /// extent in frame pixels, scored by the surest cell.
+    fn area_defects(&mut self, frame: &mut Frame) {
+        let g = frame.area_grid;
+        let cells = g.cols * g.rows;
+        if cells == 0 || frame.area.len() < cells * self.labels.len() {
+            return;
+        }
+        let s = g.stride as usize;
+        let live_cols = (frame.width as usize).div_ceil(s).min(g.cols);
+        let live_rows = (frame.height as usize).div_ceil(s).min(g.rows);
+        for (c, t) in self.area_thresholds.iter().enumerate() {
+            let Some(t) = *t else { continue };
+            let map = &frame.area[c * cells..(c + 1) * cells];
+            self.seen.clear();
+            self.seen.resize(cells, false);
+            for start in 0..cells {
+                let (x, y) = (start % g.cols, start / g.cols);
+                if x >= live_cols || y >= live_rows || self.seen[start] || map[start] < t {
+                    continue;
+                }
+                let (mut lo, mut hi, mut best) = ([x, y], [x, y], 0f32);
+                self.seen[start] = true;
+                self.stack.clear();
+                self.stack.push(start);
+                while let Some(k) = self.stack.pop() {
+                    let (x, y) = (k % g.cols, k / g.cols);
+                    best = best.max(map[k]);
+                    lo = [lo[0].min(x), lo[1].min(y)];
+                    hi = [hi[0].max(x), hi[1].max(y)];
+                    let next = [
+                        (x > 0).then(|| k - 1),
+                        (x + 1 < live_cols).then(|| k + 1),
+                        (y > 0).then(|| k - g.cols),
+                        (y + 1 < live_rows).then(|| k + g.cols),
+                    ];
+                    for n in next.into_iter().flatten() {
+                        if !self.seen[n] && map[n] >= t {
+                            self.seen[n] = true;
+                            self.stack.push(n);
+                        }
+                    }
+                }
+                let x0 = (lo[0] * s) as u32;
+                let y0 = (lo[1] * s) as u32;
+                let x1 = (((hi[0] + 1) * s) as u32).min(frame.width);
+                let y1 = (((hi[1] + 1) * s) as u32).min(frame.height);
+                let bbox = [x0, y0, x1 - x0, y1 - y0];
+                let v = &mut frame.verdict;
+                if v.defects
+                    .iter()
+                    .any(|e| e.label == c && overlap(e.bbox, bbox) > 0)
+                {
+                    continue;
+                }
+                v.defects.push(Defect {
+                    label: c,
+                    score: best,
+                    bbox,
+                });
+            }
+        }
+    }
+}
+
+/// Pixels two boxes (x, y, w, h) share.
+fn overlap(a: [u32; 4], b: [u32; 4]) -> u64 {
+    let w = (a[0] + a[2])
+        .min(b[0] + b[2])
+        .saturating_sub(a[0].max(b[0]));
+    let h = (a[1] + a[3])
+        .min(b[1] + b[3])
+        .saturating_sub(a[1].max(b[1]));
+    w as u64 * h as u64
+}
+
+/// Two boxes (x, y, w, h) mark the same spot: they overlap by half their union, or the
+/// smaller lies mostly (70 %) inside the larger.
+fn same_spot(a: [u32; 4], b: [u32; 4]) -> bool {
+    let inter = overlap(a, b) as f64;
+    let (aa, ab) = ((a[2] * a[3]) as f64, (b[2] * b[3]) as f64);
+    inter >= 0.5 * (aa + ab - inter) || inter >= 0.7 * aa.min(ab)
 }
 
 /// A detection's box (x0, y0, x1, y1) in whole pixels that cover it, inside the frame.
@@ -713,6 +832,72 @@ mod tests {
             ..DecideConfig::default()
         };
         Decider::new(&cfg, &labels()).unwrap()
+    }
+
+    #[test]
+    fn one_defect_gets_one_box_of_its_class() {
+        let mut d = decider(0.5, false);
+        let mut f = frame(&[
+            (0, 0.9, [10.0, 10.0, 60.0, 60.0]),
+            (0, 0.7, [12.0, 14.0, 58.0, 62.0]), // the same spot, a second peak
+            (0, 0.6, [20.0, 20.0, 40.0, 40.0]), // inside the first
+            (1, 0.95, [12.0, 14.0, 58.0, 62.0]), // another class on that spot stays
+            (0, 0.55, [70.0, 10.0, 120.0, 60.0]), // another spot stays
+        ]);
+        d.decide(&mut f);
+        let got: Vec<(usize, f32)> = f
+            .verdict
+            .defects
+            .iter()
+            .map(|d| (d.label, d.score))
+            .collect();
+        assert_eq!(got, vec![(1, 0.95), (0, 0.9), (0, 0.55)]);
+    }
+
+    #[test]
+    fn a_sure_region_of_the_area_output_is_one_area_defect_unless_a_box_names_it() {
+        let cfg = DecideConfig {
+            area_thresholds: [("crazing".to_string(), 0.8)].into_iter().collect(),
+            ..DecideConfig::default()
+        };
+        let mut d = Decider::new(&cfg, &labels()).unwrap();
+        assert_eq!(d.area_thresholds(), &[Some(0.8), None]);
+        // A 128 x 64 frame on a 4 x 2 grid of 32 px cells; crazing sure at two
+        // neighbouring cells, scratches (boxes only) sure everywhere.
+        let mut f = frame(&[]);
+        f.area_grid = crate::frame::AreaGrid {
+            cols: 4,
+            rows: 2,
+            stride: 32,
+        };
+        f.area = vec![0.1, 0.9, 0.85, 0.1, 0.1, 0.7, 0.1, 0.1];
+        f.area.extend([0.99; 8]);
+        d.decide(&mut f);
+        assert_eq!(
+            f.verdict.defects,
+            vec![Defect {
+                label: 0,
+                score: 0.9,
+                bbox: [32, 0, 64, 32]
+            }]
+        );
+        assert!(!f.verdict.ok, "an area defect makes the frame not ok");
+        // A crazing box touching the region already says it: no second defect.
+        f.detections = vec![crate::frame::Detection {
+            label: 0,
+            score: 0.6,
+            rect: [40.0, 8.0, 60.0, 30.0],
+        }];
+        d.decide(&mut f);
+        assert_eq!(f.verdict.defects.len(), 1);
+        assert_eq!(f.verdict.defects[0].score, 0.6);
+        // An unknown class is refused, naming the key.
+        let bad = DecideConfig {
+            area_thresholds: [("rust".to_string(), 0.8)].into_iter().collect(),
+            ..DecideConfig::default()
+        };
+        let err = Decider::new(&bad, &labels()).err().unwrap();
+        assert!(err.contains("decide.area_thresholds.rust"), "{err}");
     }
 
     #[test]
