@@ -70,6 +70,25 @@ enum Cmd {
         /// share (0 to 1), as a [decide] block to paste into the config.
         #[arg(long, value_parser = parse_share)]
         target_precision: Option<f64>,
+        /// Print, per class, the box and area thresholds at which at most this share (0
+        /// to 1) of the class's images lose every defect of the class, flagging the fewest
+        /// clean crops and frames, as a [decide] block to paste.
+        #[arg(long, value_parser = parse_share)]
+        max_escape: Option<f64>,
+        /// Which list of a JSON split file --holdout takes: "val" (held out) or "train".
+        #[arg(long, default_value = "val")]
+        list: String,
+        /// A folder of defect-free images (frames recorded when nothing was wrong), scored
+        /// for false alarms.
+        #[arg(long)]
+        clean: Option<PathBuf>,
+        /// Side in pixels of the defect-free crops cut from the box-free area of the
+        /// labelled images (0: none).
+        #[arg(long, default_value_t = 96)]
+        crop: u32,
+        /// Camera-sized defect-free frames (1280 x 1024) assembled from those crops.
+        #[arg(long, default_value_t = 12)]
+        clean_frames: usize,
     },
     /// Subscribe to a station's topics and print them readably.
     Watch {
@@ -112,14 +131,29 @@ fn main() -> ExitCode {
             model,
             json,
             target_precision,
-        } => eval(
-            &dataset,
-            holdout.as_deref(),
-            config.as_deref(),
-            model,
-            json.as_deref(),
-            target_precision,
-        ),
+            max_escape,
+            list,
+            clean,
+            crop,
+            clean_frames,
+        } => {
+            let opts = inspectd::cli::eval::EvalOptions {
+                target_precision,
+                max_escape,
+                crop_side: crop,
+                clean_frames,
+                frame_size: (1280, 1024),
+                clean_dir: clean,
+            };
+            eval(
+                &dataset,
+                holdout.as_deref().map(|h| (h, list.as_str())),
+                config.as_deref(),
+                model,
+                json.as_deref(),
+                &opts,
+            )
+        }
         Cmd::Watch {
             config,
             count,
@@ -264,13 +298,16 @@ fn classify(
 
 fn eval(
     dataset: &Path,
-    holdout: Option<&Path>,
+    holdout: Option<(&Path, &str)>,
     config: Option<&Path>,
     model: Option<PathBuf>,
     json: Option<&Path>,
-    target_precision: Option<f64>,
+    opts: &inspectd::cli::eval::EvalOptions,
 ) -> ExitCode {
-    let only = match holdout.map(inspectd::cli::eval::read_holdout).transpose() {
+    let only = match holdout
+        .map(|(path, list)| inspectd::cli::eval::read_holdout(path, list))
+        .transpose()
+    {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
@@ -289,12 +326,11 @@ fn eval(
         Err(code) => return code,
     };
     let total = samples.len();
-    let report =
-        inspectd::cli::eval::evaluate(&mut insp, dataset, &samples, target_precision, |k| {
-            if k % 100 == 0 {
-                eprintln!("{k}/{total} images");
-            }
-        });
+    let report = inspectd::cli::eval::evaluate(&mut insp, dataset, &samples, opts, |k| {
+        if k % 100 == 0 {
+            eprintln!("{k}/{total} images");
+        }
+    });
     match report {
         Ok(r) => {
             print!("{}", r.table());

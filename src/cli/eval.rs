@@ -14,7 +14,10 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::cli::clean::{assemble_frame, cut_crops, Crop, Rng};
 use crate::cli::inspect::{InspectError, Inspector};
+use crate::frame::Frame;
+use crate::stages::capture::{is_image_file, load_gray};
 use crate::stages::decide::{snap_to_regions, whole_pixels};
 
 #[derive(Debug, Error)]
@@ -145,7 +148,7 @@ pub fn list_samples(dir: &Path, only: Option<&BTreeSet<String>>) -> Result<Vec<S
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&images)
         .map_err(|e| derr(e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| crate::stages::capture::is_image_file(p))
+        .filter(|p| is_image_file(p))
         .collect();
     entries.sort();
     for image in entries {
@@ -172,9 +175,9 @@ pub fn list_samples(dir: &Path, only: Option<&BTreeSet<String>>) -> Result<Vec<S
     Ok(out)
 }
 
-/// Reads a hold-out list: a JSON split file with a `"val"` list (the training script
-/// writes one), or plain text with one image stem per line.
-pub fn read_holdout(path: &Path) -> Result<BTreeSet<String>, EvalError> {
+/// Reads a hold-out list: the list named `list` (`"val"`, `"train"`) of a JSON split file
+/// (the training script writes one), or plain text with one image stem per line.
+pub fn read_holdout(path: &Path, list: &str) -> Result<BTreeSet<String>, EvalError> {
     let err = |reason: String| EvalError::Dataset {
         path: path.to_path_buf(),
         reason,
@@ -182,9 +185,9 @@ pub fn read_holdout(path: &Path) -> Result<BTreeSet<String>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     if path.extension().is_some_and(|e| e == "json") {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let list = v["val"]
+        let list = v[list]
             .as_array()
-            .ok_or_else(|| err("no \"val\" list".into()))?;
+            .ok_or_else(|| err(format!("no {list:?} list")))?;
         return Ok(list
             .iter()
             .filter_map(|s| s.as_str().map(String::from))
@@ -477,6 +480,81 @@ pub struct TunedThreshold {
     pub recall: Option<f64>,
 }
 
+/// The line's first error, per image: a defective image reported `ok`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct FrameErrors {
+    /// Images holding at least one box for which no defect at all was reported.
+    pub escape_rate: f64,
+    /// Per class: of the images holding a box of that class, the share with no defect
+    /// at all reported (it would ship).
+    pub escapes: std::collections::BTreeMap<String, f64>,
+    /// Per class: of the same images, the share with no defect of that class reported
+    /// (caught, but named as something else).
+    pub class_misses: std::collections::BTreeMap<String, f64>,
+    /// Per class: how many images hold a box of it.
+    pub images_with: std::collections::BTreeMap<String, u64>,
+}
+
+/// The line's second error on one set of defect-free images.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CleanSet {
+    pub images: usize,
+    pub megapixels: f64,
+    /// Share of their area inside reported defect boxes.
+    pub flagged_area: f64,
+    /// Share of images with at least one defect reported.
+    pub flagged_rate: f64,
+    pub defects_per_mpx: f64,
+    /// Defects reported, per class: what the false alarms call themselves.
+    pub defects: std::collections::BTreeMap<String, u64>,
+}
+
+/// False alarms on defect-free surface: crops of the box-free area of the evaluated
+/// images (this object's own fields), camera-sized frames assembled from those crops, and
+/// the images of `--clean DIR`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CleanReport {
+    /// Side of the crops, px.
+    pub crop_side: u32,
+    #[serde(flatten)]
+    pub crops: CleanSet,
+    pub frames: CleanSet,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<CleanSet>,
+}
+
+/// Thresholds for a maximum escape rate, per class: the highest box and area thresholds
+/// at which no more than that share of the class's images lose every defect of the
+/// class, with the fewest clean crops and frames flagged by it.
+#[derive(Debug, Serialize)]
+pub struct EscapeThreshold {
+    pub class: String,
+    pub threshold: f32,
+    /// None: no area defects for the class.
+    pub area_threshold: Option<f32>,
+    /// The class's images with none of its defects reported, at these thresholds.
+    pub class_miss: f64,
+    /// Clean crops and frames the class flags at these thresholds.
+    pub clean_flagged: u64,
+    pub clean_images: u64,
+}
+
+/// What `inspectd eval` does beside scoring the labelled images.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// Print, per class, the lowest threshold reaching this precision.
+    pub target_precision: Option<f64>,
+    /// Print, per class, thresholds keeping its images' misses at or under this share.
+    pub max_escape: Option<f64>,
+    /// Side of the clean crops cut from the box-free area (0: none).
+    pub crop_side: u32,
+    /// Camera-sized clean frames to assemble from those crops, and their size.
+    pub clean_frames: usize,
+    pub frame_size: (u32, u32),
+    /// A folder of defect-free images, each inspected whole.
+    pub clean_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub dataset: String,
@@ -493,6 +571,15 @@ pub struct Report {
     pub preprocess: std::collections::BTreeMap<String, PreprocessUse>,
     /// Share of images with no defect reported at all (every NEU image has one).
     pub images_reported_ok: f64,
+    /// Escapes: defective images reported `ok`.
+    pub frames: FrameErrors,
+    /// False alarms on defect-free surface.
+    pub clean: CleanReport,
+    /// With `--max-escape`: per class, thresholds that hold it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_escape: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub escape_thresholds: Vec<EscapeThreshold>,
     /// With `--target-precision`: per class, the threshold that reaches it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_precision: Option<f64>,
@@ -507,14 +594,164 @@ pub struct Report {
     pub decide_ms_mean: f64,
 }
 
+/// Per class: the surest box (heat peak) and the surest area cell inside the frame.
+fn class_peaks(frame: &Frame, n: usize) -> Vec<[f32; 2]> {
+    let mut out = vec![[0f32; 2]; n];
+    for d in &frame.detections {
+        out[d.label][0] = out[d.label][0].max(d.score);
+    }
+    let g = frame.area_grid;
+    let cells = g.cols * g.rows;
+    if cells > 0 && frame.area.len() >= cells * n {
+        let s = g.stride as usize;
+        let live_cols = (frame.width as usize).div_ceil(s).min(g.cols);
+        let live_rows = (frame.height as usize).div_ceil(s).min(g.rows);
+        for (c, o) in out.iter_mut().enumerate() {
+            let map = &frame.area[c * cells..(c + 1) * cells];
+            for y in 0..live_rows {
+                for v in &map[y * g.cols..y * g.cols + live_cols] {
+                    o[1] = o[1].max(*v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Counts what is reported on defect-free images.
+struct CleanTally {
+    images: usize,
+    pixels: u64,
+    flagged_pixels: u64,
+    flagged_images: usize,
+    defects: Vec<u64>,
+}
+
+impl CleanTally {
+    fn new(n: usize) -> CleanTally {
+        CleanTally {
+            images: 0,
+            pixels: 0,
+            flagged_pixels: 0,
+            flagged_images: 0,
+            defects: vec![0; n],
+        }
+    }
+
+    fn add(&mut self, frame: &Frame, mask: &mut Vec<bool>) {
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        mask.clear();
+        mask.resize(w * h, false);
+        for d in &frame.verdict.defects {
+            let [x, y, bw, bh] = d.bbox.map(|v| v as usize);
+            for row in y.min(h)..(y + bh).min(h) {
+                mask[row * w + x.min(w)..row * w + (x + bw).min(w)].fill(true);
+            }
+            self.defects[d.label] += 1;
+        }
+        self.images += 1;
+        self.pixels += (w * h) as u64;
+        self.flagged_pixels += mask.iter().filter(|&&m| m).count() as u64;
+        self.flagged_images += !frame.verdict.ok as usize;
+    }
+
+    fn report(&self, classes: &[String]) -> CleanSet {
+        let mpx = self.pixels as f64 / 1e6;
+        CleanSet {
+            images: self.images,
+            megapixels: mpx,
+            flagged_area: self.flagged_pixels as f64 / self.pixels.max(1) as f64,
+            flagged_rate: self.flagged_images as f64 / self.images.max(1) as f64,
+            defects_per_mpx: if mpx > 0.0 {
+                self.defects.iter().sum::<u64>() as f64 / mpx
+            } else {
+                0.0
+            },
+            defects: classes
+                .iter()
+                .zip(&self.defects)
+                .filter(|(_, &d)| d > 0)
+                .map(|(c, &d)| (c.clone(), d))
+                .collect(),
+        }
+    }
+}
+
+/// The image files of a `--clean` folder, in name order.
+fn clean_images(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+    let err = |reason: String| EvalError::Dataset {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| err(format!("--clean: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_file(p))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(err("--clean: holds no PNG, JPEG or BMP image".into()));
+    }
+    Ok(files)
+}
+
+/// Box and area thresholds for one class: among those at which at most `budget` of the
+/// class's images (`mine`: per image the surest box and area score of the class) would
+/// have none of its defects, the pair that flags the fewest of the `clean` images;
+/// between equals, boxes only, then the higher box threshold.
+fn escape_threshold(
+    class: &str,
+    mine: &[[f32; 2]],
+    clean: &[[f32; 2]],
+    budget: f64,
+) -> EscapeThreshold {
+    let boxes: Vec<f32> = (5..=95).map(|k| k as f32 / 100.0).collect();
+    let areas: Vec<Option<f32>> = std::iter::once(None)
+        .chain((30..=99).map(|k| Some(k as f32 / 100.0)))
+        .collect();
+    let caught = |p: &[f32; 2], t: f32, a: Option<f32>| p[0] >= t || a.is_some_and(|a| p[1] >= a);
+    let mut best: Option<(u64, bool, f32, Option<f32>, f64)> = None;
+    for &a in &areas {
+        for &t in &boxes {
+            let miss =
+                mine.iter().filter(|p| !caught(p, t, a)).count() as f64 / mine.len().max(1) as f64;
+            if miss > budget {
+                continue;
+            }
+            let flagged = clean.iter().filter(|p| caught(p, t, a)).count() as u64;
+            let key = (flagged, a.is_some(), -t);
+            if best.is_none_or(|b| key < (b.0, b.1, -b.2)) {
+                best = Some((flagged, a.is_some(), t, a, miss));
+            }
+        }
+    }
+    // No pair holds the budget: the lowest thresholds, which miss least.
+    let (flagged, _, t, a, miss) = best.unwrap_or_else(|| {
+        let (t, a) = (0.05, Some(0.30));
+        let miss =
+            mine.iter().filter(|p| !caught(p, t, a)).count() as f64 / mine.len().max(1) as f64;
+        let flagged = clean.iter().filter(|p| caught(p, t, a)).count() as u64;
+        (flagged, true, t, a, miss)
+    });
+    EscapeThreshold {
+        class: class.to_string(),
+        threshold: t,
+        area_threshold: a,
+        class_miss: miss,
+        clean_flagged: flagged,
+        clean_images: clean.len() as u64,
+    }
+}
+
 /// Runs the evaluation. `progress` is called after each image.
 pub fn evaluate(
     inspector: &mut Inspector,
     dataset: &Path,
     samples: &[Sample],
-    target_precision: Option<f64>,
+    opts: &EvalOptions,
     mut progress: impl FnMut(usize),
 ) -> Result<Report, EvalError> {
+    let target_precision = opts.target_precision;
     let classes = inspector.labels().to_vec();
     let class_index = |name: &str| classes.iter().position(|c| c == name);
     let n = classes.len();
@@ -529,6 +766,13 @@ pub fn evaluate(
     let (mut truth, mut reported, mut reported_snapped) = (Vec::new(), Vec::new(), Vec::new());
     let thresholds = inspector.thresholds().to_vec();
     let mut snapped_dets = Vec::new();
+    // Per image: which classes it holds boxes of, and per class the surest box and area
+    // score the model gave (for escapes and the escape-budget thresholds).
+    let mut holds: Vec<Vec<bool>> = Vec::with_capacity(samples.len());
+    let mut peaks: Vec<Vec<[f32; 2]>> = Vec::with_capacity(samples.len());
+    let (mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n]);
+    let (mut with_boxes, mut escaped_any) = (0u64, 0u64);
+    let mut crops = Vec::new();
     for (k, s) in samples.iter().enumerate() {
         let boxes = read_voc(&s.annotation)?;
         truth.clear();
@@ -569,19 +813,37 @@ pub fn evaluate(
                 (0..n).max_by_key(|&i| area[i]).expect("n > 0")
             }
         };
+        let image_err = |e: InspectError| EvalError::Image {
+            path: s.image.clone(),
+            source: e,
+        };
+        let (w, h, px) = load_gray(&s.image).map_err(|e| image_err(e.into()))?;
+        if opts.crop_side > 0 {
+            let rects: Vec<[u32; 4]> = truth.iter().map(|t| t.1).collect();
+            crops.extend(cut_crops(&px, w, h, &rects, opts.crop_side, label));
+        }
         let t = Instant::now();
-        let frame = inspector
-            .inspect_file(&s.image)
-            .map_err(|e| EvalError::Image {
-                path: s.image.clone(),
-                source: e,
-            })?;
+        let frame = inspector.inspect_pixels(w, h, &px).map_err(image_err)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         stage_us[0] += frame.times.preprocess_us as u64;
         stage_us[1] += frame.times.classify_us as u64;
         stage_us[2] += frame.times.decide_us as u64;
         confusion[label][crate::cli::inspect::top_class(frame)] += 1;
         reported_ok += frame.verdict.ok as usize;
+        let mut held = vec![false; n];
+        for &(c, _) in &truth {
+            held[c] = true;
+        }
+        if !truth.is_empty() {
+            with_boxes += 1;
+            escaped_any += frame.verdict.ok as u64;
+        }
+        for c in (0..n).filter(|&c| held[c]) {
+            escaped[c] += frame.verdict.ok as u64;
+            missed[c] += !frame.verdict.defects.iter().any(|d| d.label == c) as u64;
+        }
+        peaks.push(class_peaks(frame, n));
+        holds.push(held);
         let size = (frame.width as usize, frame.height as usize);
         reported.clear();
         reported_snapped.clear();
@@ -620,6 +882,109 @@ pub fn evaluate(
         progress(k + 1);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let share = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    let images_with: Vec<u64> = (0..n)
+        .map(|c| holds.iter().filter(|h| h[c]).count() as u64)
+        .collect();
+    let by_class = |v: &[u64]| -> std::collections::BTreeMap<String, f64> {
+        (0..n)
+            .filter(|&c| images_with[c] > 0)
+            .map(|c| (classes[c].clone(), share(v[c], images_with[c])))
+            .collect()
+    };
+    let frames = FrameErrors {
+        escape_rate: share(escaped_any, with_boxes),
+        escapes: by_class(&escaped),
+        class_misses: by_class(&missed),
+        images_with: (0..n)
+            .filter(|&c| images_with[c] > 0)
+            .map(|c| (classes[c].clone(), images_with[c]))
+            .collect(),
+    };
+    // The second error: clean crops, frames assembled from them, and --clean DIR.
+    let mut clean_peaks = Vec::new();
+    let mut measure = |name: &Path, w: u32, h: u32, px: &[u8], set: &mut CleanTally| {
+        let frame = inspector
+            .inspect_pixels(w, h, px)
+            .map_err(|e| EvalError::Image {
+                path: name.to_path_buf(),
+                source: e,
+            })?;
+        set.add(frame, &mut flagged);
+        clean_peaks.push(class_peaks(frame, n));
+        Ok::<(), EvalError>(())
+    };
+    let mut crop_tally = CleanTally::new(n);
+    for c in &crops {
+        let side = c.side;
+        measure(
+            Path::new("clean crop"),
+            side,
+            side,
+            &c.pixels,
+            &mut crop_tally,
+        )?;
+    }
+    let mut frame_tally = CleanTally::new(n);
+    let groups: Vec<usize> = (0..n)
+        .filter(|&g| crops.iter().any(|c| c.group == g))
+        .collect();
+    let mut rng = Rng::new(20261202);
+    for k in 0..if groups.is_empty() {
+        0
+    } else {
+        opts.clean_frames
+    } {
+        let group: Vec<&Crop> = crops
+            .iter()
+            .filter(|c| c.group == groups[k % groups.len()])
+            .collect();
+        let (fw, fh) = opts.frame_size;
+        let px = assemble_frame(&group, fw, fh, &mut rng);
+        measure(
+            Path::new("assembled clean frame"),
+            fw,
+            fh,
+            &px,
+            &mut frame_tally,
+        )?;
+    }
+    let dir = match &opts.clean_dir {
+        Some(d) => {
+            let mut tally = CleanTally::new(n);
+            for path in clean_images(d)? {
+                let (w, h, px) = load_gray(&path).map_err(|e| EvalError::Image {
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+                measure(&path, w, h, &px, &mut tally)?;
+            }
+            Some(tally.report(&classes))
+        }
+        None => None,
+    };
+    let clean = CleanReport {
+        crop_side: opts.crop_side,
+        crops: crop_tally.report(&classes),
+        frames: frame_tally.report(&classes),
+        dir,
+    };
+    let escape_thresholds = match opts.max_escape {
+        Some(r) => (0..n)
+            .filter(|&c| images_with[c] > 0)
+            .map(|c| {
+                let mine: Vec<[f32; 2]> = holds
+                    .iter()
+                    .zip(&peaks)
+                    .filter(|(h, _)| h[c])
+                    .map(|(_, p)| p[c])
+                    .collect();
+                let clean: Vec<[f32; 2]> = clean_peaks.iter().map(|p| p[c]).collect();
+                escape_threshold(&classes[c], &mine, &clean, r)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let total: u64 = confusion.iter().flatten().sum();
     let correct: u64 = (0..n).map(|i| confusion[i][i]).sum();
     let mut per_class = std::collections::BTreeMap::new();
@@ -686,6 +1051,10 @@ pub fn evaluate(
         detection,
         preprocess,
         images_reported_ok: reported_ok as f64 / samples.len().max(1) as f64,
+        frames,
+        clean,
+        max_escape: opts.max_escape,
+        escape_thresholds,
         target_precision,
         tuned_thresholds,
         images_per_second: samples.len() as f64 / elapsed.max(1e-9),
@@ -732,6 +1101,55 @@ impl Report {
             "images with no defect reported       {:.1}%",
             self.images_reported_ok * 100.0
         );
+        let f = &self.frames;
+        let rates = |m: &std::collections::BTreeMap<String, f64>| {
+            m.iter()
+                .map(|(c, r)| format!("{c} {:.1}%", r * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "escapes (defective images reported ok)  {:.1}%: {}",
+            f.escape_rate * 100.0,
+            rates(&f.escapes)
+        );
+        let _ = writeln!(
+            s,
+            "  no defect of the image's own class    {}",
+            rates(&f.class_misses)
+        );
+        let c = &self.clean;
+        let mut line = |what: String, set: &CleanSet| {
+            let named: Vec<String> = set
+                .defects
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "false alarms on {what}: {:.2}% of the area inside reported boxes, {:.1}% flagged, \
+                 {:.1} defects/Mpx{}",
+                set.flagged_area * 100.0,
+                set.flagged_rate * 100.0,
+                set.defects_per_mpx,
+                if named.is_empty() { String::new() } else { format!(" ({})", named.join(", ")) }
+            );
+        };
+        line(
+            format!(
+                "{} box-free {}x{} crops",
+                c.crops.images, c.crop_side, c.crop_side
+            ),
+            &c.crops,
+        );
+        line(
+            format!("{} assembled clean frames", c.frames.images),
+            &c.frames,
+        );
+        if let Some(d) = &c.dir {
+            line(format!("{} --clean images", d.images), d);
+        }
         for (name, u) in &self.preprocess {
             let _ = writeln!(
                 s,
@@ -803,6 +1221,58 @@ impl Report {
                 "\nThresholds that reach precision {p} (IoU 0.5); paste into the config:\n"
             );
             let _ = write!(s, "{}", self.decide_block());
+        }
+        if let Some(r) = self.max_escape {
+            let _ = writeln!(
+                s,
+                "\nThresholds that keep each class's images without a defect of the class at or \
+                 under {:.1}%, flagging the fewest clean crops and frames; paste into the config:\n",
+                r * 100.0
+            );
+            let _ = write!(s, "{}", self.escape_block());
+        }
+        s
+    }
+
+    /// The `[decide]` block for `--max-escape`, with what each class costs beside it.
+    pub fn escape_block(&self) -> String {
+        use std::fmt::Write;
+        let key = |c: &str| {
+            if c.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                c.to_string()
+            } else {
+                format!("{c:?}")
+            }
+        };
+        let boxes: Vec<String> = self
+            .escape_thresholds
+            .iter()
+            .map(|t| format!("{} = {:.2}", key(&t.class), t.threshold))
+            .collect();
+        let areas: Vec<String> = self
+            .escape_thresholds
+            .iter()
+            .filter_map(|t| {
+                t.area_threshold
+                    .map(|a| format!("{} = {a:.2}", key(&t.class)))
+            })
+            .collect();
+        let mut s = format!(
+            "[decide]\nthresholds = {{ {} }}\narea_thresholds = {{ {} }}\n",
+            boxes.join(", "),
+            areas.join(", ")
+        );
+        for t in &self.escape_thresholds {
+            let _ = writeln!(
+                s,
+                "# {}: {:.1}% of its images without one of its defects; flags {} of {} clean crops and frames",
+                t.class,
+                t.class_miss * 100.0,
+                t.clean_flagged,
+                t.clean_images
+            );
         }
         s
     }
