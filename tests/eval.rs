@@ -229,3 +229,109 @@ fn a_broken_dataset_is_an_error_naming_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("inclusion_104.xml"));
 }
+
+#[test]
+fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
+    let dir = voc_folder(&STEMS);
+    // A folder of defect-free images: box-free crops of these NEU images, as a line
+    // engineer would record frames of clean strip.
+    let clean = dir.path().join("clean");
+    std::fs::create_dir(&clean).unwrap();
+    let (w, h, px) = inspectd::stages::capture::load_gray(&neu_image("scratches_13")).unwrap();
+    let boxes: Vec<[u32; 4]> =
+        inspectd::cli::eval::read_voc(&neu().join("ANNOTATIONS/scratches_13.xml"))
+            .unwrap()
+            .iter()
+            .map(|b| b.rect)
+            .collect();
+    let crops = inspectd::cli::clean::cut_crops(&px, w, h, &boxes, 64, 5);
+    assert!(!crops.is_empty(), "scratches_13 has box-free surface");
+    for (i, c) in crops.iter().enumerate() {
+        image::GrayImage::from_raw(64, 64, c.pixels.clone())
+            .unwrap()
+            .save(clean.join(format!("clean_{i}.png")))
+            .unwrap();
+    }
+    let json = dir.path().join("r.json");
+    let out = eval(
+        dir.path(),
+        &[
+            "--json",
+            json.to_str().unwrap(),
+            "--clean",
+            clean.to_str().unwrap(),
+            "--clean-frames",
+            "2",
+            "--max-escape",
+            "0.0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // Escapes: one image per class, so every rate is 0 or 1, and the overall rate is the
+    // share of images reported ok.
+    let f = &r["frames"];
+    assert_eq!(
+        f["escape_rate"].as_f64().unwrap(),
+        r["images_reported_ok"].as_f64().unwrap(),
+        "{table}"
+    );
+    for class in ["crazing", "scratches"] {
+        let e = f["escapes"][class].as_f64().unwrap();
+        let m = f["class_misses"][class].as_f64().unwrap();
+        assert!(e == 0.0 || e == 1.0, "{class}: {e}");
+        assert!(
+            m >= e,
+            "{class}: missing the class includes missing every defect"
+        );
+    }
+    assert_eq!(f["images_with"]["scratches"], 1);
+    // False alarms: the crops of box-free surface, the assembled frames and the folder.
+    let c = &r["clean"];
+    assert_eq!(c["crop_side"], 96);
+    assert!(c["images"].as_u64().unwrap() > 0, "{c}");
+    for set in [&c, &c["frames"], &c["dir"]] {
+        for key in ["flagged_area", "flagged_rate"] {
+            let v = set[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+        }
+        assert!(set["defects_per_mpx"].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(c["frames"]["images"], 2);
+    assert!((c["frames"]["megapixels"].as_f64().unwrap() - 2.0 * 1.31072).abs() < 1e-9);
+    assert_eq!(c["dir"]["images"], crops.len());
+    assert!(
+        table.contains("escapes (defective images reported ok)"),
+        "{table}"
+    );
+    assert!(table.contains("assembled clean frames"), "{table}");
+    // --max-escape 0: every class's image keeps a defect of its class.
+    let tuned = r["escape_thresholds"].as_array().unwrap();
+    assert_eq!(tuned.len(), 6, "{table}");
+    for t in tuned {
+        assert_eq!(t["class_miss"], 0.0, "{t}");
+    }
+    let start = table.find("[decide]").expect("a block to paste");
+    let block: String = table[start..]
+        .lines()
+        .take_while(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let parsed: toml::Table = toml::from_str(&block).unwrap();
+    assert_eq!(parsed["decide"]["thresholds"].as_table().unwrap().len(), 6);
+    assert!(parsed["decide"]["area_thresholds"].is_table());
+
+    // A --clean folder without images is refused, naming it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = eval(dir.path(), &["--clean", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("empty") && err.contains("--clean"), "{err}");
+}
