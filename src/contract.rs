@@ -21,6 +21,46 @@ use serde::Serialize;
 
 use crate::frame::Frame;
 
+/// QoS of a topic: fixed, or `mqtt.result_qos` (0 unless configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    AtMostOnce,
+    AtLeastOnce,
+    ResultQos,
+}
+
+/// One row of the contract: a topic under the root, its QoS, whether it is retained, and
+/// whether inspectd subscribes to it instead of publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub suffix: &'static str,
+    pub qos: Qos,
+    pub retained: bool,
+    pub inbound: bool,
+}
+
+const fn spec(suffix: &'static str, qos: Qos, retained: bool, inbound: bool) -> TopicSpec {
+    TopicSpec {
+        suffix,
+        qos,
+        retained,
+        inbound,
+    }
+}
+
+/// Every topic of the contract, in README's order (`alarm/<class>/active` once per class).
+pub const TOPIC_TABLE: [TopicSpec; 9] = [
+    spec("status", Qos::AtLeastOnce, true, false),
+    spec("result", Qos::ResultQos, false, false),
+    spec("result/ok", Qos::ResultQos, true, false),
+    spec("alarm", Qos::AtLeastOnce, false, false),
+    spec("alarm/active", Qos::AtLeastOnce, true, false),
+    spec("alarm/<class>/active", Qos::AtLeastOnce, true, false),
+    spec("stats", Qos::AtMostOnce, false, false),
+    spec("health", Qos::AtLeastOnce, true, false),
+    spec("cmd/ack", Qos::AtLeastOnce, false, true),
+];
+
 /// The payloads of `status`: the daemon's own, and its last will.
 pub const ONLINE: &[u8] = b"online";
 pub const OFFLINE: &[u8] = b"offline";
@@ -47,18 +87,22 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(root: &str, classes: &[String]) -> Topics {
+        let at = |suffix: &str| {
+            debug_assert!(TOPIC_TABLE.iter().any(|t| t.suffix == suffix));
+            format!("{root}/{suffix}")
+        };
         Topics {
-            status: format!("{root}/status"),
-            result: format!("{root}/result"),
-            result_ok: format!("{root}/result/ok"),
-            alarm: format!("{root}/alarm"),
-            alarm_active: format!("{root}/alarm/active"),
-            stats: format!("{root}/stats"),
-            health: format!("{root}/health"),
-            cmd_ack: format!("{root}/cmd/ack"),
+            status: at("status"),
+            result: at("result"),
+            result_ok: at("result/ok"),
+            alarm: at("alarm"),
+            alarm_active: at("alarm/active"),
+            stats: at("stats"),
+            health: at("health"),
+            cmd_ack: at("cmd/ack"),
             class_active: classes
                 .iter()
-                .map(|c| format!("{root}/alarm/{c}/active"))
+                .map(|c| at("alarm/<class>/active").replace("<class>", c))
                 .collect(),
         }
     }
