@@ -1135,13 +1135,13 @@ port = 1883
         let env = [
             (
                 "INSPECTD__MODEL__PATH".to_string(),
-                "models/x.onnx".to_string(),
+                "models/neu_det.onnx".to_string(),
             ),
             ("INSPECTD__STATE__DIR".to_string(), "/var/tmp/s".to_string()),
         ];
         let s = Settings::load_with_env(&write(dir.path(), GOOD), env).unwrap();
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(s.model.path, cwd.join("models/x.onnx"));
+        assert_eq!(s.model.path, cwd.join("models/neu_det.onnx"));
         assert_eq!(s.state.dir, Path::new("/var/tmp/s"));
         // The file's own relative paths stay relative to the file.
         let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
