@@ -14,7 +14,9 @@ fn readme() -> String {
 
 /// The README section that starts with `heading` (up to the next `## `).
 fn section<'a>(text: &'a str, heading: &str) -> &'a str {
-    let start = text.find(heading).unwrap_or_else(|| panic!("README has {heading:?}"));
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has {heading:?}"));
     let rest = &text[start + heading.len()..];
     &rest[..rest.find("\n## ").unwrap_or(rest.len())]
 }
@@ -25,7 +27,9 @@ fn keys(v: &serde_json::Value) -> BTreeSet<String> {
 
 /// The first JSON object in `text` after `marker`, as it is printed (indented lines).
 fn example(text: &str, marker: &str) -> serde_json::Value {
-    let start = text.find(marker).unwrap_or_else(|| panic!("README shows {marker:?}"));
+    let start = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("README shows {marker:?}"));
     let body: String = text[start + marker.len()..]
         .lines()
         .skip_while(|l| !l.trim_start().starts_with('{'))
@@ -59,7 +63,11 @@ fn readme_topic_table_is_the_contract() {
             Qos::ResultQos => "`mqtt.result_qos`",
         };
         assert_eq!(row[3], qos, "{topic}: QoS");
-        assert_eq!(row[4], if spec.retained { "yes" } else { "no" }, "{topic}: retained");
+        assert_eq!(
+            row[4],
+            if spec.retained { "yes" } else { "no" },
+            "{topic}: retained"
+        );
     }
     // Topics::new builds exactly these under the root.
     let t = contract::Topics::new("r", &["scratches".to_string()]);
@@ -75,7 +83,10 @@ fn readme_topic_table_is_the_contract() {
         &t.cmd_ack,
     ];
     for (topic, spec) in built.iter().zip(TOPIC_TABLE) {
-        assert_eq!(**topic, format!("r/{}", spec.suffix.replace("<class>", "scratches")));
+        assert_eq!(
+            **topic,
+            format!("r/{}", spec.suffix.replace("<class>", "scratches"))
+        );
     }
 }
 
@@ -97,7 +108,11 @@ fn readme_examples_have_the_keys_the_payloads_have() {
     let produced: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let shown = example(mqtt, "Result:");
     assert_eq!(keys(&shown), keys(&produced), "result keys");
-    assert_eq!(keys(&shown["defects"][0]), keys(&produced["defects"][0]), "defect keys");
+    assert_eq!(
+        keys(&shown["defects"][0]),
+        keys(&produced["defects"][0]),
+        "defect keys"
+    );
     assert_eq!(shown["v"], 1);
     // Alarm: a raised event with its evidence, a cleared one with raised_id.
     let shown = example(mqtt, "Alarm:");
@@ -132,10 +147,9 @@ fn readme_examples_have_the_keys_the_payloads_have() {
     assert_eq!(keys(&shown), keys(&produced), "health keys");
     // Stats: every top-level key the README names is one the payload has.
     let stats = inspectd::telemetry::Stats::default();
-    let produced: serde_json::Value = serde_json::from_str(
-        &stats.snapshot_json(&mut (std::time::Instant::now(), 0), "m"),
-    )
-    .unwrap();
+    let produced: serde_json::Value =
+        serde_json::from_str(&stats.snapshot_json(&mut (std::time::Instant::now(), 0), "m"))
+            .unwrap();
     let shown = example(mqtt, "Stats (every");
     assert_eq!(keys(&shown), keys(&produced), "stats keys");
     // The status payloads.

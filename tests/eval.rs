@@ -296,7 +296,7 @@ fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
     let c = &r["clean"];
     assert_eq!(c["crop_side"], 96);
     assert!(c["images"].as_u64().unwrap() > 0, "{c}");
-    for set in [&c, &c["frames"], &c["dir"]] {
+    for set in [c, &c["frames"], &c["dir"]] {
         for key in ["flagged_area", "flagged_rate"] {
             let v = set[key].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&v), "{key} = {v}");
