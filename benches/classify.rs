@@ -1,7 +1,7 @@
 //! Classify on one thread: the shipped detector on a 200 x 200 NEU image and on a
 //! 1280 x 1024 camera frame (the whole stage: fill, run, decode), beside
-//!  - the previous shipped setting, measured in the same run: the 64 x 64 tile classifier
-//!    (`benches/baseline/neu_tiles.onnx`) at stride 64, 320 tract runs per frame;
+//!  - the detector shipped before the clean-surface model (`benches/baseline/neu_det_prev.onnx`,
+//!    the same design without the area output), measured in the same run;
 //!  - the faster alternative detector (`models/neu_det_lite.onnx`, the "lite" design: 1.14 G
 //!    multiply-adds per frame against the shipped "deep" design's 2.91 G);
 //!  - ONNX Runtime on the same models and input shapes (`../shared/anchors/ort_infer.py`).
@@ -12,7 +12,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inspectd::config::ModelConfig;
 use inspectd::frame::Frame;
 use inspectd::stages::classify::Classifier;
-use tract_onnx::prelude::*;
 
 fn frame_from(path: &std::path::Path) -> Frame {
     let (w, h, px) = inspectd::stages::capture::load_gray(path).unwrap();
@@ -22,59 +21,6 @@ fn frame_from(path: &std::path::Path) -> Frame {
     f
 }
 
-/// The tile classifier as the daemon ran it before: 64 x 64 tiles at stride 64, one
-/// tract run per tile, normalised on the way in.
-struct TileBaseline {
-    state: TypedSimpleState,
-    input: Tensor,
-}
-
-impl TileBaseline {
-    fn new() -> TileBaseline {
-        let plan = tract_onnx::onnx()
-            .model_for_path(support::repo().join("benches/baseline/neu_tiles.onnx"))
-            .unwrap()
-            .with_input_fact(0, f32::fact([1, 1, 64, 64]).into())
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
-        TileBaseline {
-            state: TypedSimpleState::new(&plan).unwrap(),
-            input: Tensor::zero::<f32>(&[1, 1, 64, 64]).unwrap(),
-        }
-    }
-
-    fn classify(&mut self, f: &Frame) -> f32 {
-        let (w, h) = (f.width as usize, f.height as usize);
-        // The tile model's metadata: mean 0.49964, std 0.21197 of pixels / 255.
-        let (a, b) = (1.0 / 255.0 / 0.211_972_6, -0.499_644_9 / 0.211_972_6);
-        let mut sum = 0.0;
-        for y in (0..=h - 64).step_by(64) {
-            for x in (0..=w - 64).step_by(64) {
-                {
-                    let mut v = self.input.try_as_plain_ram_mut().unwrap();
-                    let d = v.as_slice_mut::<f32>().unwrap();
-                    for ty in 0..64 {
-                        let row = &f.pixels[(y + ty) * w + x..][..64];
-                        for (o, &p) in d[ty * 64..][..64].iter_mut().zip(row) {
-                            *o = p as f32 * a + b;
-                        }
-                    }
-                }
-                let out = self.state.run(tvec!(self.input.clone().into())).unwrap();
-                sum += out[0]
-                    .try_as_plain_ram()
-                    .unwrap()
-                    .as_slice::<f32>()
-                    .unwrap()[0];
-            }
-        }
-        sum
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let model = support::repo().join("models/neu_det.onnx");
     let mut neu = frame_from(&support::repo().join("models/samples/scratches_13.png"));
@@ -82,7 +28,14 @@ fn bench(c: &mut Criterion) {
     let mut det =
         Classifier::new(&ModelConfig::with_path(model.clone()), Some((200, 200))).unwrap();
     det.classify(&mut line).unwrap();
-    let mut tiles = TileBaseline::new();
+    // The detector shipped before the clean-surface model, on the same frame.
+    let prev = support::repo().join("benches/baseline/neu_det_prev.onnx");
+    let mut before = Classifier::new(
+        &ModelConfig::with_path(prev.clone()),
+        Some((line.width, line.height)),
+    )
+    .unwrap();
+    before.classify(&mut line).unwrap();
 
     let mut g = c.benchmark_group("classify");
     g.throughput(Throughput::Elements(1));
@@ -93,16 +46,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("detector_frame_1280x1024", |b| {
         b.iter(|| det.classify(&mut line).unwrap())
     });
-    g.bench_function("baseline_tiles_stride64_frame_1280x1024", |b| {
-        b.iter(|| tiles.classify(&line))
+    g.bench_function("previous_detector_frame_1280x1024", |b| {
+        b.iter(|| before.classify(&mut line).unwrap())
     });
     g.finish();
 
     let neu_ms = support::median_ms(200, || det.classify(&mut neu).unwrap());
     let line_ms = support::median_ms(20, || det.classify(&mut line).unwrap());
-    let base_ms = support::median_ms(20, || {
-        tiles.classify(&line);
-    });
+    let base_ms = support::median_ms(20, || before.classify(&mut line).unwrap());
+    det.classify(&mut line).unwrap();
     let lite = support::repo().join("models/neu_det_lite.onnx");
     let mut alt = Classifier::new(
         &ModelConfig::with_path(lite.clone()),
@@ -136,8 +88,8 @@ fn bench(c: &mut Criterion) {
         line.detections.len()
     );
     println!(
-        "previous shipped setting (tile model, stride 64, 320 tiles): {base_ms:.1} ms per 1280x1024 frame; \
-         detector / previous = {:.2}",
+        "previous shipped detector (benches/baseline/neu_det_prev.onnx): {base_ms:.1} ms per 1280x1024 frame; \
+         shipped / previous = {:.2}",
         line_ms / base_ms
     );
     println!(
