@@ -479,6 +479,7 @@ mod tests {
                 label: 0,
                 score: 0.5,
                 bbox: [0, 0, 1, 1],
+                area: false,
             });
             result_json(&f, &[label.to_string()], label, 1.0, &mut out);
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -509,6 +510,7 @@ mod tests {
             label: 1,
             score: 0.97,
             bbox: [1, 2, 64, 64],
+            area: false,
         });
         let mut out = Vec::new();
         result_json(

@@ -36,6 +36,8 @@ pub struct Defect {
     pub score: f32,
     /// x, y, w, h in frame pixels.
     pub bbox: [u32; 4],
+    /// An area defect (a region of texture the area output is sure of), not a box.
+    pub area: bool,
 }
 
 impl Defect {

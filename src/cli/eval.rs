@@ -296,6 +296,8 @@ pub struct DetectionReport {
     /// Mean IoU of the reported defects (at the `[decide]` thresholds) that match a box.
     pub mean_iou: f64,
     /// Share of box-free pixels inside reported defect boxes.
+    /// Share of box-free pixels inside reported defect boxes (area defects not counted:
+    /// see `Report::boxfree_flagged_with_areas`).
     pub boxfree_flagged: f64,
     /// Share of boxed pixels inside reported defect boxes.
     pub boxed_covered: f64,
@@ -571,6 +573,8 @@ pub struct Report {
     pub preprocess: std::collections::BTreeMap<String, PreprocessUse>,
     /// Share of images with no defect reported at all (every NEU image has one).
     pub images_reported_ok: f64,
+    /// Share of box-free pixels inside reported boxes or area defects.
+    pub boxfree_flagged_with_areas: f64,
     /// Escapes: defective images reported `ok`.
     pub frames: FrameErrors,
     /// False alarms on defect-free surface.
@@ -695,51 +699,55 @@ fn clean_images(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
     Ok(files)
 }
 
-/// Box and area thresholds for one class: among those at which at most `budget` of the
-/// class's images (`mine`: per image the surest box and area score of the class) would
-/// have none of its defects, the pair that flags the fewest of the `clean` images;
-/// between equals, boxes only, then the higher box threshold.
+/// Box and area thresholds for one class. Boxes say where: their threshold `box_t` comes
+/// from precision. Areas say whether: among the area thresholds at which at most `budget`
+/// of the class's images (`mine`: per image the surest box and area score of the class)
+/// would have none of its defects, the one flagging the fewest `clean` images, the
+/// highest between equals (none at all when boxes alone hold the budget). When no area
+/// threshold holds it, the box threshold is lowered until one does.
 fn escape_threshold(
     class: &str,
     mine: &[[f32; 2]],
     clean: &[[f32; 2]],
     budget: f64,
+    box_t: f32,
 ) -> EscapeThreshold {
-    let boxes: Vec<f32> = (5..=95).map(|k| k as f32 / 100.0).collect();
-    let areas: Vec<Option<f32>> = std::iter::once(None)
-        .chain((30..=99).map(|k| Some(k as f32 / 100.0)))
-        .collect();
     let caught = |p: &[f32; 2], t: f32, a: Option<f32>| p[0] >= t || a.is_some_and(|a| p[1] >= a);
-    let mut best: Option<(u64, bool, f32, Option<f32>, f64)> = None;
-    for &a in &areas {
-        for &t in &boxes {
-            let miss =
-                mine.iter().filter(|p| !caught(p, t, a)).count() as f64 / mine.len().max(1) as f64;
-            if miss > budget {
-                continue;
-            }
-            let flagged = clean.iter().filter(|p| caught(p, t, a)).count() as u64;
-            let key = (flagged, a.is_some(), -t);
-            if best.is_none_or(|b| key < (b.0, b.1, -b.2)) {
-                best = Some((flagged, a.is_some(), t, a, miss));
-            }
+    let miss = |t: f32, a: Option<f32>| {
+        mine.iter().filter(|p| !caught(p, t, a)).count() as f64 / mine.len().max(1) as f64
+    };
+    let flagged = |t: f32, a: Option<f32>| clean.iter().filter(|p| caught(p, t, a)).count() as u64;
+    let areas: Vec<Option<f32>> = std::iter::once(None)
+        .chain((30..=99).rev().map(|k| Some(k as f32 / 100.0)))
+        .collect();
+    let mut t = box_t;
+    loop {
+        let best = areas
+            .iter()
+            .filter(|&&a| miss(t, a) <= budget)
+            .min_by_key(|&&a| flagged(t, a));
+        if let Some(&a) = best {
+            return EscapeThreshold {
+                class: class.to_string(),
+                threshold: t,
+                area_threshold: a,
+                class_miss: miss(t, a),
+                clean_flagged: flagged(t, a),
+                clean_images: clean.len() as u64,
+            };
         }
-    }
-    // No pair holds the budget: the lowest thresholds, which miss least.
-    let (flagged, _, t, a, miss) = best.unwrap_or_else(|| {
-        let (t, a) = (0.05, Some(0.30));
-        let miss =
-            mine.iter().filter(|p| !caught(p, t, a)).count() as f64 / mine.len().max(1) as f64;
-        let flagged = clean.iter().filter(|p| caught(p, t, a)).count() as u64;
-        (flagged, true, t, a, miss)
-    });
-    EscapeThreshold {
-        class: class.to_string(),
-        threshold: t,
-        area_threshold: a,
-        class_miss: miss,
-        clean_flagged: flagged,
-        clean_images: clean.len() as u64,
+        if t <= 0.05 {
+            let a = Some(0.30);
+            return EscapeThreshold {
+                class: class.to_string(),
+                threshold: t,
+                area_threshold: a,
+                class_miss: miss(t, a),
+                clean_flagged: flagged(t, a),
+                clean_images: clean.len() as u64,
+            };
+        }
+        t = (t - 0.01).max(0.05);
     }
 }
 
@@ -763,6 +771,9 @@ pub fn evaluate(
     let (mut in_box, mut flagged) = (Vec::new(), Vec::new());
     let mut plain = Scoring::new(n);
     let mut snapped = Scoring::new(n);
+    // Boxes and area defects together, for the area they flag.
+    let mut with_areas = Scoring::new(n);
+    let mut areas = Vec::new();
     let (mut truth, mut reported, mut reported_snapped) = (Vec::new(), Vec::new(), Vec::new());
     let thresholds = inspector.thresholds().to_vec();
     let mut snapped_dets = Vec::new();
@@ -847,9 +858,15 @@ pub fn evaluate(
         let size = (frame.width as usize, frame.height as usize);
         reported.clear();
         reported_snapped.clear();
+        areas.clear();
         for d in &frame.verdict.defects {
             let [x, y, w, h] = d.bbox;
-            reported.push((d.label, d.score, [x, y, x + w, y + h]));
+            let r = (d.label, d.score, [x, y, x + w, y + h]);
+            if d.area {
+                areas.push(r);
+            } else {
+                reported.push(r);
+            }
         }
         // Each detection's box snapped to the regions, once: scored as a detection, and
         // as a reported defect where it passes its threshold.
@@ -868,6 +885,15 @@ pub fn evaluate(
         );
         let dets = frame.detections.iter().map(|d| (d.label, d.score, d.rect));
         plain.add(size, &truth, dets, &reported, &mut in_box, &mut flagged);
+        areas.extend_from_slice(&reported);
+        with_areas.add(
+            size,
+            &truth,
+            std::iter::empty(),
+            &areas,
+            &mut in_box,
+            &mut flagged,
+        );
         let dets = snapped_dets
             .iter()
             .map(|&(label, score, r)| (label, score, r.map(|v| v as f32)));
@@ -969,6 +995,8 @@ pub fn evaluate(
         frames: frame_tally.report(&classes),
         dir,
     };
+    // Box thresholds for --max-escape: from --target-precision, else the config's.
+    let precise = target_precision.map_or(Vec::new(), |p| plain.thresholds_for(p));
     let escape_thresholds = match opts.max_escape {
         Some(r) => (0..n)
             .filter(|&c| images_with[c] > 0)
@@ -980,7 +1008,12 @@ pub fn evaluate(
                     .map(|(_, p)| p[c])
                     .collect();
                 let clean: Vec<[f32; 2]> = clean_peaks.iter().map(|p| p[c]).collect();
-                escape_threshold(&classes[c], &mine, &clean, r)
+                let box_t = precise
+                    .get(c)
+                    .copied()
+                    .flatten()
+                    .map_or(thresholds[c], |t| t.0);
+                escape_threshold(&classes[c], &mine, &clean, r, box_t)
             })
             .collect(),
         None => Vec::new(),
@@ -1040,6 +1073,7 @@ pub fn evaluate(
             on: snapped.report(&classes),
         },
     );
+    let boxfree_flagged_with_areas = with_areas.report(&classes).boxfree_flagged;
     Ok(Report {
         dataset: dataset.display().to_string(),
         model: inspector.model_id().to_string(),
@@ -1051,6 +1085,7 @@ pub fn evaluate(
         detection,
         preprocess,
         images_reported_ok: reported_ok as f64 / samples.len().max(1) as f64,
+        boxfree_flagged_with_areas,
         frames,
         clean,
         max_escape: opts.max_escape,
@@ -1092,9 +1127,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "box-free area inside reported boxes  {:.1}%  (boxed area inside them {:.1}%)",
+            "box-free area inside reported boxes  {:.1}%  (boxed area inside them {:.1}%; \
+             box-free area inside boxes or area defects {:.1}%)",
             d.boxfree_flagged * 100.0,
-            d.boxed_covered * 100.0
+            d.boxed_covered * 100.0,
+            self.boxfree_flagged_with_areas * 100.0
         );
         let _ = writeln!(
             s,

@@ -140,6 +140,7 @@ impl Decider {
                 label: d.label,
                 score: d.score,
                 bbox,
+                area: false,
             });
         }
         self.area_defects(frame);
@@ -209,6 +210,7 @@ impl Decider {
                     label: c,
                     score: best,
                     bbox,
+                    area: true,
                 });
             }
         }
@@ -878,7 +880,8 @@ mod tests {
             vec![Defect {
                 label: 0,
                 score: 0.9,
-                bbox: [32, 0, 64, 32]
+                bbox: [32, 0, 64, 32],
+                area: true
             }]
         );
         assert!(!f.verdict.ok, "an area defect makes the frame not ok");
@@ -917,12 +920,14 @@ mod tests {
                 Defect {
                     label: 0,
                     score: 0.8,
-                    bbox: [10, 2, 21, 38]
+                    bbox: [10, 2, 21, 38],
+                    area: false
                 },
                 Defect {
                     label: 0,
                     score: 0.6,
-                    bbox: [100, 50, 28, 14]
+                    bbox: [100, 50, 28, 14],
+                    area: false
                 }
             ]
         );
