@@ -720,35 +720,29 @@ fn escape_threshold(
     let areas: Vec<Option<f32>> = std::iter::once(None)
         .chain((30..=99).rev().map(|k| Some(k as f32 / 100.0)))
         .collect();
-    let mut t = box_t;
-    loop {
+    let result = |t: f32, a: Option<f32>| EscapeThreshold {
+        class: class.to_string(),
+        threshold: t,
+        area_threshold: a,
+        class_miss: miss(t, a),
+        clean_flagged: flagged(t, a),
+        clean_images: clean.len() as u64,
+    };
+    // The box threshold, then lower ones in steps of 0.01 (counted in whole hundredths,
+    // so no rounding creeps in), down to 0.05.
+    let start = (box_t * 100.0).round() as i32;
+    let steps = std::iter::once(box_t).chain((5..start).rev().map(|k| k as f32 / 100.0));
+    for t in steps {
         let best = areas
             .iter()
             .filter(|&&a| miss(t, a) <= budget)
             .min_by_key(|&&a| flagged(t, a));
         if let Some(&a) = best {
-            return EscapeThreshold {
-                class: class.to_string(),
-                threshold: t,
-                area_threshold: a,
-                class_miss: miss(t, a),
-                clean_flagged: flagged(t, a),
-                clean_images: clean.len() as u64,
-            };
+            return result(t, a);
         }
-        if t <= 0.05 {
-            let a = Some(0.30);
-            return EscapeThreshold {
-                class: class.to_string(),
-                threshold: t,
-                area_threshold: a,
-                class_miss: miss(t, a),
-                clean_flagged: flagged(t, a),
-                clean_images: clean.len() as u64,
-            };
-        }
-        t = (t - 0.01).max(0.05);
     }
+    // Nothing holds the budget: the lowest thresholds, which miss least.
+    result(box_t.min(0.05), Some(0.30))
 }
 
 /// Runs the evaluation. `progress` is called after each image.
@@ -1439,6 +1433,28 @@ mod tests {
         assert_eq!(r.mean_iou, 1.0);
         assert_eq!(r.boxfree_flagged, 0.0);
         assert_eq!(r.boxed_covered, 1.0);
+    }
+
+    #[test]
+    fn an_escape_budget_is_held_by_the_area_threshold_that_flags_least_clean_surface() {
+        // Four images of the class: boxes at 0.5 find three; the fourth's area is 0.8.
+        let mine = [[0.9, 0.2], [0.7, 0.9], [0.6, 0.3], [0.1, 0.8]];
+        // Clean surface: one area cell at 0.75, nothing above.
+        let clean = [[0.0, 0.75], [0.2, 0.1]];
+        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5);
+        assert_eq!((t.threshold, t.area_threshold), (0.5, Some(0.8)));
+        assert_eq!((t.class_miss, t.clean_flagged, t.clean_images), (0.0, 0, 2));
+        // A budget of one image in four: boxes alone do.
+        let t = escape_threshold("c", &mine, &clean, 0.25, 0.5);
+        assert_eq!(
+            (t.threshold, t.area_threshold, t.class_miss),
+            (0.5, None, 0.25)
+        );
+        // No area threshold saves the fourth image: the box threshold comes down to it.
+        let mine = [[0.9, 0.0], [0.12, 0.0]];
+        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5);
+        assert_eq!((t.area_threshold, t.class_miss), (None, 0.0));
+        assert!((t.threshold - 0.12).abs() < 1e-6, "{}", t.threshold);
     }
 
     #[test]
