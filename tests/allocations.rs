@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use inspectd::config::{DecideConfig, ModelConfig, PreprocessConfig};
+use inspectd::config::{ModelConfig, PreprocessConfig};
 use inspectd::frame::Frame;
 use inspectd::stages::classify::Classifier;
 use inspectd::stages::decide::Decider;
@@ -63,7 +63,17 @@ fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
         Some((w, h)),
     )
     .unwrap();
-    let mut decider = Decider::new(&DecideConfig::default(), classifier.labels()).unwrap();
+    // The shipped thresholds: boxes, area defects and one box per defect all run.
+    let shipped = inspectd::config::Settings::load_with_env(
+        &repo.join("config/inspectd.toml"),
+        [(
+            "INSPECTD__MODEL__PATH".to_string(),
+            repo.join("models/neu_det.onnx").display().to_string(),
+        )],
+    )
+    .unwrap();
+    assert!(!shipped.decide.area_thresholds.is_empty());
+    let mut decider = Decider::new(&shipped.decide, classifier.labels()).unwrap();
     let mut frame = Frame::default();
     let mut run = |frame: &mut Frame, seq: u64| {
         frame.reset(seq, w, h);
