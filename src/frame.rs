@@ -56,6 +56,18 @@ pub struct AreaGrid {
     pub stride: u32,
 }
 
+impl AreaGrid {
+    /// The columns and rows of cells that start inside a `width` x `height` frame (the
+    /// rest see only padding).
+    pub fn live(&self, width: u32, height: u32) -> (usize, usize) {
+        let s = self.stride.max(1) as usize;
+        (
+            (width as usize).div_ceil(s).min(self.cols),
+            (height as usize).div_ceil(s).min(self.rows),
+        )
+    }
+}
+
 /// What decide concluded about a frame.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verdict {
@@ -101,9 +113,6 @@ pub struct Frame {
     /// whole-image output, or (a model without one) the class's highest heat in the
     /// frame. Eval's predicted class is the top one; it never decides a defect.
     pub class_scores: Vec<f32>,
-    /// The whole-image probability that the frame shows no defect (a model whose
-    /// metadata has `output.none`).
-    pub clean_score: Option<f32>,
     /// Per label, per cell of `area_grid` (row-major): how sure the model is that the
     /// window centred on the cell shows that class over its surface (a model with an
     /// area output; empty otherwise). Decide turns sure regions into area defects.
@@ -131,7 +140,6 @@ impl Frame {
         self.regions.clear();
         self.detections.clear();
         self.class_scores.clear();
-        self.clean_score = None;
         self.area.clear();
         self.area_grid = AreaGrid::default();
         self.verdict.ok = true;

@@ -607,9 +607,7 @@ fn class_peaks(frame: &Frame, n: usize) -> Vec<[f32; 2]> {
     let g = frame.area_grid;
     let cells = g.cols * g.rows;
     if cells > 0 && frame.area.len() >= cells * n {
-        let s = g.stride as usize;
-        let live_cols = (frame.width as usize).div_ceil(s).min(g.cols);
-        let live_rows = (frame.height as usize).div_ceil(s).min(g.rows);
+        let (live_cols, live_rows) = g.live(frame.width, frame.height);
         for (c, o) in out.iter_mut().enumerate() {
             let map = &frame.area[c * cells..(c + 1) * cells];
             for y in 0..live_rows {

@@ -361,14 +361,9 @@ impl Classifier {
 
     fn classify_here(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
         let (classes, min_score) = (self.loaded.meta.labels.len(), self.min_score);
-        let output = &self.loaded.meta.output;
-        let (none, area_stride) = (output.none, output.area_stride.unwrap_or(0));
+        let area_stride = self.loaded.meta.output.area_stride.unwrap_or(0);
         let (detections, class_scores) = (&mut frame.detections, &mut frame.class_scores);
-        let (area_map, area_grid, clean) = (
-            &mut frame.area,
-            &mut frame.area_grid,
-            &mut frame.clean_score,
-        );
+        let (area_map, area_grid) = (&mut frame.area, &mut frame.area_grid);
         infer(
             &mut self.plans,
             &self.loaded,
@@ -388,7 +383,6 @@ impl Classifier {
                 if let Some(image) = image {
                     class_scores.clear();
                     class_scores.extend_from_slice(&image[..classes]);
-                    *clean = none.then(|| image[classes]);
                 }
                 if let Some(area) = area {
                     // The defect classes' maps only: the "no defect" map follows them.
@@ -474,22 +468,15 @@ fn infer(
     let run_err = |e: TractError| ClassifyError::Run(e.to_string());
     let heat_view = out[outputs.heat].try_as_plain_ram().map_err(run_err)?;
     let box_view = out[outputs.boxes].try_as_plain_ram().map_err(run_err)?;
-    let image_view = match outputs.image {
-        Some(k) => Some(out[k].try_as_plain_ram().map_err(run_err)?),
-        None => None,
-    };
-    let image = match &image_view {
-        Some(v) => Some(v.as_slice::<f32>().map_err(run_err)?),
-        None => None,
-    };
-    let area_view = match outputs.area {
-        Some(k) => Some(out[k].try_as_plain_ram().map_err(run_err)?),
-        None => None,
-    };
-    let area = match &area_view {
-        Some(v) => Some(v.as_slice::<f32>().map_err(run_err)?),
-        None => None,
-    };
+    // The optional outputs (image, area), when the model has them.
+    let view = |k: Option<usize>| k.map(|k| out[k].try_as_plain_ram()).transpose();
+    let (image_view, area_view) = (
+        view(outputs.image).map_err(run_err)?,
+        view(outputs.area).map_err(run_err)?,
+    );
+    let image = image_view.as_ref().map(|v| v.as_slice::<f32>()).transpose();
+    let area = area_view.as_ref().map(|v| v.as_slice::<f32>()).transpose();
+    let (image, area) = (image.map_err(run_err)?, area.map_err(run_err)?);
     let s = meta.output.stride;
     let grid = Grid {
         cols: plan.width / s,

@@ -160,8 +160,7 @@ impl Decider {
             return;
         }
         let s = g.stride as usize;
-        let live_cols = (frame.width as usize).div_ceil(s).min(g.cols);
-        let live_rows = (frame.height as usize).div_ceil(s).min(g.rows);
+        let (live_cols, live_rows) = g.live(frame.width, frame.height);
         for (c, t) in self.area_thresholds.iter().enumerate() {
             let Some(t) = *t else { continue };
             let map = &frame.area[c * cells..(c + 1) * cells];
