@@ -18,7 +18,8 @@ Usage (from the repository root):
 Writes into --out (default: next to this script):
     neu_det.onnx            the model (input [1,64,H/8,W/8]: the frame's 8x8 patches, raw
                             gray levels 0..255 as float; outputs heat [1,6,H/8,W/8],
-                            box [1,4,H/8,W/8] and image [1,6])
+                            box [1,4,H/8,W/8], image [1,7] (six classes and `none`) and
+                            area [1,7,H/32,W/32] (the image head on every 224 px window))
     neu_det.pt              its PyTorch weights (not committed)
     neu_det.json            the metadata inspectd reads (labels, input, normalisation,
                             outputs, id, sha256, training)
@@ -51,6 +52,12 @@ SIDE = 224  # NEU's 200 px padded to the next multiple of 32, as inspectd pads a
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The split stays the one the tile model used: the same 300 images are held out.
 SPLIT_SEED = 20261128
+# The whole-image head's seventh outcome: defect-free surface.
+NONE = len(CLASSES)
+# Defect-free crops keep this many pixels from every box (hand-drawn boxes are loose),
+# and come in these sides, largest first (inspectd's eval cuts its own the same way).
+CLEAN_MARGIN = 8
+CLEAN_SIDES = (160, 128, 96, 64, 48)
 
 
 def read_boxes(xml_path):
@@ -115,6 +122,83 @@ def augment(img, boxes, rng):
     img = np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255)
     boxes = [[c, x0 + ox, y0 + oy, x1 + ox, y1 + oy] for c, x0, y0, x1, y1 in boxes]
     return img, boxes
+
+
+def clean_crops(items):
+    """Defect-free surface: per class of image, square crops wholly outside every box
+    (CLEAN_MARGIN px from each), the largest sides first, not overlapping each other."""
+    crops = {c: [] for c in range(len(CLASSES))}
+    for it in items:
+        img = it["img"]
+        h, w = img.shape
+        blocked = np.zeros((h, w), bool)
+        for _, x0, y0, x1, y1 in it["boxes"]:
+            blocked[max(int(y0) - CLEAN_MARGIN, 0):int(math.ceil(y1)) + CLEAN_MARGIN,
+                    max(int(x0) - CLEAN_MARGIN, 0):int(math.ceil(x1)) + CLEAN_MARGIN] = True
+        for side in CLEAN_SIDES:
+            y = 0
+            while y + side <= h:
+                x, took = 0, False
+                while x + side <= w:
+                    if not blocked[y:y + side, x:x + side].any():
+                        crops[it["label"]].append(img[y:y + side, x:x + side].copy())
+                        blocked[y:y + side, x:x + side] = True
+                        took = True
+                        x += side
+                    else:
+                        x += 8
+                y += side if took else 8
+    return crops
+
+
+def turned(img, rng):
+    for _ in range(rng.randrange(4)):
+        img = np.rot90(img)
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
+
+
+def surface(pool, side, rng):
+    """A side x side defect-free surface from crops of one surface (one class's images, one
+    crop size): tiles overlapping by a quarter, cross-faded with linear ramps, each turned
+    or mirrored and shifted to one mean gray, so there is no hard seam to learn from."""
+    t = pool[0].shape[0]
+    o = max(t // 4, 1)
+    pitch = t - o
+    edge = np.minimum(np.arange(t) + 0.5, t - np.arange(t) - 0.5)
+    ramp = np.minimum(edge / o, 1.0).astype(np.float32)
+    weight = ramp[:, None] * ramp[None, :] + 1e-4
+    level = float(pool[rng.randrange(len(pool))].mean())
+    n = (side + 2 * pitch) // pitch + 1
+    big = n * pitch + o
+    acc = np.zeros((big, big), np.float32)
+    wsum = np.zeros((big, big), np.float32)
+    for j in range(n):
+        for i in range(n):
+            c = turned(pool[rng.randrange(len(pool))], rng).astype(np.float32)
+            c += level - c.mean()
+            acc[j * pitch:j * pitch + t, i * pitch:i * pitch + t] += c * weight
+            wsum[j * pitch:j * pitch + t, i * pitch:i * pitch + t] += weight
+    oy, ox = rng.randrange(pitch), rng.randrange(pitch)
+    return np.clip(acc / wsum, 0, 255)[oy:oy + side, ox:ox + side]
+
+
+def negative(crops, rng):
+    """One defect-free training input, 224 x 224: 30 % one crop placed and padded like an
+    image (edges repeated), 70 % a cross-faded surface of crops of one class's images.
+    Then the lighting drift every image gets."""
+    groups = [c for c, v in crops.items() if v]
+    pool = crops[groups[rng.randrange(len(groups))]]
+    if rng.random() < 0.3:
+        big = [c for c in pool if c.shape[0] >= 96] or pool
+        crop = turned(big[rng.randrange(len(big))], rng)
+        s = crop.shape[0]
+        img = pad_to(crop, SIDE, rng.randrange(SIDE - s + 1), rng.randrange(SIDE - s + 1)).astype(np.float32)
+    else:
+        side = pool[rng.randrange(len(pool))].shape[0]
+        img = surface([c for c in pool if c.shape[0] == side], SIDE, rng)
+    return np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255).astype(np.float32)
 
 
 def targets(boxes, side, alpha):
@@ -210,7 +294,7 @@ class Detector(nn.Module):
         self.head = cbr(c8, ch, 1, 1)
         self.heat = nn.Conv2d(ch, len(CLASSES), 1)
         self.box = nn.Conv2d(ch, 4, 1)
-        self.image = nn.Linear(c32, len(CLASSES))
+        self.image = nn.Linear(c32, len(CLASSES) + 1)  # the classes and `none`
         nn.init.constant_(self.heat.bias, -4.6)  # start near p = 0.01 (focal-loss prior)
         nn.init.constant_(self.box.bias, math.log(4.0))
 
@@ -224,7 +308,7 @@ class Detector(nn.Module):
 
     def forward(self, x):
         """x: normalised frames [N, 1, H, W]; returns heat logits, box distances (pixels)
-        and whole-image class logits."""
+        and whole-image logits (the classes, then `none`)."""
         h, f32 = self.features(F.pixel_unshuffle(x, PATCH))
         box = torch.exp(self.box(h).clamp(-4.0, 4.5)) * STRIDE
         return self.heat(h), box, self.image(f32.mean(dim=(2, 3)))
@@ -328,11 +412,12 @@ def predict(model, img):
 
 
 @torch.no_grad()
-def validate(model, val):
+def validate(model, val, val_crops):
     model.eval()
     dets, gts = [], {}
-    confusion = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    confusion = np.zeros((len(CLASSES), len(CLASSES) + 1), np.int64)
     heat_correct = 0
+    escapes = 0
     boxfree_flagged, boxfree_total = 0, 0
     for it in val:
         heat, box, image_logits = predict(model, it["img"])
@@ -341,6 +426,7 @@ def validate(model, val):
         gts[it["stem"]] = [(c, x0, y0, x1, y1) for c, x0, y0, x1, y1 in it["boxes"]]
         for c, s, x0, y0, x1, y1 in found:
             dets.append((c, it["stem"], s, (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))))
+        escapes += not any(s >= 0.3 for _, s, *_ in found)
         # The image's class: the whole-image head (what inspectd reports as the frame's
         # class); the highest heat peak is scored beside it for comparison.
         confusion[it["label"], int(image_logits.argmax())] += 1
@@ -356,6 +442,20 @@ def validate(model, val):
                 flagged[max(int(y0), 0):max(int(math.ceil(y1)), 0), max(int(x0), 0):max(int(math.ceil(x1)), 0)] = True
         boxfree_flagged += int((flagged & ~truth).sum())
         boxfree_total += int((~truth).sum())
+    # Defect-free surfaces from the held-out images' crops only (a fixed draw): the area
+    # inside reported boxes at 0.3, and how often the image head says `none`.
+    rng = random.Random(7)
+    clean_flagged, clean_total, clean_none = 0, 0, 0
+    surfaces = [negative(val_crops, rng) for _ in range(60)]
+    for img in surfaces:
+        heat, box, image_logits = predict(model, img)
+        flagged = np.zeros(img.shape, bool)
+        for c, s, x0, y0, x1, y1 in decode(heat, box):
+            if s >= 0.3:
+                flagged[max(int(y0), 0):max(int(math.ceil(y1)), 0), max(int(x0), 0):max(int(math.ceil(x1)), 0)] = True
+        clean_flagged += int(flagged.sum())
+        clean_total += flagged.size
+        clean_none += int(image_logits.argmax()) == NONE
     ap50 = {}
     ap5095 = []
     for c in range(len(CLASSES)):
@@ -366,7 +466,10 @@ def validate(model, val):
         ap50[CLASSES[c]] = a
         ap5095.append(np.mean([average_precision(per, gts, c, t) for t in np.arange(0.5, 0.96, 0.05)]))
     return {
-        "image_accuracy": float(np.trace(confusion) / confusion.sum()),
+        "image_accuracy": float(np.trace(confusion[:, :len(CLASSES)]) / confusion.sum()),
+        "escapes_at_0.3": escapes / len(val),
+        "clean_flagged_area_at_0.3": clean_flagged / max(clean_total, 1),
+        "clean_image_none": clean_none / len(surfaces),
         "image_accuracy_by_heat": heat_correct / len(val),
         "map50": float(np.mean(list(ap50.values()))),
         "map50_95": float(np.mean(ap5095)),
@@ -376,19 +479,26 @@ def validate(model, val):
     }
 
 
-def batches(items, batch_size, rng, alpha):
+def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0):
+    """Shuffled batches of augmented images and, `clean_share` as many again, defect-free
+    negatives (no heat anywhere, image label `none`)."""
     order = list(range(len(items)))
+    if crops:
+        order += [-1] * int(round(clean_share * len(items)))
     rng.shuffle(order)
     for s in range(0, len(order) - batch_size + 1, batch_size):
         imgs, heats, regs, weights, labels = [], [], [], [], []
         for i in order[s:s + batch_size]:
-            img, boxes = augment(items[i]["img"], items[i]["boxes"], rng)
+            if i < 0:
+                img, boxes, label = negative(crops, rng), [], NONE
+            else:
+                (img, boxes), label = augment(items[i]["img"], items[i]["boxes"], rng), items[i]["label"]
             heat, reg, weight = targets(boxes, SIDE, alpha)
             imgs.append(img)
             heats.append(heat)
             regs.append(reg)
             weights.append(weight)
-            labels.append(items[i]["label"])
+            labels.append(label)
         yield (torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(heats)),
                torch.from_numpy(np.stack(regs)), torch.from_numpy(np.stack(weights)), torch.tensor(labels))
 
@@ -415,8 +525,11 @@ class Exported(nn.Module):
     """What inspectd runs. In: the frame as 8x8 patches, [1, 64, H/8, W/8] raw gray levels
     (channel dy * 8 + dx holds pixel (8 * x + dx, 8 * y + dy)); the normalisation is folded
     into the first convolution, so inspectd only rearranges and converts. Out: heat
-    probabilities, box distances in pixels, and whole-image class probabilities (the
-    image head: which class the frame as a whole shows)."""
+    probabilities, box distances in pixels, whole-image probabilities (the image head:
+    which class the frame as a whole shows, or `none`), and `area`: the image head on every
+    224 x 224 window of the 1/32 grid (a 7 x 7 average of the 1/32 features, then the same
+    weights as a 1 x 1 convolution; at the centre of a 224 x 224 input it is the image
+    output itself), where a texture defect covers the surface."""
 
     def __init__(self, net, mean, std):
         super().__init__()
@@ -428,6 +541,12 @@ class Exported(nn.Module):
         with torch.no_grad():
             self.stem.weight.copy_(stem.weight * a)
             self.stem.bias.copy_(b * stem.weight.sum(dim=(1, 2, 3)))
+        lin = net.image
+        self.pool = nn.AvgPool2d(7, 1, 3, count_include_pad=False)
+        self.area = nn.Conv2d(lin.in_features, lin.out_features, 1)
+        with torch.no_grad():
+            self.area.weight.copy_(lin.weight[:, :, None, None])
+            self.area.bias.copy_(lin.bias)
 
     def forward(self, patches):
         n = self.net
@@ -438,7 +557,8 @@ class Exported(nn.Module):
         p8 = F.relu(f8 + n.up16(p16))
         h = n.head(p8)
         image = F.softmax(n.image(f32.mean(dim=(2, 3))), dim=1)
-        return torch.sigmoid(n.heat(h)), torch.exp(n.box(h).clamp(-4.0, 4.5)) * STRIDE, image
+        area = F.softmax(self.area(self.pool(f32)), dim=1)
+        return torch.sigmoid(n.heat(h)), torch.exp(n.box(h).clamp(-4.0, 4.5)) * STRIDE, image, area
 
 
 def main():
@@ -452,6 +572,8 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.54, help="Gaussian size as a share of the box (TTFNet)")
     ap.add_argument("--val-share", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--clean-share", type=float, default=0.35,
+                    help="defect-free negatives per epoch, as a share of the training images")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
     a = ap.parse_args()
@@ -465,6 +587,11 @@ def main():
     train, val = stratified_split(items, a.val_share, SPLIT_SEED)
     print(f"{len(items)} images: {len(train)} train, {len(val)} held out (split seed {SPLIT_SEED}); "
           f"training seed {a.seed}", flush=True)
+    # Negatives from the training images' box-free area only; the held-out images' crops
+    # are for scoring.
+    crops, val_crops = clean_crops(train), clean_crops(val)
+    print(f"defect-free crops: {sum(map(len, crops.values()))} from the training images, "
+          f"{sum(map(len, val_crops.values()))} from the held-out ones (scoring only)", flush=True)
 
     pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
     mean, std = float(pixels.mean()), float(pixels.std())
@@ -477,7 +604,7 @@ def main():
           f"per 224x224, {macs_frame / 1e9:.2f} G per 1280x1024", flush=True)
 
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
-    steps_per_epoch = len(train) // a.batch
+    steps_per_epoch = int(len(train) * (1 + a.clean_share)) // a.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * steps_per_epoch,
                                                 pct_start=0.1)
     a_mean, a_std = torch.tensor(mean * 255.0), torch.tensor(std * 255.0)
@@ -490,7 +617,7 @@ def main():
     for epoch in range(a.epochs):
         model.train()
         sums = np.zeros(3)
-        for x, heat, reg, weight, labels in batches(train, a.batch, rng, a.alpha):
+        for x, heat, reg, weight, labels in batches(train, a.batch, rng, a.alpha, crops, a.clean_share):
             heat_logits, box, image_logits = model((x - a_mean) / a_std)
             losses = (focal_loss(heat_logits, heat), 5.0 * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
@@ -516,16 +643,17 @@ def main():
 
     # Validation, once, at the end: nothing above looked at these images.
     model = ema
-    metrics = validate(NormalisedNet(model, mean, std), val)
+    metrics = validate(NormalisedNet(model, mean, std), val, val_crops)
     print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}), flush=True)
-    print("confusion (rows true, columns predicted):", CLASSES)
+    print("confusion (rows true, columns predicted):", CLASSES + ["none"])
     print(np.array(metrics["confusion_matrix"]))
 
     os.makedirs(a.out, exist_ok=True)
-    record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "parameters": params,
+    record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
+              "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
-    tag = f"{a.design}.s{a.seed}"
+    tag = f"clean.s{a.seed}" if a.clean_share > 0 else f"{a.design}.s{a.seed}"
     with open(os.path.join(a.out, f"neu_det.metrics.{tag}.json"), "w") as f:
         json.dump(record, f, indent=1)
         f.write("\n")
@@ -533,8 +661,9 @@ def main():
     exported = Exported(model, mean, std).eval()
     g = SIDE // PATCH
     torch.onnx.export(exported, torch.zeros(1, PATCH * PATCH, g, g), onnx_path, input_names=["patches"],
-                      output_names=["heat", "box", "image"],
-                      dynamic_axes={"patches": {2: "h", 3: "w"}, "heat": {2: "gh", 3: "gw"}, "box": {2: "gh", 3: "gw"}},
+                      output_names=["heat", "box", "image", "area"],
+                      dynamic_axes={"patches": {2: "h", 3: "w"}, "heat": {2: "gh", 3: "gw"}, "box": {2: "gh", 3: "gw"},
+                                    "area": {2: "ah", 3: "aw"}},
                       opset_version=13, dynamo=False)
     # The exporter restores modes afterwards; make sure nothing below runs in training mode.
     model.eval()
@@ -548,9 +677,11 @@ def main():
         "labels": CLASSES,
         "input": {"layout": "NCHW", "channels": 1, "name": "patches", "patch": PATCH, "multiple": MULTIPLE},
         "normalize": {"scale": 1.0, "mean": 0.0, "std": 1.0},
-        "output": {"kind": "centernet", "stride": STRIDE, "heat": "heat", "box": "box", "image": "image"},
+        "output": {"kind": "centernet", "stride": STRIDE, "heat": "heat", "box": "box", "image": "image",
+                   "area": "area", "area_stride": 32, "none": True},
         "trained": {"dataset": "NEU surface defect database, 1500-image copy", "seed": a.seed,
                     "split_seed": SPLIT_SEED, "epochs": a.epochs, "design": a.design,
+                    "clean_share": a.clean_share,
                     "train_images": len(train), "val_images": len(val),
                     "train_seconds": round(train_seconds, 1), "parameters": params,
                     "macs_per_1280x1024": macs_frame, "pixel_mean": mean, "pixel_std": std},
@@ -574,11 +705,12 @@ def main():
             shutil.copy(os.path.join(a.dataset, "IMAGES", it["file"]), samples_dir)
             with torch.no_grad():
                 frame = torch.from_numpy(pad_to(it["img"], SIDE).astype(np.float32))[None, None]
-                heat, box, image = exported(F.pixel_unshuffle(frame, PATCH))
+                heat, box, image, area = exported(F.pixel_unshuffle(frame, PATCH))
             reference.append({"image": f"samples/{it['file']}",
                               "heat": np.round(heat[0].numpy(), 7).ravel().tolist(),
                               "box": np.round(box[0].numpy(), 4).ravel().tolist(),
                               "image_probs": np.round(image[0].numpy(), 7).tolist(),
+                              "area": np.round(area[0].numpy(), 7).ravel().tolist(),
                               "grid": [SIDE // STRIDE, SIDE // STRIDE]})
     with open(os.path.join(a.out, "neu_det.reference.json"), "w") as f:
         json.dump({"model": meta["id"], "source": "PyTorch", "heat_tolerance": 1e-4, "box_tolerance": 1e-2,
