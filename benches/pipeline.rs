@@ -14,6 +14,13 @@
 //! The frames are the worst case: `line_1280x1024.png`, every 200 x 200 block a NEU
 //! defect image. `INSPECTD_BENCH_MODEL=models/neu_det_lite.onnx` measures another model
 //! (both pipelines run it); the default is the shipped `models/neu_det.onnx`.
+//!
+//! Then a line's frames, with the first look on (`model.first_look`, the shipped
+//! config's threshold and `[decide]`) and off, against the Python pipeline on the same
+//! folder: (a) the worst case, (b) defect-free frames, (c) nine defect-free frames to one
+//! worst-case frame. The defect-free frames are assembled from 96 x 96 crops of the
+//! box-free area of the held-out NEU images (`models/neu_det.split.json`), the way
+//! `inspectd eval` assembles its clean frames: crops of one surface, cross-faded.
 
 mod support;
 
@@ -23,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use inspectd::cli::eval::{box_free_crops, list_samples, read_holdout};
 use inspectd::config::Settings;
 use inspectd::pipeline::Pipeline;
 use inspectd::telemetry::{Histogram, Stats};
@@ -233,6 +241,149 @@ fn bench(c: &mut Criterion) {
         (rate, processing, paced_p99),
         p99_2,
     );
+    first_look(dir.path(), port, &replay);
+}
+
+/// A line's workloads with the first look on and off, each against the Python pipeline.
+fn first_look(dir: &Path, port: u16, replay: &str) {
+    let repo = support::repo();
+    let neu = repo.join("../shared/datasets/neu");
+    let split = repo.join("models/neu_det.split.json");
+    let samples = read_holdout(&split, "val").and_then(|v| list_samples(&neu, Some(&v)));
+    let crops = samples.and_then(|s| box_free_crops(&s, 96));
+    let crops = match crops {
+        Ok(c) if !c.is_empty() => c,
+        other => {
+            println!(
+                "first-look workloads not run: no defect-free crops ({:?})",
+                other.err()
+            );
+            return;
+        }
+    };
+    let clean = inspectd::cli::clean::clean_frames(&crops, FRAMES, (1280, 1024));
+    let worst = image::open(support::line_frame()).unwrap().to_luma8();
+    let write = |name: &str, pick: &dyn Fn(usize) -> Option<usize>| -> PathBuf {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..FRAMES {
+            let path = folder.join(format!("{i:03}.png"));
+            match pick(i) {
+                Some(k) => image::GrayImage::from_raw(1280, 1024, clean[k].1.clone())
+                    .unwrap()
+                    .save(&path)
+                    .unwrap(),
+                None => worst.save(&path).unwrap(),
+            }
+        }
+        folder
+    };
+    let workloads = [
+        ("(a) worst case", write("wl-worst", &|_| None), None),
+        (
+            "(b) defect-free",
+            write("wl-clean", &|i| Some(i)),
+            Some(5.0),
+        ),
+        (
+            "(c) 9 defect-free : 1 worst",
+            write("wl-mix", &|i| (i % 10 != 9).then_some(i)),
+            Some(3.0),
+        ),
+    ];
+    let shipped = Settings::load_with_env(
+        &repo.join("config/inspectd.toml"),
+        [(
+            "INSPECTD__MODEL__PATH".to_string(),
+            model().display().to_string(),
+        )],
+    );
+    let shipped = match shipped {
+        Ok(s) => s,
+        Err(e) => {
+            println!("first-look workloads not run: config/inspectd.toml: {e}");
+            return;
+        }
+    };
+    let whole = dir.join("neu_det_whole.onnx");
+    for (name, folder, target) in workloads {
+        let mut ours = Vec::new();
+        for on in [false, true] {
+            let tag = format!("{}-{on}", folder.file_name().unwrap().to_string_lossy());
+            let mut s = config(dir, &tag, &folder, port, replay);
+            s.decide = shipped.decide.clone();
+            s.alarm = shipped.alarm.clone();
+            s.model.workers = 1;
+            s.model.first_look = shipped.model.first_look.clone();
+            s.model.first_look.enabled = on;
+            let one_dir = dir.join(format!("{tag}-one"));
+            std::fs::create_dir_all(&one_dir).unwrap();
+            std::fs::copy(folder.join("000.png"), one_dir.join("000.png")).unwrap();
+            let mut s1 = config(dir, &format!("{tag}-one"), &one_dir, port, replay);
+            s1.decide = s.decide.clone();
+            s1.model = s.model.clone();
+            let (stats, _, cpu) = run(&s, None);
+            let (_, _, cpu1) = run(&s1, None);
+            let n = stats.frames_published.load(Relaxed) as f64;
+            let share = stats.detector_pixels.load(Relaxed) as f64
+                / stats.frame_pixels.load(Relaxed).max(1) as f64;
+            ours.push((n - 1.0) / (cpu - cpu1));
+            println!(
+                "first look {}, {name}: {:.1} frames per CPU-second, detector on {:.1} % of the pixels, \
+                 first look p50 {:.1} ms; {}",
+                if on { "on " } else { "off" },
+                ours[ours.len() - 1],
+                100.0 * share,
+                stats.first_look.since_start().1,
+                stats_line(&stats)
+            );
+        }
+        match pyref(&folder, &whole, port) {
+            Some(theirs) => println!(
+                "{name}: pyref_pipeline.py --whole --read-each {theirs:.1} frames per CPU-second; inspectd / \
+                 Python: first look off {:.2}x, on {:.2}x{}",
+                ours[0] / theirs,
+                ours[1] / theirs,
+                target.map(|t| format!(" (target >= {t}x)")).unwrap_or_else(|| " (target: no worse than off)".into())
+            ),
+            None => println!("{name}: pyref_pipeline.py not run (see above)"),
+        }
+    }
+}
+
+/// `pyref_pipeline.py --whole --read-each` on a folder: frames per CPU-second (a one-frame
+/// run subtracted), when the anchors' Python has its packages and `whole` was written.
+fn pyref(folder: &Path, whole: &Path, port: u16) -> Option<f64> {
+    if !whole.is_file() {
+        return None;
+    }
+    let args = |frames: usize| -> Vec<String> {
+        [
+            "--dir",
+            &folder.display().to_string(),
+            "--model",
+            &whole.display().to_string(),
+            "--tile",
+            "1280",
+            "--stride",
+            "1280",
+            "--whole",
+            "--mean",
+            "0",
+            "--std",
+            "0.00392156862745098",
+            "--port",
+            &port.to_string(),
+            "--frames",
+            &frames.to_string(),
+            "--read-each",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (_, cpu) = support::anchor_cpu("pyref_pipeline.py", &args(FRAMES))?;
+    let (_, cpu1) = support::anchor_cpu("pyref_pipeline.py", &args(1))?;
+    Some((FRAMES - 1) as f64 / (cpu - cpu1))
 }
 
 /// The Python pipeline on the same frames, network and broker.

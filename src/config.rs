@@ -147,6 +147,75 @@ pub struct ModelConfig {
     /// (lower latency), at some extra CPU per frame for the hand-offs.
     #[serde(default = "default_model_threads")]
     pub threads: usize,
+    /// The first look: a small net that finds the windows of a frame that may hold a
+    /// defect, so the detector runs on those only (`[model.first_look]`).
+    #[serde(default)]
+    pub first_look: FirstLookConfig,
+}
+
+/// `[model.first_look]`: where the detector looks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FirstLookConfig {
+    /// Run the first look and the detector only where it sees something. Off: the
+    /// detector runs on every pixel of every frame.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The first-look ONNX file (its metadata beside it); default: `neu_look.onnx` in
+    /// the folder of `model.path`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A 32 x 32 cell is looked at closely when the first look's probability that a
+    /// defect touches it is at least this (0 to 1).
+    #[serde(default = "default_look_threshold")]
+    pub threshold: f64,
+    /// Side of the square tiles the frame is divided into, in pixels (a multiple of 32):
+    /// the detector runs on each tile holding a flagged cell (or next to one)...
+    #[serde(default = "default_look_tile")]
+    pub tile: u32,
+    /// ...with this much of the frame around it, in pixels (a multiple of 32), so what
+    /// it reports inside the tile is what it would report on the whole frame.
+    #[serde(default = "default_look_margin")]
+    pub margin: u32,
+    /// When the tiles to run would cover more than this share of the frame (0 to 1),
+    /// the detector runs on the whole frame instead (it is cheaper then).
+    #[serde(default = "default_look_max_share")]
+    pub max_share: f64,
+}
+
+fn default_look_threshold() -> f64 {
+    0.1
+}
+fn default_look_tile() -> u32 {
+    256
+}
+fn default_look_margin() -> u32 {
+    64
+}
+fn default_look_max_share() -> f64 {
+    0.6
+}
+
+impl Default for FirstLookConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: None,
+            threshold: default_look_threshold(),
+            tile: default_look_tile(),
+            margin: default_look_margin(),
+            max_share: default_look_max_share(),
+        }
+    }
+}
+
+impl FirstLookConfig {
+    /// The first-look model file for a detector at `model`.
+    pub fn model_path(&self, model: &Path) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| model.with_file_name("neu_look.onnx"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -504,6 +573,7 @@ impl ModelConfig {
             max_detections: default_max_detections(),
             workers: 0,
             threads: 1,
+            first_look: FirstLookConfig::default(),
         }
     }
 }
@@ -772,6 +842,9 @@ impl Settings {
             }
         };
         fix("model.path", &mut self.model.path);
+        if let Some(p) = self.model.first_look.path.as_mut() {
+            fix("model.first_look.path", p);
+        }
         fix("state.dir", &mut self.state.dir);
         if let Some(p) = self.capture.path.as_mut() {
             fix("capture.path", p);
@@ -877,6 +950,33 @@ impl Settings {
             p.push(format!(
                 "model.threads: {} is not a thread count (1 to 64)",
                 self.model.threads
+            ));
+        }
+        let look = &self.model.first_look;
+        if look.enabled && !look.model_path(&self.model.path).is_file() {
+            p.push(format!(
+                "model.first_look.path: {} does not exist (the first look is enabled)",
+                look.model_path(&self.model.path).display()
+            ));
+        }
+        if !(look.threshold.is_finite() && (0.0..=1.0).contains(&look.threshold)) {
+            p.push(format!(
+                "model.first_look.threshold: {} is not a probability (0 to 1)",
+                look.threshold
+            ));
+        }
+        for (key, v) in [("tile", look.tile), ("margin", look.margin)] {
+            if v % 32 != 0 || v > 4096 || (key == "tile" && v == 0) {
+                p.push(format!(
+                    "model.first_look.{key}: {v} is not a multiple of 32 from {} to 4096",
+                    if key == "tile" { 32 } else { 0 }
+                ));
+            }
+        }
+        if !(look.max_share.is_finite() && (0.0..=1.0).contains(&look.max_share)) {
+            p.push(format!(
+                "model.first_look.max_share: {} is not a share (0 to 1)",
+                look.max_share
             ));
         }
         if !(1..=10000).contains(&self.model.max_detections) {

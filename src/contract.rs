@@ -378,6 +378,9 @@ pub struct StatsMsg<'a> {
     pub mqtt: MqttStats,
     pub alarms: AlarmStats,
     pub classify_workers: Vec<WorkerMsg>,
+    /// Share of the pixels classified since start that the detector ran on: 1 without
+    /// the first look, lower where it found clean strip.
+    pub detector_share: f64,
     pub latency: Latencies,
 }
 
@@ -428,6 +431,8 @@ pub struct Latency {
 pub struct Latencies {
     pub preprocess: Latency,
     pub classify: Latency,
+    /// Part of classify: the first look (n = 0 when it is off).
+    pub first_look: Latency,
     pub decide: Latency,
     pub end_to_end: Latency,
 }

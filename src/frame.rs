@@ -80,6 +80,8 @@ pub struct Verdict {
 pub struct StageTimes {
     pub preprocess_us: u32,
     pub classify_us: u32,
+    /// The first look's part of `classify_us` (0 when it is off).
+    pub look_us: u32,
     pub decide_us: u32,
 }
 
@@ -118,6 +120,9 @@ pub struct Frame {
     /// area output; empty otherwise). Decide turns sure regions into area defects.
     pub area: Vec<f32>,
     pub area_grid: AreaGrid,
+    /// Share of the (padded) frame the detector ran on: 1 without a first look, 0 when
+    /// the first look saw nothing (classify).
+    pub looked: f32,
     pub verdict: Verdict,
     pub times: StageTimes,
 }
@@ -142,6 +147,7 @@ impl Frame {
         self.class_scores.clear();
         self.area.clear();
         self.area_grid = AreaGrid::default();
+        self.looked = 1.0;
         self.verdict.ok = true;
         self.verdict.defects.clear();
         self.times = StageTimes::default();

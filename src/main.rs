@@ -89,6 +89,10 @@ enum Cmd {
         /// Camera-sized defect-free frames (1280 x 1024) assembled from those crops.
         #[arg(long, default_value_t = 12)]
         clean_frames: usize,
+        /// The first look (model.first_look): "config" as the config says, "on", "off",
+        /// or "both": the whole evaluation without it and with it, side by side.
+        #[arg(long, default_value = "config", value_parser = ["config", "on", "off", "both"])]
+        first_look: String,
     },
     /// Subscribe to a station's topics and print them readably.
     Watch {
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
             clean,
             crop,
             clean_frames,
+            first_look,
         } => {
             let opts = inspectd::cli::eval::EvalOptions {
                 target_precision,
@@ -148,10 +153,10 @@ fn main() -> ExitCode {
             eval(
                 &dataset,
                 holdout.as_deref().map(|h| (h, list.as_str())),
-                config.as_deref(),
-                model,
+                (config.as_deref(), model),
                 json.as_deref(),
                 &opts,
+                &first_look,
             )
         }
         Cmd::Watch {
@@ -233,10 +238,23 @@ fn stage_configs(
 }
 
 fn inspector(config: Option<&Path>, model: Option<PathBuf>) -> Result<Inspector, ExitCode> {
-    let (pre, model, decide) = stage_configs(config, model).map_err(|e| {
+    inspector_with(config, model, None)
+}
+
+/// The inspector of `config` (or of `model` alone), with the first look turned on or off
+/// when `look` says.
+fn inspector_with(
+    config: Option<&Path>,
+    model: Option<PathBuf>,
+    look: Option<bool>,
+) -> Result<Inspector, ExitCode> {
+    let (pre, mut model, decide) = stage_configs(config, model).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(1)
     })?;
+    if let Some(on) = look {
+        model.first_look.enabled = on;
+    }
     Inspector::new(&pre, &model, &decide).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(1)
@@ -299,10 +317,10 @@ fn classify(
 fn eval(
     dataset: &Path,
     holdout: Option<(&Path, &str)>,
-    config: Option<&Path>,
-    model: Option<PathBuf>,
+    (config, model): (Option<&Path>, Option<PathBuf>),
     json: Option<&Path>,
     opts: &inspectd::cli::eval::EvalOptions,
+    first_look: &str,
 ) -> ExitCode {
     let only = match holdout
         .map(|(path, list)| inspectd::cli::eval::read_holdout(path, list))
@@ -321,33 +339,56 @@ fn eval(
             return ExitCode::from(1);
         }
     };
-    let mut insp = match inspector(config, model) {
-        Ok(i) => i,
-        Err(code) => return code,
+    let runs: &[Option<bool>] = match first_look {
+        "on" => &[Some(true)],
+        "off" => &[Some(false)],
+        "both" => &[Some(false), Some(true)],
+        _ => &[None],
     };
     let total = samples.len();
-    let report = inspectd::cli::eval::evaluate(&mut insp, dataset, &samples, opts, |k| {
-        if k % 100 == 0 {
-            eprintln!("{k}/{total} images");
-        }
-    });
-    match report {
-        Ok(r) => {
-            print!("{}", r.table());
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&r).expect("report serialises");
-                if let Err(e) = std::fs::write(path, text + "\n") {
-                    eprintln!("error: {}: {e}", path.display());
-                    return ExitCode::from(1);
-                }
+    let mut reports = Vec::new();
+    for &look in runs {
+        let mut insp = match inspector_with(config, model.clone(), look) {
+            Ok(i) => i,
+            Err(code) => return code,
+        };
+        let report = inspectd::cli::eval::evaluate(&mut insp, dataset, &samples, opts, |k| {
+            if k % 100 == 0 {
+                eprintln!("{k}/{total} images");
             }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+        });
+        match report {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
         }
     }
+    let value = match &reports[..] {
+        [one] => {
+            print!("{}", one.table());
+            serde_json::to_value(one).expect("report serialises")
+        }
+        [off, on] => {
+            print!(
+                "# without the first look\n{}\n# with the first look\n{}",
+                off.table(),
+                on.table()
+            );
+            print!("{}", inspectd::cli::eval::first_look_comparison(off, on));
+            serde_json::json!({"first_look_off": off, "first_look_on": on})
+        }
+        _ => unreachable!("one or two runs"),
+    };
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&value).expect("report serialises");
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {

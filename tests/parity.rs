@@ -4,8 +4,9 @@
 
 mod common;
 
-use inspectd::config::ModelConfig;
-use inspectd::stages::classify::Classifier;
+use inspectd::config::{FirstLookConfig, ModelConfig};
+use inspectd::stages::classify::{Classifier, ModelMeta};
+use inspectd::stages::look::FirstLook;
 
 #[test]
 fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
@@ -15,6 +16,51 @@ fn tract_reproduces_the_pytorch_heat_maps_and_boxes() {
 #[test]
 fn the_lite_model_too() {
     parity("neu_det_lite");
+}
+
+#[test]
+fn the_first_look_too() {
+    let repo = common::repo();
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("models/neu_look.reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(refs["source"], "PyTorch");
+    let tol = refs["tolerance"].as_f64().unwrap();
+    assert!(tol <= 1e-4);
+    let detector = ModelMeta::load(&repo.join("models/neu_det.onnx")).unwrap();
+    let mut look = FirstLook::new(
+        &repo.join("models/neu_look.onnx"),
+        &FirstLookConfig::default(),
+        &detector.input,
+    )
+    .unwrap();
+    assert_eq!(refs["model"].as_str().unwrap(), look.id());
+    let images = refs["images"].as_array().unwrap();
+    assert!(images.len() >= 6);
+    let mut worst = 0f32;
+    for img in images {
+        let name = img["image"].as_str().unwrap();
+        let (w, h, px) =
+            inspectd::stages::capture::load_gray(&repo.join("models").join(name)).unwrap();
+        let padded = inspectd::stages::classify::padded(&detector, w as usize, h as usize);
+        look.look(&px, (w as usize, h as usize), padded).unwrap();
+        let want: Vec<f32> = img["look"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(look.cells().len(), want.len(), "{name}");
+        for (got, want) in look.cells().iter().zip(&want) {
+            worst = worst.max((got - want).abs());
+        }
+    }
+    eprintln!(
+        "parity neu_look: {} images, max abs difference {worst:.2e}",
+        images.len()
+    );
+    assert!(worst as f64 <= tol, "first look differs by {worst}");
 }
 
 /// `models/<name>.onnx` against `models/<name>.reference.json`.

@@ -77,6 +77,26 @@ pub fn cut_crops(
     out
 }
 
+/// `count` camera-sized (`w` x `h`) defect-free frames from `crops`: frame k is assembled
+/// from the crops of the k-th surface (group) in turn, the same frames on every run.
+/// Returns each frame's group and pixels; none without crops.
+pub fn clean_frames(crops: &[Crop], count: usize, (w, h): (u32, u32)) -> Vec<(usize, Vec<u8>)> {
+    let mut groups: Vec<usize> = crops.iter().map(|c| c.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let mut rng = Rng::new(20261202);
+    (0..count)
+        .map(|k| {
+            let g = groups[k % groups.len()];
+            let group: Vec<&Crop> = crops.iter().filter(|c| c.group == g).collect();
+            (g, assemble_frame(&group, w, h, &mut rng))
+        })
+        .collect()
+}
+
 /// A small deterministic generator (SplitMix64): the same frames on every run.
 pub struct Rng(u64);
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::cli::clean::{assemble_frame, cut_crops, Crop, Rng};
+use crate::cli::clean::{clean_frames, cut_crops};
 use crate::cli::inspect::{InspectError, Inspector};
 use crate::frame::Frame;
 use crate::stages::capture::{is_image_file, load_gray};
@@ -171,6 +171,43 @@ pub fn list_samples(dir: &Path, only: Option<&BTreeSet<String>>) -> Result<Vec<S
     }
     if out.is_empty() {
         return Err(derr("no annotated images found".into()));
+    }
+    Ok(out)
+}
+
+/// Defect-free `side` x `side` crops of the box-free area of `samples`, grouped by the
+/// images' file-name prefix (NEU's class: one surface per group), in the order eval cuts
+/// them: for building defect-free frames outside eval (the pipeline bench).
+pub fn box_free_crops(
+    samples: &[Sample],
+    side: u32,
+) -> Result<Vec<crate::cli::clean::Crop>, EvalError> {
+    let mut prefixes: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for s in samples {
+        let stem = s
+            .image
+            .file_stem()
+            .and_then(|x| x.to_str())
+            .unwrap_or_default();
+        let prefix = stem
+            .rsplit_once('_')
+            .map(|(p, _)| p)
+            .unwrap_or(stem)
+            .to_string();
+        let group = match prefixes.iter().position(|p| *p == prefix) {
+            Some(g) => g,
+            None => {
+                prefixes.push(prefix);
+                prefixes.len() - 1
+            }
+        };
+        let rects: Vec<[u32; 4]> = read_voc(&s.annotation)?.iter().map(|b| b.rect).collect();
+        let (w, h, px) = load_gray(&s.image).map_err(|e| EvalError::Image {
+            path: s.image.clone(),
+            source: e.into(),
+        })?;
+        out.extend(cut_crops(&px, w, h, &rects, side, group));
     }
     Ok(out)
 }
@@ -509,6 +546,8 @@ pub struct CleanSet {
     pub defects_per_mpx: f64,
     /// Defects reported, per class: what the false alarms call themselves.
     pub defects: std::collections::BTreeMap<String, u64>,
+    /// Mean share of each image the detector ran on (1 without a first look).
+    pub detector_share: f64,
 }
 
 /// False alarms on defect-free surface: crops of the box-free area of the evaluated
@@ -592,9 +631,16 @@ pub struct Report {
     pub images_per_second: f64,
     pub latency_ms_mean: f64,
     pub latency_ms_p99: f64,
-    /// Mean time of each stage per image, milliseconds.
+    /// The first-look model, when the first look was on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_look: Option<String>,
+    /// Mean share of each labelled image the detector ran on (1 without a first look).
+    pub detector_share: f64,
+    /// Mean time of each stage per image, milliseconds (the first look's is part of
+    /// classify's).
     pub preprocess_ms_mean: f64,
     pub classify_ms_mean: f64,
+    pub first_look_ms_mean: f64,
     pub decide_ms_mean: f64,
 }
 
@@ -627,6 +673,7 @@ struct CleanTally {
     flagged_pixels: u64,
     flagged_images: usize,
     defects: Vec<u64>,
+    looked: f64,
 }
 
 impl CleanTally {
@@ -637,6 +684,7 @@ impl CleanTally {
             flagged_pixels: 0,
             flagged_images: 0,
             defects: vec![0; n],
+            looked: 0.0,
         }
     }
 
@@ -655,6 +703,7 @@ impl CleanTally {
         self.pixels += (w * h) as u64;
         self.flagged_pixels += mask.iter().filter(|&&m| m).count() as u64;
         self.flagged_images += !frame.verdict.ok as usize;
+        self.looked += frame.looked as f64;
     }
 
     fn report(&self, classes: &[String]) -> CleanSet {
@@ -675,6 +724,7 @@ impl CleanTally {
                 .filter(|(_, &d)| d > 0)
                 .map(|(c, &d)| (c.clone(), d))
                 .collect(),
+            detector_share: self.looked / self.images.max(1) as f64,
         }
     }
 }
@@ -758,7 +808,8 @@ pub fn evaluate(
     let mut confusion = vec![vec![0u64; n]; n];
     let mut reported_ok = 0usize;
     let mut latencies = Vec::with_capacity(samples.len());
-    let mut stage_us = [0u64; 3];
+    let mut stage_us = [0u64; 4];
+    let mut looked = 0f64;
     let started = Instant::now();
     let (mut in_box, mut flagged) = (Vec::new(), Vec::new());
     let mut plain = Scoring::new(n);
@@ -831,6 +882,8 @@ pub fn evaluate(
         stage_us[0] += frame.times.preprocess_us as u64;
         stage_us[1] += frame.times.classify_us as u64;
         stage_us[2] += frame.times.decide_us as u64;
+        stage_us[3] += frame.times.look_us as u64;
+        looked += frame.looked as f64;
         confusion[label][crate::cli::inspect::top_class(frame)] += 1;
         reported_ok += frame.verdict.ok as usize;
         let mut held = vec![false; n];
@@ -944,21 +997,8 @@ pub fn evaluate(
         )?;
     }
     let mut frame_tally = CleanTally::new(n);
-    let groups: Vec<usize> = (0..n)
-        .filter(|&g| crops.iter().any(|c| c.group == g))
-        .collect();
-    let mut rng = Rng::new(20261202);
-    for k in 0..if groups.is_empty() {
-        0
-    } else {
-        opts.clean_frames
-    } {
-        let group: Vec<&Crop> = crops
-            .iter()
-            .filter(|c| c.group == groups[k % groups.len()])
-            .collect();
-        let (fw, fh) = opts.frame_size;
-        let px = assemble_frame(&group, fw, fh, &mut rng);
+    let (fw, fh) = opts.frame_size;
+    for (_, px) in clean_frames(&crops, opts.clean_frames, opts.frame_size) {
         measure(
             Path::new("assembled clean frame"),
             fw,
@@ -1089,6 +1129,9 @@ pub fn evaluate(
         latency_ms_p99: p99,
         preprocess_ms_mean: per_image_ms(stage_us[0]),
         classify_ms_mean: per_image_ms(stage_us[1]),
+        first_look_ms_mean: per_image_ms(stage_us[3]),
+        first_look: inspector.first_look().map(str::to_string),
+        detector_share: looked / samples.len().max(1) as f64,
         decide_ms_mean: per_image_ms(stage_us[2]),
     })
 }
@@ -1101,6 +1144,13 @@ impl Report {
         let _ = writeln!(s, "dataset   {}", self.dataset);
         let _ = writeln!(s, "model     {}", self.model);
         let _ = writeln!(s, "images    {}", self.images);
+        if let Some(look) = &self.first_look {
+            let _ = writeln!(
+                s,
+                "first look {look}: the detector ran on {} of the pixels",
+                self.shares()
+            );
+        }
         let _ = writeln!(
             s,
             "image-level accuracy  {:.2}%",
@@ -1264,6 +1314,21 @@ impl Report {
     }
 
     /// The `[decide]` block for `--max-escape`, with what each class costs beside it.
+    /// The labelled images' and each clean set's share of pixels the detector ran on.
+    fn shares(&self) -> String {
+        let mut out = format!("images {:.1} %", 100.0 * self.detector_share);
+        for (name, set) in [
+            ("clean crops", Some(&self.clean.crops)),
+            ("clean frames", Some(&self.clean.frames)),
+            ("--clean", self.clean.dir.as_ref()),
+        ] {
+            if let Some(set) = set.filter(|s| s.images > 0) {
+                out += &format!(", {name} {:.1} %", 100.0 * set.detector_share);
+            }
+        }
+        out
+    }
+
     pub fn escape_block(&self) -> String {
         use std::fmt::Write;
         let key = |c: &str| {
@@ -1349,6 +1414,61 @@ impl Report {
         }
         s
     }
+}
+
+/// The line's figures without and with the first look, side by side: what gating costs
+/// in escapes and accuracy, what it saves in pixels the detector runs on.
+pub fn first_look_comparison(off: &Report, on: &Report) -> String {
+    let pct = |v: f64| format!("{:.2} %", 100.0 * v);
+    let mut rows = vec![
+        (
+            "escapes (images with no defect)",
+            pct(off.frames.escape_rate),
+            pct(on.frames.escape_rate),
+        ),
+        (
+            "mAP@0.5",
+            format!("{:.3}", off.detection.map50),
+            format!("{:.3}", on.detection.map50),
+        ),
+        (
+            "clean crops, area flagged",
+            pct(off.clean.crops.flagged_area),
+            pct(on.clean.crops.flagged_area),
+        ),
+        (
+            "clean frames, area flagged",
+            pct(off.clean.frames.flagged_area),
+            pct(on.clean.frames.flagged_area),
+        ),
+        (
+            "clean frames with a defect",
+            pct(off.clean.frames.flagged_rate),
+            pct(on.clean.frames.flagged_rate),
+        ),
+    ];
+    if let (Some(a), Some(b)) = (&off.clean.dir, &on.clean.dir) {
+        rows.push((
+            "--clean images, area flagged",
+            pct(a.flagged_area),
+            pct(b.flagged_area),
+        ));
+    }
+    rows.push((
+        "classify ms per image",
+        format!("{:.1}", off.classify_ms_mean),
+        format!("{:.1}", on.classify_ms_mean),
+    ));
+    let mut out = String::from("\nfirst look            off            on\n");
+    for (name, a, b) in rows {
+        out += &format!("  {name:<32} {a:>10} {b:>10}\n");
+    }
+    out += &format!(
+        "  share of pixels the detector ran on, with the first look: {}\n  first look {:.1} ms per image\n",
+        on.shares(),
+        on.first_look_ms_mean
+    );
+    out
 }
 
 #[cfg(test)]

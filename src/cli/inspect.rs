@@ -55,6 +55,11 @@ impl Inspector {
         self.decider.thresholds()
     }
 
+    /// The first-look model's id, when the first look is on.
+    pub fn first_look(&self) -> Option<&str> {
+        self.classifier.first_look()
+    }
+
     pub fn model_id(&self) -> &str {
         &self.classifier.meta().id
     }

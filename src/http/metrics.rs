@@ -122,6 +122,18 @@ impl Collector for StatsCollector {
             "Frames a stage failed on (skipped).",
             load(&s.frame_errors),
         )?;
+        counter(
+            &mut e,
+            "frame_pixels",
+            "Pixels of the frames classified.",
+            load(&s.frame_pixels),
+        )?;
+        counter(
+            &mut e,
+            "detector_pixels",
+            "Pixels of those frames the detector ran on (the rest the first look found clean; all of them without a first look).",
+            load(&s.detector_pixels),
+        )?;
         counter(&mut e, "repeats_skipped", "Frames identical to the previous one (same difference hash) not counted again by the alarms.", load(&s.repeats_skipped))?;
         {
             let mut m = e.encode_descriptor(
@@ -133,6 +145,7 @@ impl Collector for StatsCollector {
             for (stage, h) in [
                 ("preprocess", &s.preprocess),
                 ("classify", &s.classify),
+                ("first_look", &s.first_look),
                 ("decide", &s.decide),
                 ("end_to_end", &s.end_to_end),
             ] {

@@ -26,6 +26,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::ModelConfig;
 use crate::frame::{AreaGrid, Detection, Frame, PooledFrame};
+use crate::stages::look::{FirstLook, Plan};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
 
@@ -247,6 +248,20 @@ pub struct Classifier {
     max_detections: usize,
     /// `model.threads` > 1: the thread pool one frame's matrix products are split over.
     executor: Option<Executor>,
+    /// `model.first_look.enabled`: where the detector runs.
+    look: Option<FirstLook>,
+    /// The windows' outputs put back together on the whole frame's grid.
+    stitched: Stitched,
+}
+
+/// The detector's outputs over a whole frame, assembled from the windows it ran on
+/// (zero where it did not run: no heat, no area).
+#[derive(Default)]
+struct Stitched {
+    heat: Vec<f32>,
+    boxes: Vec<f32>,
+    area: Vec<f32>,
+    image: Vec<f32>,
 }
 
 impl Classifier {
@@ -255,6 +270,12 @@ impl Classifier {
     pub fn new(cfg: &ModelConfig, frame: Option<(u32, u32)>) -> Result<Classifier, ClassifyError> {
         let meta = ModelMeta::load(&cfg.path)?;
         let (model, outputs) = load_model(&cfg.path, &meta)?;
+        let look = if cfg.first_look.enabled {
+            let path = cfg.first_look.model_path(&cfg.path);
+            Some(FirstLook::new(&path, &cfg.first_look, &meta.input)?)
+        } else {
+            None
+        };
         let mut c = Classifier {
             loaded: Arc::new(Loaded {
                 path: cfg.path.clone(),
@@ -267,12 +288,22 @@ impl Classifier {
             max_detections: cfg.max_detections,
             executor: (cfg.threads > 1)
                 .then(|| Executor::multithread_with_name(cfg.threads, "classify-mm")),
+            look,
+            stitched: Stitched::default(),
         };
         // Always prove the model runs at start: a model that cannot be optimised is a
         // start-up error, not a per-frame one.
         let m = c.loaded.meta.input.multiple as u32;
         let (w, h) = frame.unwrap_or((m, m));
         plan_for(&mut c.plans, &c.loaded, w as usize, h as usize)?;
+        if let Some(look) = &mut c.look {
+            let (pw, ph) = padded(&c.loaded.meta, w as usize, h as usize);
+            look.prepare(pw, ph)?;
+            let (ww, wh) = window_size(&look.cfg, pw, ph);
+            if (ww, wh) != (pw, ph) {
+                plan_for(&mut c.plans, &c.loaded, ww, wh)?;
+            }
+        }
         Ok(c)
     }
 
@@ -303,7 +334,14 @@ impl Classifier {
                 .executor
                 .as_ref()
                 .map(|_| Executor::multithread_with_name(self.threads(), "classify-mm")),
+            look: self.look.as_ref().map(|l| l.worker()).transpose()?,
+            stitched: Stitched::default(),
         })
+    }
+
+    /// The first-look model's id, when the first look is on.
+    pub fn first_look(&self) -> Option<&str> {
+        self.look.as_ref().map(|l| l.id())
     }
 
     /// Threads one model run may use.
@@ -337,6 +375,13 @@ impl Classifier {
             let us = t.elapsed().as_micros() as u64;
             frame.times.classify_us = us as u32;
             ctx.stats.classify.record_us(us);
+            let pixels = frame.width as u64 * frame.height as u64;
+            ctx.stats.frame_pixels.fetch_add(pixels, Relaxed);
+            let looked = (frame.looked as f64 * pixels as f64).round() as u64;
+            ctx.stats.detector_pixels.fetch_add(looked, Relaxed);
+            if self.look.is_some() {
+                ctx.stats.first_look.record_us(frame.times.look_us as u64);
+            }
             if let Some(w) = mine {
                 w.record_us(us);
             }
@@ -360,16 +405,130 @@ impl Classifier {
     }
 
     fn classify_here(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
+        frame.looked = 1.0;
+        if self.look.is_some() {
+            self.classify_looked(frame)?;
+        } else {
+            self.classify_whole(frame)?;
+        }
+        frame.detections.truncate(self.max_detections);
+        Ok(())
+    }
+
+    /// The first look, then the detector where it saw something.
+    fn classify_looked(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let meta = &self.loaded.meta;
+        let (pw, ph) = padded(meta, w, h);
+        let look = self.look.as_mut().expect("checked by the caller");
+        let t = Instant::now();
+        let plan = look.look(&frame.pixels, (w, h), (pw, ph))?;
+        frame.times.look_us = t.elapsed().as_micros() as u32;
+        if plan == Plan::Whole {
+            return self.classify_whole(frame);
+        }
+        let classes = meta.labels.len();
+        let (s, a) = (meta.output.stride, meta.output.area_stride.unwrap_or(0));
+        let (cols, rows) = (pw / s, ph / s);
+        let st = &mut self.stitched;
+        for (v, n) in [(&mut st.heat, classes), (&mut st.boxes, 4)] {
+            v.clear();
+            v.resize(n * cols * rows, 0.0);
+        }
+        st.image.clear();
+        st.image.resize(classes, 0.0);
+        st.area.clear();
+        if self.loaded.outputs.area.is_some() && a > 0 {
+            st.area.resize(classes * (pw / a) * (ph / a), 0.0);
+        }
+        let (ww, wh) = window_size(&look.cfg, pw, ph);
+        for win in &look.windows {
+            infer(
+                &mut self.plans,
+                &self.loaded,
+                &frame.pixels,
+                (w, h),
+                (win.x, win.y),
+                (ww, wh),
+                |heat, boxes, image, area, _| {
+                    // Keep the window's cells that lie in its core.
+                    let [x0, y0, x1, y1] = win.core;
+                    let copy = |from: &[f32], to: &mut [f32], maps: usize, cell: usize| {
+                        let (wc, wr) = (ww / cell, wh / cell);
+                        let (fc, fr) = (pw / cell, ph / cell);
+                        for m in 0..maps {
+                            for cy in y0 / cell..y1.div_ceil(cell).min(fr) {
+                                let iy = cy - win.y / cell;
+                                let (c0, c1) = (x0 / cell, x1.div_ceil(cell).min(fc));
+                                let i0 = m * wc * wr + iy * wc + (c0 - win.x / cell);
+                                to[m * fc * fr + cy * fc + c0..][..c1 - c0]
+                                    .copy_from_slice(&from[i0..][..c1 - c0]);
+                            }
+                        }
+                    };
+                    copy(heat, &mut st.heat, classes, s);
+                    copy(boxes, &mut st.boxes, 4, s);
+                    if let (Some(area), false) = (area, st.area.is_empty()) {
+                        copy(area, &mut st.area, classes, a);
+                    }
+                    if let Some(image) = image {
+                        for (best, &p) in st.image.iter_mut().zip(image) {
+                            *best = best.max(p);
+                        }
+                    }
+                },
+            )?;
+        }
+        let grid = Grid {
+            cols,
+            rows,
+            stride: s as f32,
+            frame_w: w,
+            frame_h: h,
+        };
+        let min_score = self.min_score;
+        decode(
+            &st.heat,
+            &st.boxes,
+            &grid,
+            classes,
+            min_score,
+            &mut frame.detections,
+            &mut frame.class_scores,
+        );
+        if self.loaded.outputs.image.is_some() {
+            frame.class_scores.clear();
+            frame.class_scores.extend_from_slice(&st.image);
+        }
+        frame.area.clear();
+        frame.area.extend_from_slice(&st.area);
+        frame.area_grid = if st.area.is_empty() {
+            AreaGrid::default()
+        } else {
+            AreaGrid {
+                cols: pw / a,
+                rows: ph / a,
+                stride: a as u32,
+            }
+        };
+        frame.looked = (look.windows.len() * ww * wh) as f32 / (pw * ph) as f32;
+        Ok(())
+    }
+
+    /// The detector on the whole frame.
+    fn classify_whole(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
         let (classes, min_score) = (self.loaded.meta.labels.len(), self.min_score);
         let area_stride = self.loaded.meta.output.area_stride.unwrap_or(0);
         let (detections, class_scores) = (&mut frame.detections, &mut frame.class_scores);
         let (area_map, area_grid) = (&mut frame.area, &mut frame.area_grid);
+        let (w, h) = (frame.width as usize, frame.height as usize);
         infer(
             &mut self.plans,
             &self.loaded,
             &frame.pixels,
-            frame.width as usize,
-            frame.height as usize,
+            (w, h),
+            (0, 0),
+            padded(&self.loaded.meta, w, h),
             |heat, boxes, image, area, grid| {
                 decode(
                     heat,
@@ -401,7 +560,6 @@ impl Classifier {
                 }
             },
         )?;
-        frame.detections.truncate(self.max_detections);
         Ok(())
     }
 
@@ -415,17 +573,36 @@ impl Classifier {
         height: usize,
         read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>, &Grid),
     ) -> Result<(), ClassifyError> {
-        infer(&mut self.plans, &self.loaded, pixels, width, height, read)
+        let size = padded(&self.loaded.meta, width, height);
+        infer(
+            &mut self.plans,
+            &self.loaded,
+            pixels,
+            (width, height),
+            (0, 0),
+            size,
+            read,
+        )
     }
 }
 
-/// Fills the plan's input from the pixels, runs it and hands the outputs to `read`.
+/// The size of the windows the detector runs on behind a first look, for a frame padded
+/// to `pw` x `ph`: a tile and its margins, no larger than the frame.
+fn window_size(cfg: &crate::config::FirstLookConfig, pw: usize, ph: usize) -> (usize, usize) {
+    let side = (cfg.tile + 2 * cfg.margin) as usize;
+    (side.min(pw), side.min(ph))
+}
+
+/// Fills the plan's input from the `size` window at `origin` of the pixels (a `w` x `h`
+/// frame; past its edges its last column and row repeat), runs it and hands the outputs to
+/// `read`, with the grid of the window.
 fn infer(
     plans: &mut Vec<SizedPlan>,
     loaded: &Loaded,
     pixels: &[u8],
-    w: usize,
-    h: usize,
+    (w, h): (usize, usize),
+    origin: (usize, usize),
+    size: (usize, usize),
     read: impl FnOnce(&[f32], &[f32], Option<&[f32]>, Option<&[f32]>, &Grid),
 ) -> Result<(), ClassifyError> {
     let (meta, outputs) = (&loaded.meta, loaded.outputs);
@@ -435,7 +612,7 @@ fn infer(
             pixels.len()
         )));
     }
-    let i = plan_for(plans, loaded, w, h)?;
+    let i = plan_for(plans, loaded, size.0, size.1)?;
     let Normalize { scale, mean, std } = meta.normalize;
     // (p * scale - mean) / std as one multiply-add per pixel.
     let (a, b) = (scale / std, -mean / std);
@@ -449,10 +626,11 @@ fn infer(
         let data = view
             .as_slice_mut::<f32>()
             .map_err(|e| ClassifyError::Run(e.to_string()))?;
-        fill_patches(
+        fill_window(
             pixels,
             w,
             h,
+            origin,
             plan.width,
             plan.height,
             meta.input.patch,
@@ -482,8 +660,8 @@ fn infer(
         cols: plan.width / s,
         rows: plan.height / s,
         stride: s as f32,
-        frame_w: w,
-        frame_h: h,
+        frame_w: (w - origin.0.min(w)).min(plan.width),
+        frame_h: (h - origin.1.min(h)).min(plan.height),
     };
     read(
         heat_view.as_slice::<f32>().map_err(run_err)?,
@@ -631,14 +809,15 @@ fn is_peak(
     (y0..=y1).all(|yy| map[yy * cols + x0..=yy * cols + x1].iter().all(|&n| n <= v))
 }
 
-/// Copies the frame into the model's input, normalised, as `patch` x `patch` patches
-/// laid out as channels (see [`InputSpec::patch`]), repeating the last column and row out
-/// to the padded size `pw` x `ph`.
+/// Copies the `pw` x `ph` window at `(ox, oy)` of a `w` x `h` frame into a model's input,
+/// as `p * a + b`, in `patch` x `patch` patches laid out as channels (see
+/// [`InputSpec::patch`]), repeating the frame's last column and row past its edges.
 #[allow(clippy::too_many_arguments)]
-fn fill_patches(
+pub(crate) fn fill_window(
     px: &[u8],
     w: usize,
     h: usize,
+    (ox, oy): (usize, usize),
     pw: usize,
     ph: usize,
     patch: usize,
@@ -648,12 +827,12 @@ fn fill_patches(
 ) {
     let (gw, gh) = (pw / patch, ph / patch);
     for py in 0..ph {
-        let row = &px[py.min(h - 1) * w..][..w];
+        let row = &px[(oy + py).min(h - 1) * w..][..w];
         let (y, dy) = (py / patch, py % patch);
         for dx in 0..patch {
             let plane = &mut dst[((dy * patch + dx) * gh + y) * gw..][..gw];
             for (x, o) in plane.iter_mut().enumerate() {
-                *o = row[(x * patch + dx).min(w - 1)] as f32 * a + b;
+                *o = row[(ox + x * patch + dx).min(w - 1)] as f32 * a + b;
             }
         }
     }
@@ -820,6 +999,103 @@ mod tests {
         }
     }
 
+    /// The bench frame (every 200 x 200 block a NEU defect) and a classifier of the
+    /// shipped model with the first look set by `look`.
+    fn line_frame_and(look: Option<crate::config::FirstLookConfig>) -> (Frame, Classifier) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (w, h, px) = crate::stages::capture::load_gray(
+            &root.join("../shared/datasets/frames/line_1280x1024.png"),
+        )
+        .unwrap();
+        let cfg = ModelConfig {
+            first_look: look.unwrap_or_default(),
+            ..ModelConfig::with_path(root.join("models/neu_det.onnx"))
+        };
+        let c = Classifier::new(&cfg, Some((w, h))).unwrap();
+        let mut f = Frame::default();
+        f.reset(1, w, h);
+        f.pixels.copy_from_slice(&px);
+        (f, c)
+    }
+
+    fn look(
+        threshold: f64,
+        tile: u32,
+        margin: u32,
+        max_share: f64,
+    ) -> crate::config::FirstLookConfig {
+        crate::config::FirstLookConfig {
+            enabled: true,
+            threshold,
+            tile,
+            margin,
+            max_share,
+            path: None,
+        }
+    }
+
+    #[test]
+    fn windows_put_back_together_give_the_whole_frames_defects() {
+        let (mut whole, mut c) = line_frame_and(None);
+        c.classify(&mut whole).unwrap();
+        assert!(whole.detections.len() > 10, "{}", whole.detections.len());
+        // Every cell flagged; each 256 px tile runs in a 1152 x 1024 window, 448 px of
+        // frame (more than the net's receptive field) around it wherever the frame goes
+        // on: what each tile's cells see is what they see in the whole frame, so only the
+        // stitching is tested.
+        let (mut tiled, mut c) = line_frame_and(Some(look(0.0, 256, 448, 20.0)));
+        c.classify(&mut tiled).unwrap();
+        assert_eq!(c.look.as_ref().unwrap().windows.len(), 20);
+        assert_eq!(tiled.detections.len(), whole.detections.len());
+        for (a, b) in tiled.detections.iter().zip(&whole.detections) {
+            assert_eq!(a.label, b.label);
+            assert!((a.score - b.score).abs() < 1e-4, "{a:?} {b:?}");
+            for k in 0..4 {
+                assert!((a.rect[k] - b.rect[k]).abs() < 1e-2, "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(tiled.area_grid, whole.area_grid);
+        for (a, b) in tiled.area.iter().zip(&whole.area) {
+            assert!((a - b).abs() < 1e-4);
+        }
+        // The default windows (256 px tiles, 64 px margins) see less around each tile:
+        // most defects are still found where the whole frame finds them.
+        let (mut gated, mut c) = line_frame_and(Some(look(0.0, 256, 64, 20.0)));
+        c.classify(&mut gated).unwrap();
+        assert!(
+            gated.looked > 1.0,
+            "20 windows of 384 px cover more than the frame"
+        );
+        let strong: Vec<_> = whole.detections.iter().filter(|d| d.score >= 0.3).collect();
+        let kept = strong
+            .iter()
+            .filter(|d| {
+                gated
+                    .detections
+                    .iter()
+                    .any(|g| g.label == d.label && crate::cli::eval::iou(g.rect, d.rect) >= 0.5)
+            })
+            .count();
+        assert!(kept * 10 >= strong.len() * 9, "{kept} of {}", strong.len());
+    }
+
+    #[test]
+    fn nothing_flagged_runs_no_detector_and_too_much_runs_the_whole_frame() {
+        // A probability is never above 1: nothing is flagged.
+        let (mut f, mut c) = line_frame_and(Some(look(1.0, 256, 64, 0.6)));
+        c.classify(&mut f).unwrap();
+        assert!(f.detections.is_empty());
+        assert_eq!(f.looked, 0.0);
+        assert!(f.area.iter().all(|&v| v == 0.0));
+        assert!(f.times.look_us > 0);
+        // Everything flagged, at most 60 % of the frame in windows: the whole frame runs.
+        let (mut f, mut c) = line_frame_and(Some(look(0.0, 256, 64, 0.6)));
+        c.classify(&mut f).unwrap();
+        assert_eq!(f.looked, 1.0);
+        assert!(c.look.as_ref().unwrap().windows.is_empty());
+        assert!(!f.detections.is_empty());
+    }
+
     #[test]
     fn labels_that_would_break_topics_or_json_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
@@ -859,7 +1135,7 @@ mod tests {
     fn padding_repeats_the_last_column_and_row() {
         let px = [10u8, 20, 30, 40];
         let mut dst = [0f32; 9];
-        fill_patches(&px, 2, 2, 3, 3, 1, 1.0, 0.0, &mut dst);
+        fill_window(&px, 2, 2, (0, 0), 3, 3, 1, 1.0, 0.0, &mut dst);
         assert_eq!(dst, [10., 20., 20., 30., 40., 40., 30., 40., 40.]);
     }
 
@@ -873,7 +1149,7 @@ mod tests {
             7, 8, 9,
         ];
         let mut dst = [0f32; 16];
-        fill_patches(&px, 3, 3, 4, 4, 2, 1.0, 0.0, &mut dst);
+        fill_window(&px, 3, 3, (0, 0), 4, 4, 2, 1.0, 0.0, &mut dst);
         // Padded:  1 2 3 3 / 4 5 6 6 / 7 8 9 9 / 7 8 9 9.
         // Channel (dy, dx) = (0, 0): pixels (0,0) (2,0) (0,2) (2,2) = 1 3 7 9.
         assert_eq!(&dst[0..4], &[1., 3., 7., 9.]);

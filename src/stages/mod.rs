@@ -8,6 +8,7 @@ pub mod capture;
 pub mod classify;
 pub mod decide;
 pub mod health;
+pub mod look;
 pub mod preprocess;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -306,6 +306,8 @@ pub struct Stats {
     pub mqtt_reconnects: AtomicU64,
     pub preprocess: Histogram,
     pub classify: Histogram,
+    /// The first look's part of classify (frames with the first look on only).
+    pub first_look: Histogram,
     pub decide: Histogram,
     pub end_to_end: Histogram,
     pub classify_workers: ClassifyWorkers,
@@ -313,6 +315,10 @@ pub struct Stats {
     pub alarm_events: AlarmCounts,
     /// Frames decide did not count again because they repeated the previous one.
     pub repeats_skipped: AtomicU64,
+    /// Pixels of the frames classified, and how many of them the detector ran on (the
+    /// rest the first look found clean).
+    pub frame_pixels: AtomicU64,
+    pub detector_pixels: AtomicU64,
     /// Health conditions in force ([`crate::contract::Condition`] bits), and how many times
     /// what the retained `health` says changed: each condition change, and the first
     /// frame's measures (0: no frame measured yet).
@@ -412,9 +418,21 @@ impl Stats {
                     busy_s: round_to(w.busy_us.load(Relaxed) as f64 / 1e6, 1e3),
                 })
                 .collect(),
+            detector_share: {
+                let (all, ran) = (
+                    self.frame_pixels.load(Relaxed),
+                    self.detector_pixels.load(Relaxed),
+                );
+                if all == 0 {
+                    1.0
+                } else {
+                    round_to(ran as f64 / all as f64, 1e4)
+                }
+            },
             latency: Latencies {
                 preprocess: stage(&self.preprocess),
                 classify: stage(&self.classify),
+                first_look: stage(&self.first_look),
                 decide: stage(&self.decide),
                 end_to_end: stage(&self.end_to_end),
             },

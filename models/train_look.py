@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Train inspectd's first look: a small net that says, per 32 x 32 cell of a frame, whether
+a defect may touch it, so the detector (train.py) runs only on the windows around such
+cells. A strip is clean almost everywhere; the first look costs a few percent of the
+detector on a whole frame.
+
+It reads the same input as the detector, the frame's 8 x 8 patches as 64 channels of raw
+gray levels ([1, 64, H/8, W/8]: inspectd fills that tensor once per frame), and has one
+output, `look` [1, 1, H/32, W/32]: the probability that a labelled box touches the cell.
+
+It is trained on the detector's training images only (the same split, neu_det.split.json):
+a cell is positive when a box covers any of it; defect-free negatives (box-free crops of
+the training images, as single crops or cross-faded surfaces, train.py's `negative`) have
+no positive cell. The focal loss keeps the many easy clean cells from drowning the rare
+defect cells. The threshold inspectd uses is not chosen here: `inspectd eval --list train`
+picks it on the training images (README, "The first look").
+
+Usage (from the repository root, after train.py's venv is set up):
+    models/.venv/bin/python models/train_look.py --dataset ../shared/datasets/neu --seed 1
+
+Writes neu_look.onnx, neu_look.json (metadata), neu_look.reference.json (PyTorch's output
+on the bundled samples: the parity test) and neu_look.metrics.s<seed>.json into --out.
+"""
+import argparse
+import copy
+import hashlib
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import train as T
+
+CELL = 32
+
+
+class Look(nn.Module):
+    """1 x 1 convolution on the 8 x 8 patches (64 -> c8), 2 x 2 stride-2 convolutions to
+    1/16 and 1/32 with a 3 x 3 at 1/16 and two at 1/32 (a receptive field of about 200 px:
+    a texture is judged on its own, not against the rest of the frame), a 1 x 1 output."""
+
+    def __init__(self, c8=16, c16=32, c32=96, pool=3):
+        super().__init__()
+
+        def cbr(cin, cout, k, s, p=0):
+            return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.s8 = cbr(T.PATCH * T.PATCH, c8, 1, 1)
+        self.s16 = nn.Sequential(cbr(c8, c16, 2, 2), cbr(c16, c16, 3, 1, 1))
+        self.s32 = nn.Sequential(cbr(c16, c32, 2, 2), cbr(c32, c32, 3, 1, 1), cbr(c32, c32, 3, 1, 1))
+        # The cell's verdict from the features of its neighbourhood (pool x pool cells):
+        # a texture is judged over more than one cell, which steadies it.
+        self.pool = nn.AvgPool2d(pool, 1, pool // 2, count_include_pad=False)
+        self.out = nn.Conv2d(c32, 1, 1)
+        nn.init.constant_(self.out.bias, -2.0)
+
+    def forward(self, x):
+        """x: normalised frames [N, 1, H, W]; the cells' logits [N, 1, H/32, W/32]."""
+        return self.out(self.pool(self.s32(self.s16(self.s8(F.pixel_unshuffle(x, T.PATCH))))))
+
+
+class Exported(nn.Module):
+    """What inspectd runs: raw-gray patches in (the normalisation folded into the 1 x 1
+    stem), probabilities out."""
+
+    def __init__(self, net, mean, std):
+        super().__init__()
+        self.net = net
+        a, b = 1.0 / (255.0 * std), -mean / std
+        stem = net.s8[0]
+        self.stem = nn.Conv2d(stem.in_channels, stem.out_channels, 1, bias=True)
+        with torch.no_grad():
+            self.stem.weight.copy_(stem.weight * a)
+            self.stem.bias.copy_(b * stem.weight.sum(dim=(1, 2, 3)))
+
+    def forward(self, patches):
+        n = self.net
+        f8 = n.s8[2](n.s8[1](self.stem(patches)))
+        return torch.sigmoid(n.out(n.pool(n.s32(n.s16(f8)))))
+
+
+def cell_targets(boxes, side):
+    """1 where a box covers any part of the 32 px cell."""
+    g = side // CELL
+    t = np.zeros((1, g, g), np.float32)
+    for _, x0, y0, x1, y1 in boxes:
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            continue
+        cx0, cy0 = int(x0 // CELL), int(y0 // CELL)
+        cx1, cy1 = int(np.ceil(x1 / CELL)), int(np.ceil(y1 / CELL))
+        t[0, max(cy0, 0):min(cy1, g), max(cx0, 0):min(cx1, g)] = 1.0
+    return t
+
+
+def batches(items, crops, batch_size, rng, clean_share):
+    order = list(range(len(items))) + [-1] * int(round(clean_share * len(items)))
+    rng.shuffle(order)
+    for s in range(0, len(order) - batch_size + 1, batch_size):
+        imgs, tgts = [], []
+        for i in order[s:s + batch_size]:
+            if i < 0:
+                img, boxes = T.negative(crops, rng), []
+            else:
+                img, boxes = T.augment(items[i]["img"], items[i]["boxes"], rng)
+            imgs.append(img)
+            tgts.append(cell_targets(boxes, T.SIDE))
+        yield torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(tgts))
+
+
+def focal(logits, target, gamma=2.0, alpha=0.5):
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    w = alpha * target + (1 - alpha) * (1 - target)
+    return (w * ce * (1 - pt) ** gamma).sum() / target.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def validate(net, val, val_crops):
+    """Per box: the highest cell probability among the cells it touches (a box is found
+    at threshold t when that is >= t); per clean surface: every cell's probability."""
+    net.eval()
+    box_best, clean = [], []
+    for it in val:
+        x = torch.from_numpy(T.pad_to(it["img"], T.SIDE).astype(np.float32))[None, None]
+        p = torch.sigmoid(net(x))[0, 0].numpy()
+        for b in it["boxes"]:
+            m = cell_targets([b], T.SIDE)[0] > 0
+            if m.any():
+                box_best.append(float(p[m].max()))
+    rng = random.Random(7)
+    for _ in range(60):
+        x = torch.from_numpy(T.negative(val_crops, rng))[None, None]
+        clean.append(torch.sigmoid(net(x))[0, 0].numpy().ravel())
+    clean = np.concatenate(clean)
+    box_best = np.array(box_best)
+    out = {"boxes": len(box_best), "clean_cells": int(clean.size), "at": {}}
+    for t in (0.05, 0.1, 0.2, 0.3, 0.5):
+        out["at"][str(t)] = {"boxes_found": float((box_best >= t).mean()),
+                             "clean_cells_flagged": float((clean >= t).mean())}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=os.path.join(T.HERE, "..", "..", "shared", "datasets", "neu"))
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--clean-share", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default=T.HERE)
+    a = ap.parse_args()
+
+    t_start = time.time()
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    rng = random.Random(a.seed)
+    items = T.load_dataset(a.dataset)
+    train, val = T.stratified_split(items, 0.2, T.SPLIT_SEED)
+    crops, val_crops = T.clean_crops(train), T.clean_crops(val)
+    pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
+    mean, std = float(pixels.mean()), float(pixels.std())
+    net = Look()
+    macs = T.count_macs(net, 1024, 1280)
+    print(f"{len(train)} training images, {len(val)} held out; first look: "
+          f"{sum(p.numel() for p in net.parameters())} parameters, {macs / 1e6:.0f} M multiply-adds per 1280x1024",
+          flush=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
+    steps = int(len(train) * (1 + a.clean_share)) // a.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * steps, pct_start=0.1)
+    ema = copy.deepcopy(net).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    a_mean, a_std = mean * 255.0, std * 255.0
+    step = 0
+    for epoch in range(a.epochs):
+        net.train()
+        total = 0.0
+        for x, t in batches(train, crops, a.batch, rng, a.clean_share):
+            loss = focal(net((x - a_mean) / a_std), t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            decay = min(0.998, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, m in zip(ema.state_dict().values(), net.state_dict().values()):
+                    if e.dtype.is_floating_point:
+                        e.mul_(decay).add_(m, alpha=1 - decay)
+                    else:
+                        e.copy_(m)
+            total += loss.item()
+        print(f"epoch {epoch + 1:3d}/{a.epochs}  focal {total / steps:.4f}  {time.time() - t_start:.0f} s", flush=True)
+    train_seconds = time.time() - t_start
+    net = ema
+    metrics = validate(T.NormalisedNet(net, mean, std), val, val_crops)
+    print(json.dumps(metrics), flush=True)
+
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, f"neu_look.metrics.s{a.seed}.json"), "w") as f:
+        json.dump({"seed": a.seed, "epochs": a.epochs, "clean_share": a.clean_share, "macs_1280x1024": macs,
+                   "train_seconds": round(train_seconds, 1), **metrics}, f, indent=1)
+        f.write("\n")
+    exported = Exported(net, mean, std).eval()
+    path = os.path.join(a.out, "neu_look.onnx")
+    g = T.SIDE // T.PATCH
+    torch.onnx.export(exported, torch.zeros(1, T.PATCH * T.PATCH, g, g), path, input_names=["patches"],
+                      output_names=["look"], dynamic_axes={"patches": {2: "h", 3: "w"}, "look": {2: "gh", 3: "gw"}},
+                      opset_version=13, dynamo=False)
+    exported.eval()
+    sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    meta = {"id": f"neu-look-{sha[:12]}", "onnx": "neu_look.onnx", "sha256": sha,
+            "input": {"layout": "NCHW", "channels": 1, "name": "patches", "patch": T.PATCH, "multiple": T.MULTIPLE},
+            "output": {"look": "look", "stride": CELL},
+            "trained": {"dataset": "NEU surface defect database, 1500-image copy", "seed": a.seed,
+                        "split_seed": T.SPLIT_SEED, "epochs": a.epochs, "clean_share": a.clean_share,
+                        "train_images": len(train), "train_seconds": round(train_seconds, 1),
+                        "macs_per_1280x1024": macs, "pixel_mean": mean, "pixel_std": std}}
+    with open(os.path.join(a.out, "neu_look.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    reference = []
+    for name in sorted(os.listdir(os.path.join(T.HERE, "samples"))):
+        from PIL import Image
+        img = np.asarray(Image.open(os.path.join(T.HERE, "samples", name)).convert("L"), dtype=np.uint8)
+        with torch.no_grad():
+            frame = torch.from_numpy(T.pad_to(img, T.SIDE).astype(np.float32))[None, None]
+            look = exported(F.pixel_unshuffle(frame, T.PATCH))
+        reference.append({"image": f"samples/{name}", "look": np.round(look[0, 0].numpy(), 7).ravel().tolist(),
+                          "grid": [T.SIDE // CELL, T.SIDE // CELL]})
+    with open(os.path.join(a.out, "neu_look.reference.json"), "w") as f:
+        json.dump({"model": meta["id"], "source": "PyTorch", "tolerance": 1e-4, "images": reference}, f)
+        f.write("\n")
+    print(f"wrote {path} ({meta['id']}); training took {train_seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
