@@ -133,4 +133,61 @@ fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
     });
     assert!(!dets.is_empty());
     assert_eq!(decode_allocs, 0, "decode allocated");
+
+    // The first look's part (the shipped config's settings): choosing the windows from
+    // the cells and putting the windows' outputs back on the frame's grid, on this
+    // frame's real first-look output with one cell in 173 kept.
+    let detector =
+        inspectd::stages::classify::ModelMeta::load(&repo.join("models/neu_det.onnx")).unwrap();
+    let mut look = inspectd::stages::look::FirstLook::new(
+        &repo.join("models/neu_look.onnx"),
+        &shipped.model.first_look,
+        &detector.input,
+    )
+    .unwrap();
+    let padded = (w as usize, h as usize);
+    look.look(&px, padded, padded).unwrap();
+    let mut cells = look.cells().to_vec();
+    for (i, c) in cells.iter_mut().enumerate() {
+        if i % 173 != 0 {
+            *c = 0.0;
+        }
+    }
+    let (cols, rows) = (w as usize / 32, h as usize / 32);
+    let mut windows = Vec::new();
+    let plan = |windows: &mut Vec<_>| {
+        inspectd::stages::look::plan_windows(
+            &cells,
+            cols,
+            (cols, rows),
+            32,
+            padded,
+            &inspectd::config::FirstLookConfig {
+                max_share: 1.0,
+                ..shipped.model.first_look.clone()
+            },
+            windows,
+        )
+    };
+    plan(&mut windows);
+    assert!(!windows.is_empty());
+    let window_out = vec![0.5f32; n * 12 * 12 * 16];
+    let mut frame_maps = vec![0f32; n * (w * h) as usize / 64];
+    let (look_allocs, ()) = allocations_in(|| {
+        for _ in 0..200 {
+            plan(&mut windows);
+            for win in &windows {
+                inspectd::stages::classify::keep_core(
+                    &window_out,
+                    &mut frame_maps,
+                    n,
+                    8,
+                    ((384, 384), padded),
+                    win,
+                );
+            }
+        }
+    });
+    assert!(frame_maps.contains(&0.5));
+    assert_eq!(look_allocs, 0, "choosing or stitching windows allocated");
 }

@@ -577,3 +577,67 @@ fn replay_300(workers: usize) {
         daemon.log_text()
     );
 }
+
+#[test]
+fn with_the_first_look_every_frame_is_published_in_order_and_clean_strip_is_skipped() {
+    let broker = Mosquitto::start();
+    // Camera-sized frames: defect-free surface assembled from the box-free area of
+    // held-out NEU images, and the worst case (every 200 x 200 block a defect) between.
+    let repo = repo();
+    let val =
+        inspectd::cli::eval::read_holdout(&repo.join("models/neu_det.split.json"), "val").unwrap();
+    let samples = inspectd::cli::eval::list_samples(&neu(), Some(&val)).unwrap();
+    let crops = inspectd::cli::eval::box_free_crops(&samples, 96).unwrap();
+    let clean = inspectd::cli::clean::clean_frames(&crops, 6, (1280, 1024));
+    let images = tempfile::tempdir().unwrap();
+    let worst = repo.join("../shared/datasets/frames/line_1280x1024.png");
+    for (i, (_, px)) in clean.iter().enumerate() {
+        image::GrayImage::from_raw(1280, 1024, px.clone())
+            .unwrap()
+            .save(images.path().join(format!("{:02}.png", 2 * i)))
+            .unwrap();
+        std::fs::copy(&worst, images.path().join(format!("{:02}.png", 2 * i + 1))).unwrap();
+    }
+    let st = station(images.path(), broker.port, false, 0.0, (5, 3, 1, false), "");
+    let text = std::fs::read_to_string(&st.config).unwrap();
+    std::fs::write(
+        &st.config,
+        text.replace(
+            "[model]\n",
+            "[model]\nworkers = 2\nfirst_look = { enabled = true, threshold = 0.4 }\n",
+        ),
+    )
+    .unwrap();
+    let sub = Subscriber::start(broker.port, &format!("{}/#", st.root), false);
+    let mut daemon = Daemon::start(&st.config);
+    assert_eq!(daemon.wait(LONG), Some(0), "{}", daemon.log_text());
+    let result_topic = format!("{}/result", st.root);
+    assert!(sub.wait_for(Duration::from_secs(10), |m| m
+        .iter()
+        .filter(|m| m.topic == result_topic)
+        .count()
+        >= 12));
+    let results: Vec<serde_json::Value> = sub.on(&result_topic).iter().map(Msg::json).collect();
+    let seqs: Vec<u64> = results.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=12).collect::<Vec<u64>>(),
+        "every frame, in order"
+    );
+    for r in results.iter().skip(1).step_by(2) {
+        assert!(
+            !r["defects"].as_array().unwrap().is_empty(),
+            "the worst-case frame is not passed: {r}"
+        );
+    }
+    // The last stats message: the detector ran on part of the pixels only, and the first
+    // look's time is reported.
+    let stats = sub.on(&format!("{}/stats", st.root));
+    let last = stats.last().expect("stats published").json();
+    let share = last["detector_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{last}");
+    assert!(
+        last["latency"]["first_look"]["n"].as_u64().is_some(),
+        "{last}"
+    );
+}

@@ -391,3 +391,78 @@ fn with_the_shipped_thresholds_no_bundled_texture_defect_passes() {
         assert!(defects.iter().any(|d| d["class"] == class), "{image}: {v}");
     }
 }
+
+#[test]
+fn first_look_both_scores_the_line_with_and_without_it() {
+    let dir = voc_folder(&STEMS);
+    let json = dir.path().join("both.json");
+    let out = eval(
+        dir.path(),
+        &[
+            "--json",
+            json.to_str().unwrap(),
+            "--clean-frames",
+            "2",
+            "--first-look",
+            "both",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("first look            off            on"),
+        "{table}"
+    );
+    assert!(
+        table.contains("share of pixels the detector ran on"),
+        "{table}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (off, on) = (&r["first_look_off"], &r["first_look_on"]);
+    assert!(off.get("first_look").is_none(), "{off}");
+    assert!(
+        on["first_look"].as_str().unwrap().starts_with("neu-look-"),
+        "{on}"
+    );
+    assert_eq!(off["detector_share"].as_f64().unwrap(), 1.0);
+    assert_eq!(
+        off["clean"]["frames"]["detector_share"].as_f64().unwrap(),
+        1.0
+    );
+    for share in [
+        on["detector_share"].as_f64().unwrap(),
+        on["clean"]["detector_share"].as_f64().unwrap(),
+        on["clean"]["frames"]["detector_share"].as_f64().unwrap(),
+    ] {
+        assert!((0.0..=1.0).contains(&share), "{share}");
+    }
+    // The box-free crops are smaller than a tile: each runs whole or not at all.
+    let crops =
+        on["clean"]["detector_share"].as_f64().unwrap() * on["clean"]["images"].as_f64().unwrap();
+    assert!((crops - crops.round()).abs() < 1e-9, "{on}");
+    assert!(on["first_look_ms_mean"].as_f64().unwrap() > 0.0);
+    // Every image here holds a defect the first look sees: the same escapes.
+    assert_eq!(off["frames"]["escape_rate"], on["frames"]["escape_rate"]);
+
+    // A first look asked for where there is none: refused, naming the file.
+    let lone = tempfile::tempdir().unwrap();
+    for f in ["neu_det.onnx", "neu_det.json"] {
+        std::fs::copy(repo().join("models").join(f), lone.path().join(f)).unwrap();
+    }
+    let out = Command::new(bin())
+        .args(["eval", "--dataset"])
+        .arg(dir.path())
+        .arg("--model")
+        .arg(lone.path().join("neu_det.onnx"))
+        .args(["--first-look", "on"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("neu_look.json"), "{err}");
+}

@@ -26,7 +26,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::ModelConfig;
 use crate::frame::{AreaGrid, Detection, Frame, PooledFrame};
-use crate::stages::look::{FirstLook, Plan};
+use crate::stages::look::{FirstLook, Plan, Window};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
 
@@ -451,25 +451,11 @@ impl Classifier {
                 (win.x, win.y),
                 (ww, wh),
                 |heat, boxes, image, area, _| {
-                    // Keep the window's cells that lie in its core.
-                    let [x0, y0, x1, y1] = win.core;
-                    let copy = |from: &[f32], to: &mut [f32], maps: usize, cell: usize| {
-                        let (wc, wr) = (ww / cell, wh / cell);
-                        let (fc, fr) = (pw / cell, ph / cell);
-                        for m in 0..maps {
-                            for cy in y0 / cell..y1.div_ceil(cell).min(fr) {
-                                let iy = cy - win.y / cell;
-                                let (c0, c1) = (x0 / cell, x1.div_ceil(cell).min(fc));
-                                let i0 = m * wc * wr + iy * wc + (c0 - win.x / cell);
-                                to[m * fc * fr + cy * fc + c0..][..c1 - c0]
-                                    .copy_from_slice(&from[i0..][..c1 - c0]);
-                            }
-                        }
-                    };
-                    copy(heat, &mut st.heat, classes, s);
-                    copy(boxes, &mut st.boxes, 4, s);
+                    let sizes = ((ww, wh), (pw, ph));
+                    keep_core(heat, &mut st.heat, classes, s, sizes, win);
+                    keep_core(boxes, &mut st.boxes, 4, s, sizes, win);
                     if let (Some(area), false) = (area, st.area.is_empty()) {
-                        copy(area, &mut st.area, classes, a);
+                        keep_core(area, &mut st.area, classes, a, sizes, win);
                     }
                     if let Some(image) = image {
                         for (best, &p) in st.image.iter_mut().zip(image) {
@@ -583,6 +569,30 @@ impl Classifier {
             size,
             read,
         )
+    }
+}
+
+/// Copies the cells of `win`'s core from a window's output maps (`maps` maps of
+/// `cell`-pixel cells over the `ww` x `wh` window) into the same maps over the whole
+/// `pw` x `ph` frame.
+pub fn keep_core(
+    from: &[f32],
+    to: &mut [f32],
+    maps: usize,
+    cell: usize,
+    ((ww, wh), (pw, ph)): ((usize, usize), (usize, usize)),
+    win: &Window,
+) {
+    let [x0, y0, x1, y1] = win.core;
+    let (wc, wr) = (ww / cell, wh / cell);
+    let (fc, fr) = (pw / cell, ph / cell);
+    let (c0, c1) = (x0 / cell, x1.div_ceil(cell).min(fc));
+    for m in 0..maps {
+        for cy in y0 / cell..y1.div_ceil(cell).min(fr) {
+            let iy = cy - win.y / cell;
+            let i0 = m * wc * wr + iy * wc + (c0 - win.x / cell);
+            to[m * fc * fr + cy * fc + c0..][..c1 - c0].copy_from_slice(&from[i0..][..c1 - c0]);
+        }
     }
 }
 
