@@ -357,30 +357,7 @@ fn pyref(folder: &Path, whole: &Path, port: u16) -> Option<f64> {
     if !whole.is_file() {
         return None;
     }
-    let args = |frames: usize| -> Vec<String> {
-        [
-            "--dir",
-            &folder.display().to_string(),
-            "--model",
-            &whole.display().to_string(),
-            "--tile",
-            "1280",
-            "--stride",
-            "1280",
-            "--whole",
-            "--mean",
-            "0",
-            "--std",
-            "0.00392156862745098",
-            "--port",
-            &port.to_string(),
-            "--frames",
-            &frames.to_string(),
-            "--read-each",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let args = |frames: usize| pyref_args(folder, whole, port, frames, true);
     let (_, cpu) = support::anchor_cpu("pyref_pipeline.py", &args(FRAMES))?;
     let (_, cpu1) = support::anchor_cpu("pyref_pipeline.py", &args(1))?;
     Some((FRAMES - 1) as f64 / (cpu - cpu1))
@@ -412,33 +389,7 @@ fn anchor(
         );
         return;
     }
-    let args = |frames: usize, read_each: bool| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--dir",
-            &images.display().to_string(),
-            "--model",
-            &whole.display().to_string(),
-            "--tile",
-            "1280",
-            "--stride",
-            "1280",
-            "--whole",
-            "--mean",
-            "0",
-            "--std",
-            "0.00392156862745098",
-            "--port",
-            &port.to_string(),
-            "--frames",
-            &frames.to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
-        if read_each {
-            a.push("--read-each".into());
-        }
-        a
-    };
+    let args = |frames: usize, read_each: bool| pyref_args(images, &whole, port, frames, read_each);
     let (Some((full, cpu)), Some((_, cpu1))) = (
         support::anchor_cpu("pyref_pipeline.py", &args(FRAMES, true)),
         support::anchor_cpu("pyref_pipeline.py", &args(1, true)),
@@ -469,6 +420,42 @@ fn anchor(
             split_p99 / p99
         );
     }
+}
+
+/// `pyref_pipeline.py`'s arguments: the full model (`whole`) on every frame of `folder`,
+/// results to the broker on `port`; `read_each`: decode each file as it comes.
+fn pyref_args(
+    folder: &Path,
+    whole: &Path,
+    port: u16,
+    frames: usize,
+    read_each: bool,
+) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--dir",
+        &folder.display().to_string(),
+        "--model",
+        &whole.display().to_string(),
+        "--tile",
+        "1280",
+        "--stride",
+        "1280",
+        "--whole",
+        "--mean",
+        "0",
+        "--std",
+        "0.00392156862745098",
+        "--port",
+        &port.to_string(),
+        "--frames",
+        &frames.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if read_each {
+        a.push("--read-each".into());
+    }
+    a
 }
 
 fn ms(h: &Histogram) -> String {
