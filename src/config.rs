@@ -48,6 +48,40 @@ pub struct Settings {
     /// Camera and frame health: dark, saturated, no contrast, frozen.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Where on the strip each defect is, and one track per physical defect. Absent: off,
+    /// and results are exactly what they are without it.
+    #[serde(default)]
+    pub strip: Option<StripConfig>,
+}
+
+/// `[strip]`: the camera's view of the strip and how far the strip moves between frames.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StripConfig {
+    /// Millimetres per pixel across the strip (CD, the frame's columns).
+    pub mm_per_px_cd: f64,
+    /// Millimetres per pixel along the strip (MD, the frame's rows; row 0 is the side
+    /// the coil's head has passed, the strip moves up the image).
+    pub mm_per_px_md: f64,
+    /// The frame column where the strip's reference edge is: CD is measured from it.
+    #[serde(default)]
+    pub edge_px: u32,
+    /// The line's speed, fixed, in mm/s: MD advances by speed x the time between frames
+    /// (their capture timestamps). One of `speed_mm_s` and `advance_px`.
+    #[serde(default)]
+    pub speed_mm_s: Option<f64>,
+    /// The strip advances by this many rows from one frame to the next (a camera
+    /// triggered by an encoder every so many mm, or a replay of overlapping frames).
+    #[serde(default)]
+    pub advance_px: Option<u32>,
+    /// Two detections of one class in consecutive frames are one defect when their boxes
+    /// on the strip overlap or are at most this far apart (mm).
+    #[serde(default = "default_join_mm")]
+    pub join_mm: f64,
+}
+
+fn default_join_mm() -> f64 {
+    10.0
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -685,6 +719,7 @@ pub const SECTIONS: &[&str] = &[
     "http",
     "evidence",
     "health",
+    "strip",
 ];
 
 impl Settings {
@@ -800,6 +835,11 @@ impl Settings {
         let http = section::<HttpConfig>(&table, "http", false, p, f);
         let evidence = section::<EvidenceConfig>(&table, "evidence", false, p, f);
         let health = section::<HealthConfig>(&table, "health", false, p, f);
+        // `[strip]` is off when absent: no defaults to take.
+        let strip = table
+            .contains_key("strip")
+            .then(|| section::<StripConfig>(&table, "strip", true, p, f))
+            .flatten();
         let mut settings = Settings {
             station: station.unwrap_or_else(|| StationConfig {
                 site: "x".into(),
@@ -820,6 +860,7 @@ impl Settings {
             http: http.unwrap_or_default(),
             evidence: evidence.unwrap_or_default(),
             health: health.unwrap_or_default(),
+            strip,
         };
         settings.resolve_paths(base, from_env);
         if problems.is_empty() {
@@ -978,6 +1019,37 @@ impl Settings {
                 "model.first_look.max_share: {} is not a share (0 to 1)",
                 look.max_share
             ));
+        }
+        if let Some(st) = &self.strip {
+            for (key, v) in [
+                ("mm_per_px_cd", st.mm_per_px_cd),
+                ("mm_per_px_md", st.mm_per_px_md),
+            ] {
+                if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
+                    p.push(format!(
+                        "strip.{key}: {v} is not a pixel size (above 0, at most 1000 mm)"
+                    ));
+                }
+            }
+            match (st.speed_mm_s, st.advance_px) {
+                (Some(_), Some(_)) | (None, None) => p.push(
+                    "strip: give exactly one of speed_mm_s (a fixed line speed) and advance_px (rows the strip moves between frames)"
+                        .to_string(),
+                ),
+                (Some(v), None) if !(v.is_finite() && v > 0.0 && v <= 100_000.0) => p.push(
+                    format!("strip.speed_mm_s: {v} is not a line speed (above 0, at most 100000 mm/s)"),
+                ),
+                (None, Some(0)) => {
+                    p.push("strip.advance_px: 0 rows: the strip would never move".to_string())
+                }
+                _ => {}
+            }
+            if !(st.join_mm.is_finite() && (0.0..=10_000.0).contains(&st.join_mm)) {
+                p.push(format!(
+                    "strip.join_mm: {} is not a distance (0 to 10000 mm)",
+                    st.join_mm
+                ));
+            }
         }
         if !(1..=10000).contains(&self.model.max_detections) {
             p.push(format!(

@@ -16,6 +16,7 @@
 //! | `stats`        | [`StatsMsg`]                     | 0   | no       |
 //! | `health`       | [`HealthMsg`]                    | 1   | yes      |
 //! | `cmd/ack` (in) | an alarm id or `all`: [`parse_ack`] | 1 | no     |
+//! | `cmd/coil` (in) | the new coil's id: [`parse_coil`] | 1 | no      |
 
 use serde::Serialize;
 
@@ -49,7 +50,7 @@ const fn spec(suffix: &'static str, qos: Qos, retained: bool, inbound: bool) -> 
 }
 
 /// Every topic of the contract, in README's order (`alarm/<class>/active` once per class).
-pub const TOPIC_TABLE: [TopicSpec; 9] = [
+pub const TOPIC_TABLE: [TopicSpec; 10] = [
     spec("status", Qos::AtLeastOnce, true, false),
     spec("result", Qos::ResultQos, false, false),
     spec("result/ok", Qos::ResultQos, true, false),
@@ -59,6 +60,7 @@ pub const TOPIC_TABLE: [TopicSpec; 9] = [
     spec("stats", Qos::AtMostOnce, false, false),
     spec("health", Qos::AtLeastOnce, true, false),
     spec("cmd/ack", Qos::AtLeastOnce, false, true),
+    spec("cmd/coil", Qos::AtLeastOnce, false, true),
 ];
 
 /// The payloads of `status`: the daemon's own, and its last will.
@@ -81,6 +83,7 @@ pub struct Topics {
     pub stats: String,
     pub health: String,
     pub cmd_ack: String,
+    pub cmd_coil: String,
     /// `alarm/<class>/active`, in class order.
     pub class_active: Vec<String>,
 }
@@ -100,6 +103,7 @@ impl Topics {
             stats: at("stats"),
             health: at("health"),
             cmd_ack: at("cmd/ack"),
+            cmd_coil: at("cmd/coil"),
             class_active: classes
                 .iter()
                 .map(|c| at("alarm/<class>/active").replace("<class>", c))
@@ -153,6 +157,11 @@ struct ResultMsg<'a> {
     latency_ms: f64,
     model: &'a str,
     regions: usize,
+    /// `[strip]` only: the coil (`cmd/coil`) and the MD of the frame's first row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coil: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    md_mm: Option<f64>,
 }
 
 struct Defects<'a> {
@@ -166,6 +175,17 @@ struct DefectMsg<'a> {
     score: f64,
     bbox: [u32; 4],
     area: u64,
+    /// `[strip]` only: the track and the place on the strip, mm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    track: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    md_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cd_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    length_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width_mm: Option<f64>,
 }
 
 impl Serialize for Defects<'_> {
@@ -175,6 +195,11 @@ impl Serialize for Defects<'_> {
             score: round_to(d.score as f64, 1e4),
             bbox: d.bbox,
             area: d.area(),
+            track: d.place.map(|p| p.track),
+            md_mm: d.place.map(|p| round_to(p.md_mm, 10.0)),
+            cd_mm: d.place.map(|p| round_to(p.cd_mm, 10.0)),
+            length_mm: d.place.map(|p| round_to(p.length_mm, 10.0)),
+            width_mm: d.place.map(|p| round_to(p.width_mm, 10.0)),
         }))
     }
 }
@@ -200,6 +225,12 @@ pub fn result_json(
             latency_ms: round_to(latency_ms, 1e3),
             model,
             regions: frame.regions.len(),
+            coil: frame.verdict.strip.as_ref().and_then(|p| p.coil.as_deref()),
+            md_mm: frame
+                .verdict
+                .strip
+                .as_ref()
+                .map(|p| round_to(p.md_mm, 10.0)),
         },
     )
     .expect("a result serialises into memory");
@@ -210,6 +241,23 @@ pub fn result_json(
 pub enum Command {
     /// Acknowledge the alarm raised with this id, or all (`None`).
     Ack(Option<u64>),
+    /// A new coil starts, with this id (`[strip]`).
+    Coil(String),
+}
+
+/// Parses a `cmd/coil` payload: the coil's id, 1 to 64 characters of letters, digits
+/// and `-_.:/` (it is written into results, logs and file names).
+pub fn parse_coil(payload: &[u8]) -> Result<Command, String> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| "payload is not text".to_string())?
+        .trim();
+    let fine = |c: char| c.is_ascii_alphanumeric() || "-_.:/".contains(c);
+    if text.is_empty() || text.len() > 64 || !text.chars().all(fine) {
+        return Err(format!(
+            "{text:?} is not a coil id (1 to 64 letters, digits or -_.:/)"
+        ));
+    }
+    Ok(Command::Coil(text.to_string()))
 }
 
 /// Parses a `cmd/ack` payload: an alarm id or `all`.
@@ -485,6 +533,7 @@ mod tests {
                 score: 0.5,
                 bbox: [0, 0, 1, 1],
                 area: false,
+                place: None,
             });
             result_json(&f, &[label.to_string()], label, 1.0, &mut out);
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -516,6 +565,7 @@ mod tests {
             score: 0.97,
             bbox: [1, 2, 64, 64],
             area: false,
+            place: None,
         });
         let mut out = Vec::new();
         result_json(

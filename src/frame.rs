@@ -38,6 +38,32 @@ pub struct Defect {
     pub bbox: [u32; 4],
     /// An area defect (a region of texture the area output is sure of), not a box.
     pub area: bool,
+    /// Where it is on the strip, and its track (None unless `[strip]` is configured).
+    pub place: Option<Place>,
+}
+
+/// A defect's place on the strip: millimetres along the coil from its head (MD) and
+/// across from the configured edge (CD), its extent, and the track (one physical defect
+/// seen in several frames) it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Place {
+    pub track: u64,
+    /// The head-side end of its box, mm from the coil's head.
+    pub md_mm: f64,
+    /// The edge-side end of its box, mm from the strip's edge.
+    pub cd_mm: f64,
+    /// Along the strip, mm.
+    pub length_mm: f64,
+    /// Across the strip, mm.
+    pub width_mm: f64,
+}
+
+/// Where a frame lies on the strip (`[strip]`): the coil, and the MD of its first row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FramePlace {
+    /// The id `cmd/coil` gave; None before the first one.
+    pub coil: Option<std::sync::Arc<str>>,
+    pub md_mm: f64,
 }
 
 impl Defect {
@@ -73,6 +99,8 @@ impl AreaGrid {
 pub struct Verdict {
     pub ok: bool,
     pub defects: Vec<Defect>,
+    /// Where on the strip the frame is (None unless `[strip]` is configured).
+    pub strip: Option<FramePlace>,
 }
 
 /// Per-stage time spent on a frame, in microseconds.
@@ -150,6 +178,7 @@ impl Frame {
         self.looked = 1.0;
         self.verdict.ok = true;
         self.verdict.defects.clear();
+        self.verdict.strip = None;
         self.times = StageTimes::default();
     }
 }

@@ -126,6 +126,11 @@ impl Pipeline {
             reorder: Reorder::new(2 * (queue + 16)),
             evidence,
             skip_repeats: settings.decide.skip_repeats,
+            strip: settings
+                .strip
+                .as_ref()
+                .map(crate::stages::decide::strip::Strip::new),
+            ended: Vec::new(),
         };
         let capture = CaptureStage {
             source: Source::open(&settings.capture)?,

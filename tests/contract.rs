@@ -103,6 +103,7 @@ fn readme_examples_have_the_keys_the_payloads_have() {
         score: 0.87,
         bbox: [64, 0, 36, 200],
         area: false,
+        place: None,
     });
     let mut out = Vec::new();
     contract::result_json(&f, &["scratches".into()], "m", 6.2, &mut out);

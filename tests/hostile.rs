@@ -290,7 +290,31 @@ fn ack_payloads(cases: u32) {
                     .trim()
                     .eq_ignore_ascii_case("all"))
             }
+            Ok(Command::Coil(c)) => prop_assert!(false, "cmd/ack parsed as a coil {c:?}"),
             Err(e) => prop_assert!(!e.is_empty()),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn coil_ids_from_any_bytes_are_safe_or_refused_by_name() {
+    let payload = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..80),
+        "\\PC{0,70}".prop_map(String::into_bytes),
+        "[ 0-9a-zA-Z/.:_-]{0,70}".prop_map(String::into_bytes),
+    ];
+    run(256, payload, |bytes| {
+        match inspectd::contract::parse_coil(&bytes) {
+            Ok(Command::Coil(id)) => {
+                prop_assert_eq!(id.as_str(), std::str::from_utf8(&bytes).unwrap().trim());
+                prop_assert!((1..=64).contains(&id.len()));
+                prop_assert!(id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c)));
+            }
+            Ok(other) => prop_assert!(false, "cmd/coil parsed as {other:?}"),
+            Err(e) => prop_assert!(e.contains("coil id") || e.contains("not text"), "{e}"),
         }
         Ok(())
     });

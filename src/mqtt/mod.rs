@@ -600,8 +600,10 @@ fn run_connection(
                     s.asked.clear();
                     s.inflight.clear();
                     s.sent.clear();
-                    if let Err(e) = client.try_subscribe(&topics.cmd_ack, QoS::AtLeastOnce) {
-                        warn!(error = %e, "Could not subscribe to cmd/ack.");
+                    for topic in [&topics.cmd_ack, &topics.cmd_coil] {
+                        if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
+                            warn!(error = %e, topic = %topic, "Could not subscribe.");
+                        }
                     }
                     s.publish(
                         &topics.status,
@@ -646,6 +648,15 @@ fn run_connection(
                             let _ = commands.send(cmd);
                         }
                         Err(e) => warn!(error = %e, "Ignored a malformed cmd/ack message."),
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.cmd_coil => {
+                    match crate::contract::parse_coil(&p.payload) {
+                        Ok(cmd) => {
+                            info!(command = ?cmd, "New coil announced.");
+                            let _ = commands.send(cmd);
+                        }
+                        Err(e) => warn!(error = %e, "Ignored a malformed cmd/coil message."),
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {

@@ -286,6 +286,13 @@ impl Subscriber {
             .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
             .unwrap();
     }
+
+    /// Publishes with the retain flag: what a subscriber that connects later still gets.
+    pub fn publish_retained(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec())
+            .unwrap();
+    }
 }
 
 impl Drop for Subscriber {

@@ -6,6 +6,7 @@
 //! (`decide.snap_to_regions`; `inspectd eval` measures whether that helps a model).
 
 pub mod reorder;
+pub mod strip;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -141,6 +142,7 @@ impl Decider {
                 score: d.score,
                 bbox,
                 area: false,
+                place: None,
             });
         }
         self.area_defects(frame);
@@ -210,6 +212,7 @@ impl Decider {
                     score: best,
                     bbox,
                     area: true,
+                    place: None,
                 });
             }
         }
@@ -491,6 +494,10 @@ pub struct DecideStage {
     pub evidence: Option<Evidence>,
     /// `decide.skip_repeats`.
     pub skip_repeats: bool,
+    /// `[strip]`: defects placed on the coil and followed as tracks (None: off).
+    pub strip: Option<strip::Strip>,
+    /// Tracks that ended, kept between frames.
+    pub ended: Vec<strip::Track>,
 }
 
 /// What decide needs to keep evidence.
@@ -585,6 +592,16 @@ impl DecideStage {
                     }
                 }
                 recv(commands) -> msg => {
+                    if let Ok(Command::Coil(id)) = &msg {
+                        match self.strip.as_mut() {
+                            Some(strip) => {
+                                let ended = strip.new_coil(id);
+                                info!(coil = %id, "A new coil starts: MD 0 is the next frame's first row.");
+                                self.log_ended(ended);
+                            }
+                            None => warn!(coil = %id, "cmd/coil received, but [strip] is not configured; ignored."),
+                        }
+                    }
                     if let Ok(Command::Ack(id)) = msg {
                         if !self.tracker.ack(id, &mut changes) {
                             warn!(id = ?id, "cmd/ack names no active alarm; ignored.");
@@ -620,7 +637,14 @@ impl DecideStage {
     ) -> Decided {
         let t = Instant::now();
         self.decider.decide(&mut frame);
-        if self.skip_repeats && frame.repeat {
+        let moved = !(self.skip_repeats && frame.repeat);
+        if let Some(strip) = self.strip.as_mut() {
+            let mut ended = std::mem::take(&mut self.ended);
+            strip.place(&mut frame, moved, &mut ended);
+            self.log_ended(ended.drain(..));
+            self.ended = ended;
+        }
+        if !moved {
             // The same image again (a stopped line): it says nothing new to the alarms.
             stats.repeats_skipped.fetch_add(1, Relaxed);
         } else {
@@ -685,6 +709,25 @@ impl DecideStage {
             }
         }
         out
+    }
+
+    /// Each finished track, one line each.
+    fn log_ended(&self, ended: impl IntoIterator<Item = strip::Track>) {
+        for t in ended {
+            let class = self.decider.labels.get(t.label).map_or("?", |l| l.as_str());
+            info!(
+                track = t.id,
+                class,
+                coil = t.coil.as_deref().unwrap_or(""),
+                md_mm = t.md[0],
+                length_mm = t.md[1] - t.md[0],
+                cd_mm = t.cd[0],
+                width_mm = t.cd[1] - t.cd[0],
+                frames = t.frames,
+                best_score = t.best_score,
+                "Defect track ended."
+            );
+        }
     }
 
     fn active_bits(&self) -> u64 {
@@ -880,7 +923,8 @@ mod tests {
                 label: 0,
                 score: 0.9,
                 bbox: [32, 0, 64, 32],
-                area: true
+                area: true,
+                place: None
             }]
         );
         assert!(!f.verdict.ok, "an area defect makes the frame not ok");
@@ -920,13 +964,15 @@ mod tests {
                     label: 0,
                     score: 0.8,
                     bbox: [10, 2, 21, 38],
-                    area: false
+                    area: false,
+                    place: None
                 },
                 Defect {
                     label: 0,
                     score: 0.6,
                     bbox: [100, 50, 28, 14],
-                    area: false
+                    area: false,
+                    place: None
                 }
             ]
         );

@@ -1,0 +1,304 @@
+//! The strip: where each frame and each defect lies on the coil (MD along it from the
+//! head, CD across it from the reference edge), and one track per physical defect.
+//!
+//! Frames overlap on a moving strip, so one defect shows in several of them. A defect of
+//! a class joins the open track of that class whose extent on the strip its own box
+//! overlaps (or comes within `strip.join_mm` of); otherwise it starts a new track. Because
+//! boxes are compared in strip coordinates, the strip's motion between the frames is
+//! already accounted for. A track ends once the strip has carried its whole extent out of
+//! the view.
+
+use std::sync::Arc;
+
+use crate::config::StripConfig;
+use crate::frame::{Frame, FramePlace, Place};
+
+/// How far the strip moves between frames.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Advance {
+    /// A fixed speed, mm/s, applied to the frames' capture timestamps.
+    Speed(f64),
+    /// A fixed number of rows per frame.
+    Rows(u32),
+}
+
+/// One physical defect followed over the frames that saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    pub id: u64,
+    pub label: usize,
+    /// Extent along the strip, mm from the coil's head: [head side, tail side].
+    pub md: [f64; 2],
+    /// Extent across the strip, mm from the edge.
+    pub cd: [f64; 2],
+    /// Frames it was reported in.
+    pub frames: u32,
+    pub best_score: f32,
+    /// The coil it is on.
+    pub coil: Option<Arc<str>>,
+}
+
+/// The strip's state: the coil, how far it has moved, the open tracks.
+pub struct Strip {
+    cfg: StripConfig,
+    advance: Advance,
+    coil: Option<Arc<str>>,
+    /// MD of the last frame's first row, and that frame's capture time.
+    last: Option<(f64, u64)>,
+    next_track: u64,
+    open: Vec<Track>,
+    /// Per defect of the frame being placed: the open track it joined (index).
+    joined: Vec<Option<usize>>,
+}
+
+impl Strip {
+    /// `cfg` is validated ([`Settings::validate`](crate::config::Settings::validate)):
+    /// exactly one of `speed_mm_s` and `advance_px` is set.
+    pub fn new(cfg: &StripConfig) -> Strip {
+        let advance = match (cfg.speed_mm_s, cfg.advance_px) {
+            (_, Some(rows)) => Advance::Rows(rows),
+            (Some(v), None) => Advance::Speed(v),
+            (None, None) => Advance::Rows(0),
+        };
+        Strip {
+            cfg: cfg.clone(),
+            advance,
+            coil: None,
+            last: None,
+            next_track: 1,
+            open: Vec::new(),
+            joined: Vec::new(),
+        }
+    }
+
+    /// The coil being inspected (`cmd/coil`), None before the first.
+    pub fn coil(&self) -> Option<&str> {
+        self.coil.as_deref()
+    }
+
+    /// A new coil starts (`cmd/coil`): its head is at the next frame's first row (MD 0),
+    /// and every open track ends. Returns the tracks that ended.
+    pub fn new_coil(&mut self, id: &str) -> Vec<Track> {
+        self.coil = Some(Arc::from(id));
+        self.last = None;
+        std::mem::take(&mut self.open)
+    }
+
+    /// The MD of `frame`'s first row, advancing the strip from the previous frame.
+    fn frame_md(&mut self, frame: &Frame, moved: bool) -> f64 {
+        let md = match (self.last, self.advance) {
+            (None, _) => 0.0,
+            (Some((md, _)), _) if !moved => md,
+            (Some((md, _)), Advance::Rows(rows)) => md + rows as f64 * self.cfg.mm_per_px_md,
+            (Some((md, ts)), Advance::Speed(v)) => {
+                md + v * frame.ts_ms.saturating_sub(ts) as f64 / 1000.0
+            }
+        };
+        self.last = Some((md, frame.ts_ms));
+        md
+    }
+
+    /// Places `frame` and its defects on the strip and joins each defect to its track.
+    /// `moved`: false for a repeated image (a stopped line), which neither advances the
+    /// strip nor adds to tracks. Tracks that have left the view are appended to `ended`.
+    pub fn place(&mut self, frame: &mut Frame, moved: bool, ended: &mut Vec<Track>) {
+        let md0 = self.frame_md(frame, moved);
+        let (mm_md, mm_cd) = (self.cfg.mm_per_px_md, self.cfg.mm_per_px_cd);
+        let edge = self.cfg.edge_px as f64;
+        self.joined.clear();
+        for d in &frame.verdict.defects {
+            let [x, y, w, h] = d.bbox.map(|v| v as f64);
+            let md = [md0 + y * mm_md, md0 + (y + h) * mm_md];
+            let cd = [(x - edge) * mm_cd, (x + w - edge) * mm_cd];
+            let gap = self.cfg.join_mm;
+            // The open track of the class nearest this box on the strip, within reach, not
+            // already taken by a better defect of this frame.
+            let best = self
+                .open
+                .iter()
+                .enumerate()
+                .filter(|(i, t)| t.label == d.label && !self.joined.contains(&Some(*i)))
+                .map(|(i, t)| (i, distance(t.md, md).max(distance(t.cd, cd))))
+                .filter(|&(_, dist)| dist <= gap)
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i);
+            self.joined.push(best);
+        }
+        for (k, d) in frame.verdict.defects.iter_mut().enumerate() {
+            let [x, y, w, h] = d.bbox.map(|v| v as f64);
+            let md = [md0 + y * mm_md, md0 + (y + h) * mm_md];
+            let cd = [(x - edge) * mm_cd, (x + w - edge) * mm_cd];
+            let i = match self.joined[k] {
+                Some(i) if moved => {
+                    let t = &mut self.open[i];
+                    t.md = [t.md[0].min(md[0]), t.md[1].max(md[1])];
+                    t.cd = [t.cd[0].min(cd[0]), t.cd[1].max(cd[1])];
+                    t.frames += 1;
+                    t.best_score = t.best_score.max(d.score);
+                    i
+                }
+                Some(i) => i,
+                None => {
+                    self.open.push(Track {
+                        id: self.next_track,
+                        label: d.label,
+                        md,
+                        cd,
+                        frames: 1,
+                        best_score: d.score,
+                        coil: self.coil.clone(),
+                    });
+                    self.next_track += 1;
+                    self.open.len() - 1
+                }
+            };
+            d.place = Some(Place {
+                track: self.open[i].id,
+                md_mm: md[0],
+                cd_mm: cd[0],
+                length_mm: md[1] - md[0],
+                width_mm: cd[1] - cd[0],
+            });
+        }
+        // What lies wholly before this frame's first row has left the view.
+        let mut k = 0;
+        while k < self.open.len() {
+            if self.open[k].md[1] < md0 {
+                ended.push(self.open.remove(k));
+            } else {
+                k += 1;
+            }
+        }
+        frame.verdict.strip = Some(FramePlace {
+            coil: self.coil.clone(),
+            md_mm: md0,
+        });
+    }
+}
+
+/// How far apart two intervals are (0 when they overlap).
+fn distance(a: [f64; 2], b: [f64; 2]) -> f64 {
+    (b[0] - a[1]).max(a[0] - b[1]).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Defect;
+
+    fn cfg(advance_px: Option<u32>, speed: Option<f64>) -> StripConfig {
+        StripConfig {
+            mm_per_px_cd: 0.5,
+            mm_per_px_md: 0.25,
+            edge_px: 100,
+            speed_mm_s: speed,
+            advance_px,
+            join_mm: 10.0,
+        }
+    }
+
+    fn frame(ts_ms: u64, defects: &[(usize, [u32; 4])]) -> Frame {
+        let mut f = Frame {
+            ts_ms,
+            width: 1000,
+            height: 800,
+            ..Frame::default()
+        };
+        f.verdict.defects = defects
+            .iter()
+            .map(|&(label, bbox)| Defect {
+                label,
+                score: 0.9,
+                bbox,
+                area: false,
+                place: None,
+            })
+            .collect();
+        f.verdict.ok = f.verdict.defects.is_empty();
+        f
+    }
+
+    fn places(f: &Frame) -> Vec<Place> {
+        f.verdict.defects.iter().map(|d| d.place.unwrap()).collect()
+    }
+
+    #[test]
+    fn a_defect_carried_up_the_view_is_one_track_at_one_place_until_it_leaves() {
+        // 400 rows a frame: a mark at row 600 in frame 1 is at row 200 in frame 2.
+        let mut s = Strip::new(&cfg(Some(400), None));
+        s.new_coil("C1");
+        let mut ended = Vec::new();
+        let mut f1 = frame(0, &[(2, [300, 600, 40, 80])]);
+        s.place(&mut f1, true, &mut ended);
+        let mut f2 = frame(0, &[(2, [302, 198, 40, 84]), (5, [700, 700, 10, 60])]);
+        s.place(&mut f2, true, &mut ended);
+        let (p1, p2) = (places(&f1)[0], places(&f2));
+        assert_eq!(p1.track, p2[0].track, "the same patch in two frames");
+        assert_ne!(p2[0].track, p2[1].track, "a scratch is another defect");
+        // MD: frame 2's first row is 400 rows = 100 mm down the coil.
+        assert_eq!(f2.verdict.strip.as_ref().unwrap().md_mm, 100.0);
+        assert_eq!(p1.md_mm, 150.0);
+        assert_eq!(p2[0].md_mm, 100.0 + 198.0 * 0.25);
+        // CD from the edge at column 100, 0.5 mm a pixel.
+        assert_eq!((p1.cd_mm, p1.width_mm, p1.length_mm), (100.0, 20.0, 20.0));
+        assert!(ended.is_empty());
+        // Two frames on, the patch (MD 149.5-171) is behind the first row (MD 300).
+        let mut f3 = frame(0, &[]);
+        s.place(&mut f3, true, &mut ended);
+        let mut f4 = frame(0, &[]);
+        s.place(&mut f4, true, &mut ended);
+        let patch = ended
+            .iter()
+            .find(|t| t.label == 2)
+            .expect("the patch ended");
+        assert_eq!(patch.frames, 2);
+        assert_eq!(patch.md, [149.5, 170.5]);
+        assert_eq!(patch.coil.as_deref(), Some("C1"));
+    }
+
+    #[test]
+    fn defects_apart_on_the_strip_or_of_another_class_are_other_tracks() {
+        let mut s = Strip::new(&cfg(Some(400), None));
+        let mut ended = Vec::new();
+        let mut f1 = frame(0, &[(2, [300, 600, 40, 80]), (2, [800, 600, 40, 80])]);
+        s.place(&mut f1, true, &mut ended);
+        // Frame 2: the right one again, the left one's place holds a crazing, and a
+        // patch 60 mm further down the coil than the left one is new.
+        let mut f2 = frame(
+            0,
+            &[
+                (2, [800, 200, 40, 80]),
+                (0, [300, 200, 40, 80]),
+                (2, [300, 560, 40, 80]),
+            ],
+        );
+        s.place(&mut f2, true, &mut ended);
+        let (a, b) = (places(&f1), places(&f2));
+        assert_eq!(b[0].track, a[1].track);
+        let ids: Vec<u64> = b.iter().map(|p| p.track).collect();
+        assert_eq!(ids, vec![a[1].track, 3, 4]);
+        assert_eq!(f1.verdict.strip.as_ref().unwrap().coil, None);
+    }
+
+    #[test]
+    fn a_fixed_speed_moves_the_strip_by_the_time_between_frames_and_a_repeat_does_not() {
+        let mut s = Strip::new(&cfg(None, Some(1000.0)));
+        let mut ended = Vec::new();
+        let mut f = frame(10_000, &[]);
+        s.place(&mut f, true, &mut ended);
+        let mut f = frame(10_250, &[]);
+        s.place(&mut f, true, &mut ended);
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 250.0);
+        let mut f = frame(10_500, &[]);
+        s.place(&mut f, false, &mut ended);
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 250.0);
+        // A new coil: its head is the next frame, the open tracks end.
+        let mut f = frame(10_750, &[(1, [0, 0, 8, 8])]);
+        s.place(&mut f, true, &mut ended);
+        assert_eq!(s.new_coil("C2").len(), 1);
+        let mut f = frame(11_000, &[]);
+        s.place(&mut f, true, &mut ended);
+        let at = f.verdict.strip.unwrap();
+        assert_eq!((at.coil.as_deref(), at.md_mm), (Some("C2"), 0.0));
+    }
+}
