@@ -1408,6 +1408,39 @@ port = 1883
     }
 
     #[test]
+    fn strip_is_off_unless_configured_and_its_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
+        assert_eq!(s.strip, None);
+        let body = GOOD.to_string()
+            + "[strip]\nmm_per_px_cd = 0\nmm_per_px_md = -1\nspeed_mm_s = 1000.0\nadvance_px = 10\njoin_mm = -2\n";
+        let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "strip.mm_per_px_cd: 0",
+            "strip.mm_per_px_md: -1",
+            "strip: give exactly one of speed_mm_s",
+            "strip.join_mm: -2",
+        ] {
+            assert!(text.contains(key), "missing {key:?} in\n{text}");
+        }
+        let body = GOOD.to_string()
+            + "[strip]\nmm_per_px_cd = 0.5\nmm_per_px_md = 0.5\nadvance_px = 0\nspeed = 3\n";
+        let text = Settings::load_with_env(&write(dir.path(), &body), [])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("strip: unknown field `speed`"), "{text}");
+        let body = GOOD.to_string()
+            + "[strip]\nmm_per_px_cd = 0.5\nmm_per_px_md = 0.25\nadvance_px = 512\n";
+        let s = Settings::load_with_env(&write(dir.path(), &body), []).unwrap();
+        let st = s.strip.unwrap();
+        assert_eq!(
+            (st.advance_px, st.speed_mm_s, st.join_mm),
+            (Some(512), None, 10.0)
+        );
+    }
+
+    #[test]
     fn a_missing_capture_folder_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let body = GOOD.replace("path = \"imgs\"", "path = \"nowhere\"");
