@@ -47,8 +47,9 @@ pub struct Strip {
     last: Option<(f64, u64)>,
     next_track: u64,
     open: Vec<Track>,
-    /// Per defect of the frame being placed: the open track it joined (index).
-    joined: Vec<Option<usize>>,
+    /// Per defect of the frame being placed: its MD and CD extents, and the open track
+    /// it joins (index).
+    joined: Vec<([f64; 2], [f64; 2], Option<usize>)>,
 }
 
 impl Strip {
@@ -117,18 +118,16 @@ impl Strip {
                 .open
                 .iter()
                 .enumerate()
-                .filter(|(i, t)| t.label == d.label && !self.joined.contains(&Some(*i)))
+                .filter(|(i, t)| t.label == d.label && !self.joined.iter().any(|j| j.2 == Some(*i)))
                 .map(|(i, t)| (i, distance(t.md, md).max(distance(t.cd, cd))))
                 .filter(|&(_, dist)| dist <= gap)
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .map(|(i, _)| i);
-            self.joined.push(best);
+            self.joined.push((md, cd, best));
         }
         for (k, d) in frame.verdict.defects.iter_mut().enumerate() {
-            let [x, y, w, h] = d.bbox.map(|v| v as f64);
-            let md = [md0 + y * mm_md, md0 + (y + h) * mm_md];
-            let cd = [(x - edge) * mm_cd, (x + w - edge) * mm_cd];
-            let i = match self.joined[k] {
+            let (md, cd, joined) = self.joined[k];
+            let i = match joined {
                 Some(i) if moved => {
                     let t = &mut self.open[i];
                     t.md = [t.md[0].min(md[0]), t.md[1].max(md[1])];
