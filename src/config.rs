@@ -78,10 +78,63 @@ pub struct StripConfig {
     /// on the strip overlap or are at most this far apart (mm).
     #[serde(default = "default_join_mm")]
     pub join_mm: f64,
+    /// Periodic defects: tracks of one class at a constant MD pitch, at least
+    /// `periodic_min_repeats` of them in a row, each within `periodic_tolerance_mm` of
+    /// where the pitch puts it; pitches from `periodic_min_pitch_mm` to
+    /// `periodic_max_pitch_mm` (a roll's circumference).
+    #[serde(default = "default_periodic_min_repeats")]
+    pub periodic_min_repeats: u32,
+    #[serde(default = "default_periodic_tolerance_mm")]
+    pub periodic_tolerance_mm: f64,
+    #[serde(default = "default_periodic_min_pitch_mm")]
+    pub periodic_min_pitch_mm: f64,
+    #[serde(default = "default_periodic_max_pitch_mm")]
+    pub periodic_max_pitch_mm: f64,
+    /// Coil reports kept under `state.dir/coils/`; the oldest go first.
+    #[serde(default = "default_keep_coils")]
+    pub keep_coils: usize,
+    /// When a finished coil is marked `block` (held for inspection).
+    #[serde(default)]
+    pub block: BlockRules,
+}
+
+/// `[strip.block]`: a coil is blocked when any rule holds.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRules {
+    /// Per class: a defect of it longer (MD) than this many mm.
+    #[serde(default)]
+    pub longer_than_mm: BTreeMap<String, f64>,
+    /// Per class: more than this many of its defects within any 100 m of the coil.
+    #[serde(default)]
+    pub per_100m: BTreeMap<String, u32>,
+    /// Any periodic defect.
+    #[serde(default)]
+    pub periodic: bool,
 }
 
 fn default_join_mm() -> f64 {
     10.0
+}
+
+fn default_periodic_min_repeats() -> u32 {
+    3
+}
+
+fn default_periodic_tolerance_mm() -> f64 {
+    20.0
+}
+
+fn default_periodic_min_pitch_mm() -> f64 {
+    100.0
+}
+
+fn default_periodic_max_pitch_mm() -> f64 {
+    6000.0
+}
+
+fn default_keep_coils() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -295,6 +348,19 @@ pub struct AlarmConfig {
     /// Hold a raised alarm until it is acknowledged on `cmd/ack`.
     #[serde(default)]
     pub latch: bool,
+    /// What the window counts: frames that show the class, or (with `[strip]`) frames
+    /// where a new defect of the class was first seen, so one defect seen in several
+    /// overlapping frames counts once.
+    #[serde(default)]
+    pub count: AlarmCount,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmCount {
+    #[default]
+    Frames,
+    Tracks,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -631,6 +697,7 @@ impl Default for AlarmConfig {
             raise: default_raise(),
             clear: default_clear(),
             latch: false,
+            count: AlarmCount::Frames,
         }
     }
 }
@@ -1044,12 +1111,44 @@ impl Settings {
                 }
                 _ => {}
             }
-            if !(st.join_mm.is_finite() && (0.0..=10_000.0).contains(&st.join_mm)) {
+            for (key, v) in [
+                ("join_mm", st.join_mm),
+                ("periodic_tolerance_mm", st.periodic_tolerance_mm),
+            ] {
+                if !(v.is_finite() && (0.0..=10_000.0).contains(&v)) {
+                    p.push(format!(
+                        "strip.{key}: {v} is not a distance (0 to 10000 mm)"
+                    ));
+                }
+            }
+            let pitch = [st.periodic_min_pitch_mm, st.periodic_max_pitch_mm];
+            if !(pitch.iter().all(|v| v.is_finite() && *v > 0.0) && pitch[0] <= pitch[1]) {
                 p.push(format!(
-                    "strip.join_mm: {} is not a distance (0 to 10000 mm)",
-                    st.join_mm
+                    "strip.periodic_min_pitch_mm / periodic_max_pitch_mm: {} / {} is not a range of pitches (above 0, min at most max)",
+                    pitch[0], pitch[1]
                 ));
             }
+            if !(2..=1000).contains(&st.periodic_min_repeats) {
+                p.push(format!(
+                    "strip.periodic_min_repeats: {} is not a count of repeats (2 to 1000)",
+                    st.periodic_min_repeats
+                ));
+            }
+            if st.keep_coils == 0 {
+                p.push("strip.keep_coils: 0 would keep no coil report".to_string());
+            }
+            for (class, v) in &st.block.longer_than_mm {
+                if !(v.is_finite() && *v >= 0.0) {
+                    p.push(format!(
+                        "strip.block.longer_than_mm.{class}: {v} is not a length (0 or more mm)"
+                    ));
+                }
+            }
+        } else if self.alarm.count == AlarmCount::Tracks {
+            p.push(
+                "alarm.count: \"tracks\" needs a [strip] section (tracks are followed on the strip)"
+                    .to_string(),
+            );
         }
         if !(1..=10000).contains(&self.model.max_detections) {
             p.push(format!(

@@ -15,10 +15,14 @@
 //! | `alarm/<class>/active` | `1` / `0`                | 1   | yes      |
 //! | `stats`        | [`StatsMsg`]                     | 0   | no       |
 //! | `health`       | [`HealthMsg`]                    | 1   | yes      |
+//! | `defect`       | [`defect_json`] (`[strip]`)      | 1   | no       |
+//! | `coil`         | [`coil_json`] (`[strip]`)        | 1   | no       |
 //! | `cmd/ack` (in) | an alarm id or `all`: [`parse_ack`] | 1 | no     |
 //! | `cmd/coil` (in) | the new coil's id: [`parse_coil`] | 1 | no      |
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::frame::Frame;
 
@@ -50,7 +54,7 @@ const fn spec(suffix: &'static str, qos: Qos, retained: bool, inbound: bool) -> 
 }
 
 /// Every topic of the contract, in README's order (`alarm/<class>/active` once per class).
-pub const TOPIC_TABLE: [TopicSpec; 10] = [
+pub const TOPIC_TABLE: [TopicSpec; 12] = [
     spec("status", Qos::AtLeastOnce, true, false),
     spec("result", Qos::ResultQos, false, false),
     spec("result/ok", Qos::ResultQos, true, false),
@@ -59,6 +63,8 @@ pub const TOPIC_TABLE: [TopicSpec; 10] = [
     spec("alarm/<class>/active", Qos::AtLeastOnce, true, false),
     spec("stats", Qos::AtMostOnce, false, false),
     spec("health", Qos::AtLeastOnce, true, false),
+    spec("defect", Qos::AtLeastOnce, false, false),
+    spec("coil", Qos::AtLeastOnce, false, false),
     spec("cmd/ack", Qos::AtLeastOnce, false, true),
     spec("cmd/coil", Qos::AtLeastOnce, false, true),
 ];
@@ -82,6 +88,8 @@ pub struct Topics {
     pub alarm_active: String,
     pub stats: String,
     pub health: String,
+    pub defect: String,
+    pub coil: String,
     pub cmd_ack: String,
     pub cmd_coil: String,
     /// `alarm/<class>/active`, in class order.
@@ -102,6 +110,8 @@ impl Topics {
             alarm_active: at("alarm/active"),
             stats: at("stats"),
             health: at("health"),
+            defect: at("defect"),
+            coil: at("coil"),
             cmd_ack: at("cmd/ack"),
             cmd_coil: at("cmd/coil"),
             class_active: classes
@@ -144,6 +154,139 @@ pub fn alarm_json(id: u64, change: &AlarmChange) -> Vec<u8> {
         evidence: change.evidence.as_deref(),
     })
     .expect("an alarm event serialises")
+}
+
+/// One defect on the coil, followed to its end (`[strip]`): the body of a `defect` event
+/// and a row of the coil report. Lengths in mm, rounded to 0.1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackMsg {
+    pub track: u64,
+    pub class: String,
+    /// The best score of the frames that showed it.
+    pub score: f64,
+    /// Head-side end, mm from the coil's head.
+    pub md_mm: f64,
+    /// Edge-side end, mm from the reference edge.
+    pub cd_mm: f64,
+    pub length_mm: f64,
+    pub width_mm: f64,
+    /// Frames that showed it.
+    pub frames: u32,
+    /// The image of the frame that first showed it, relative to `state.dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// It recurs at a constant pitch: the periodic defect it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periodic: Option<PeriodicMsg>,
+}
+
+/// A defect recurring at a constant MD pitch, as far as it has been seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodicMsg {
+    pub pitch_mm: f64,
+    /// The diameter of a roll whose circumference is the pitch.
+    pub roll_diameter_mm: f64,
+    /// Tracks in a row at the pitch, this one included.
+    pub repeats: u32,
+    /// The first of them (the one nearest the head): names the periodic defect.
+    pub first_track: u64,
+}
+
+#[derive(Serialize)]
+struct DefectEvent<'a> {
+    v: u8,
+    ts: u64,
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coil: Option<&'a str>,
+    #[serde(flatten)]
+    track: &'a TrackMsg,
+}
+
+/// The `defect` event of the contract: one per finished track.
+pub fn defect_json(id: u64, coil: Option<&str>, track: &TrackMsg) -> Vec<u8> {
+    serde_json::to_vec(&DefectEvent {
+        v: 1,
+        ts: crate::frame::unix_ms(),
+        id,
+        coil,
+        track,
+    })
+    .expect("a defect event serialises")
+}
+
+/// A finished coil: the `coil` event and the head of its report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoilSummary {
+    pub coil: String,
+    /// Capture times (Unix ms) of its first and last frame.
+    pub started_ts: u64,
+    pub ended_ts: u64,
+    /// `cmd/coil` (the next coil started) or `shutdown`.
+    pub ended_by: String,
+    pub frames: u64,
+    /// Strip length inspected: from the head to the last frame's last row, mm.
+    pub length_mm: f64,
+    /// Defects (tracks) per class; every class of the model, 0 included.
+    pub counts: BTreeMap<String, u32>,
+    /// The surest defect, if any.
+    pub worst: Option<WorstMsg>,
+    pub periodic: Vec<PeriodicChain>,
+    /// A `[strip.block]` rule holds: hold the coil.
+    pub block: bool,
+    /// Each rule that holds, in words.
+    pub block_reasons: Vec<String>,
+    /// The report's JSON file relative to `state.dir` (None: it could not be written).
+    pub report: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorstMsg {
+    pub track: u64,
+    pub class: String,
+    pub score: f64,
+    pub md_mm: f64,
+}
+
+/// A periodic defect of a coil: its tracks and their MD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodicChain {
+    pub class: String,
+    pub pitch_mm: f64,
+    pub roll_diameter_mm: f64,
+    pub repeats: u32,
+    pub tracks: Vec<u64>,
+    pub md_mm: Vec<f64>,
+}
+
+#[derive(Serialize)]
+struct CoilEvent<'a> {
+    v: u8,
+    ts: u64,
+    id: u64,
+    #[serde(flatten)]
+    summary: &'a CoilSummary,
+}
+
+/// The `coil` event of the contract: one per finished coil.
+pub fn coil_json(id: u64, summary: &CoilSummary) -> Vec<u8> {
+    serde_json::to_vec(&CoilEvent {
+        v: 1,
+        ts: crate::frame::unix_ms(),
+        id,
+        summary,
+    })
+    .expect("a coil event serialises")
+}
+
+/// A coil's report, `state.dir/coils/<coil>.json`: the summary and every defect in MD
+/// order. `inspectd report COIL` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoilReport {
+    pub v: u8,
+    #[serde(flatten)]
+    pub summary: CoilSummary,
+    pub defects: Vec<TrackMsg>,
 }
 
 /// A result as the contract has it, borrowing the frame.

@@ -56,6 +56,8 @@ pub struct Place {
     pub length_mm: f64,
     /// Across the strip, mm.
     pub width_mm: f64,
+    /// This frame is the first to show the defect (its track started here).
+    pub first: bool,
 }
 
 /// Where a frame lies on the strip (`[strip]`): the coil, and the MD of its first row.

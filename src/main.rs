@@ -94,6 +94,21 @@ enum Cmd {
         #[arg(long, default_value = "config", value_parser = ["config", "on", "off", "both"])]
         first_look: String,
     },
+    /// Print a finished coil's report ([strip]): summary, block reasons, periodic
+    /// defects, every defect in MD order.
+    Report {
+        /// The coil id (as published on cmd/coil).
+        coil: String,
+        /// The daemon's config file (for state.dir).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the report's JSON as it is stored.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print the report's CSV as it is stored.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Subscribe to a station's topics and print them readably.
     Watch {
         /// The daemon's config file (broker and topic root).
@@ -159,6 +174,12 @@ fn main() -> ExitCode {
                 &first_look,
             )
         }
+        Cmd::Report {
+            coil,
+            config,
+            json,
+            csv,
+        } => report(&coil, &config, json, csv),
         Cmd::Watch {
             config,
             count,
@@ -190,6 +211,42 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn report(coil: &str, config: &Path, json: bool, csv: bool) -> ExitCode {
+    use inspectd::stages::decide::coil;
+    let s = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    // A coil inspected across a restart has a report per part, printed in order.
+    match coil::read(&s.state.dir, coil) {
+        Ok(parts) => {
+            for (k, r) in parts.iter().enumerate() {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(r).expect("a report serialises")
+                    );
+                } else if csv {
+                    print!("{}", coil::csv(r));
+                } else {
+                    if k > 0 {
+                        println!("\n(part {} of the coil, after a restart)", k + 1);
+                    }
+                    print!("{}", coil::render(r));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

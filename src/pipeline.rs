@@ -91,6 +91,10 @@ impl Pipeline {
                 classes.len()
             )));
         }
+        if let Some(st) = &settings.strip {
+            crate::stages::decide::coil::check_rules(&st.block, &classes)
+                .map_err(StartError::Config)?;
+        }
         let queue = settings.capture.queue;
         let outbox = Arc::new(Mutex::new(Outbox::open(
             &settings.state.dir,
@@ -131,6 +135,13 @@ impl Pipeline {
                 .as_ref()
                 .map(crate::stages::decide::strip::Strip::new),
             ended: Vec::new(),
+            reports: settings
+                .strip
+                .as_ref()
+                .map(|st| crate::stages::decide::coil::Reports {
+                    state_dir: settings.state.dir.clone(),
+                    keep: st.keep_coils,
+                }),
         };
         let capture = CaptureStage {
             source: Source::open(&settings.capture)?,

@@ -80,7 +80,10 @@ fn readme_topic_table_is_the_contract() {
         &t.class_active[0],
         &t.stats,
         &t.health,
+        &t.defect,
+        &t.coil,
         &t.cmd_ack,
+        &t.cmd_coil,
     ];
     for (topic, spec) in built.iter().zip(TOPIC_TABLE) {
         assert_eq!(
@@ -130,6 +133,26 @@ fn readme_examples_have_the_keys_the_payloads_have() {
     let produced: serde_json::Value =
         serde_json::from_slice(&contract::alarm_json(17, &change)).unwrap();
     assert_eq!(keys(&shown), keys(&produced), "alarm keys");
+    // Defect and coil events ([strip]): the examples read back as the payloads' types,
+    // and written again they have the same keys and values.
+    let shown = example(mqtt, "Each finished track is one `defect` event");
+    let track: contract::TrackMsg = serde_json::from_value(shown.clone()).unwrap();
+    let produced: serde_json::Value =
+        serde_json::from_slice(&contract::defect_json(52, Some("C-20261202-017"), &track)).unwrap();
+    assert_eq!(keys(&shown), keys(&produced), "defect keys");
+    assert_eq!(keys(&shown["periodic"]), keys(&produced["periodic"]));
+    for k in [
+        "track", "class", "md_mm", "frames", "evidence", "coil", "id",
+    ] {
+        assert_eq!(shown[k], produced[k], "defect {k}");
+    }
+    let shown = example(mqtt, "is published on `coil`:");
+    let summary: contract::CoilSummary = serde_json::from_value(shown.clone()).unwrap();
+    let produced: serde_json::Value =
+        serde_json::from_slice(&contract::coil_json(60, &summary)).unwrap();
+    assert_eq!(keys(&shown), keys(&produced), "coil keys");
+    assert_eq!(shown["periodic"], produced["periodic"]);
+    assert_eq!(shown["counts"], produced["counts"]);
     // Health: the example against the HealthMsg type.
     let shown = example(mqtt, "Health (retained");
     let produced = serde_json::to_value(contract::HealthMsg {

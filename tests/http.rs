@@ -636,6 +636,106 @@ fn the_live_page_draws_boxes_in_a_real_browser() {
     );
 }
 
+/// The coil map on the live page, in Chromium: a replay of a strip where a patch recurs
+/// every 600 mm gives marks in the patches colour (#7ed321) joined as one periodic
+/// defect; clicking a mark shows its evidence image.
+#[test]
+fn the_live_page_draws_the_coil_map_and_a_clicked_mark_shows_its_image() {
+    let (images, _) = strip_frames(PERIODIC_FRAMES, &PERIODIC_STRIP);
+    let broker = Mosquitto::start();
+    let (station, http) = http_station(
+        images.path(),
+        broker.port,
+        4.0,
+        &format!(
+            "[strip]\nmm_per_px_cd = 1.0\nmm_per_px_md = 1.0\nadvance_px = {STRIP_ADVANCE}\nperiodic_min_pitch_mm = 300\n"
+        ),
+    );
+    let sub = Subscriber::start(broker.port, &format!("{}/#", station.root), false);
+    sub.publish_retained(&format!("{}/cmd/coil", station.root), "C-MAP-1");
+    let daemon = Daemon::start(&station.config);
+    let r = wait_ready(http, 200, Duration::from_secs(60));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), daemon.log_text());
+
+    let mut browser = Browser::open(&format!("http://127.0.0.1:{http}/"));
+    let mut seen = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            seen = browser
+                .eval("[document.body.dataset.marks, document.body.dataset.periodic].join()");
+            let n: Vec<u32> = seen
+                .as_str()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            n.len() == 2 && n[0] >= 4 && n[1] >= 1
+        }),
+        "no periodic defect on the map: marks, periodic = {seen}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('coilid').textContent"),
+        "C-MAP-1"
+    );
+    // The map's data is the daemon's: the same marks /api/coil serves.
+    let api = get(http, "/api/coil").json();
+    assert_eq!(api["coil"], "C-MAP-1");
+    assert!(api["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["class"] == "patches" && k["periodic"].is_u64()));
+    // Click a patches mark: its evidence image is shown.
+    let track = browser.eval(
+        "(() => { const r = [...document.querySelectorAll('#coilmap rect.mark')].find((r) => r.getAttribute('fill') === '#7ed321'); \
+         r.dispatchEvent(new MouseEvent('click', { bubbles: true })); return r.dataset.track; })()",
+    );
+    assert!(track.is_string(), "{track}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            browser
+            .eval("(() => { const i = document.getElementById('markimg'); return !i.hidden && i.complete && i.naturalWidth; })()")
+            == serde_json::json!(400)
+        }),
+        "the clicked mark's image did not load"
+    );
+    let text = browser.eval("document.getElementById('marktext').textContent");
+    assert!(
+        text.as_str()
+            .unwrap()
+            .starts_with(&format!("track {}: patches", track.as_str().unwrap())),
+        "{text}"
+    );
+
+    let shot = browser.call(
+        "Page.captureScreenshot",
+        serde_json::json!({ "format": "png", "captureBeyondViewport": true }),
+    );
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    let out_dir = repo().join("target/screenshots");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let path = out_dir.join("coil-map.png");
+    std::fs::write(&path, &png).unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_rgb8();
+    let patches = img
+        .pixels()
+        .filter(|p| {
+            (p[0] as i32 - 0x7e).abs() < 12
+                && (p[1] as i32 - 0xd3).abs() < 12
+                && (p[2] as i32 - 0x21).abs() < 12
+        })
+        .count();
+    assert!(
+        patches > 100,
+        "patches-coloured pixels on the page: {patches} ({})",
+        path.display()
+    );
+}
+
 #[test]
 fn a_taken_http_port_is_refused_at_start_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

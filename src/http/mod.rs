@@ -139,6 +139,7 @@ fn router(app: Arc<App>, evidence: &Path) -> Router {
         .route("/api/state", get(state))
         .route("/events", get(events))
         .route("/frame.jpg", get(frame))
+        .route("/api/coil", get(coil_map))
         .nest_service("/evidence", tower_http::services::ServeDir::new(evidence))
         .with_state(app)
 }
@@ -266,7 +267,44 @@ fn state_json(app: &App) -> serde_json::Value {
         "camera": CameraState::from_code(s.camera_state.load(Relaxed)).map(|c| c.name()),
         "health": conditions(s.health.load(Relaxed)).map(|c| c.name()).collect::<Vec<_>>(),
         "not_ready": not_ready(s, app.stale_after),
+        "coil": live.map_head().map(|(coil, position, width, marks, version)| serde_json::json!({
+            "coil": coil,
+            "position_mm": crate::contract::round_to(position, 10.0),
+            "width_mm": crate::contract::round_to(width, 10.0),
+            "marks": marks,
+            "version": version,
+        })),
     })
+}
+
+/// The coil map (`[strip]`): the coil, how far the strip has gone, every finished defect
+/// (class, MD/CD extent, its periodic defect, its evidence image). `null` without `[strip]`.
+async fn coil_map(State(app): State<Arc<App>>) -> Response {
+    let live = &app.stats.live;
+    let labels = live.labels();
+    let v = live.map().map(|m| {
+        serde_json::json!({
+            "coil": m.coil,
+            "position_mm": crate::contract::round_to(m.position_mm, 10.0),
+            "width_mm": crate::contract::round_to(m.width_mm, 10.0),
+            "version": m.version,
+            "more": m.more,
+            "classes": labels,
+            "marks": m.marks.iter().map(|k| serde_json::json!({
+                "track": k.track,
+                "class": labels.get(k.label).map_or("?", |l| l.as_str()),
+                "label": k.label,
+                "score": crate::contract::round_to(k.score as f64, 1e3),
+                "md_mm": k.md_mm,
+                "cd_mm": k.cd_mm,
+                "length_mm": k.length_mm,
+                "width_mm": k.width_mm,
+                "periodic": k.periodic,
+                "evidence": k.evidence,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    json(StatusCode::OK, v.unwrap_or(serde_json::Value::Null))
 }
 
 async fn state(State(app): State<Arc<App>>) -> Response {

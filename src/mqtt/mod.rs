@@ -28,7 +28,7 @@ use crate::config::Settings;
 use crate::contract::{flag, parse_ack, result_json, Command, Topics, OFFLINE, ONLINE};
 use crate::stages::decide::{Decided, ToPublish};
 use crate::stages::StageContext;
-use crate::state::outbox::Outbox;
+use crate::state::outbox::{EventKind, Outbox};
 use crate::telemetry::Stage;
 use crate::telemetry::Stats;
 
@@ -120,24 +120,25 @@ impl Session {
             .outbox_pending
             .store(outbox.pending_count() as u64, Relaxed);
         stats.outbox_bytes.store(outbox.pending_bytes(), Relaxed);
-        for (id, payload) in outbox.pending() {
+        for (id, kind, payload) in outbox.pending_events() {
             if self.sent.len() >= ALARM_WINDOW {
                 break;
             }
             if self.sent.contains(&id) {
                 continue;
             }
-            if !self.publish(
-                &topics.alarm,
-                QoS::AtLeastOnce,
-                false,
-                payload.to_vec(),
-                Some(id),
-            ) {
+            let topic = match kind {
+                EventKind::Alarm => &topics.alarm,
+                EventKind::Defect => &topics.defect,
+                EventKind::Coil => &topics.coil,
+            };
+            if !self.publish(topic, QoS::AtLeastOnce, false, payload.to_vec(), Some(id)) {
                 break;
             }
             self.sent.insert(id);
-            stats.alarms_published.fetch_add(1, Relaxed);
+            if kind == EventKind::Alarm {
+                stats.alarms_published.fetch_add(1, Relaxed);
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
-//! The alarm outbox: alarm events on disk until the broker has acknowledged them.
+//! The outbox: events on disk until the broker has acknowledged them (alarms, and with
+//! `[strip]` each finished defect track and each finished coil).
 //!
 //! One append-only file, `state.dir/outbox.log`, of records
 //! `[len: u32 LE][crc32 of body: u32 LE][body]`, where the body is a kind byte and an id
-//! (u64 LE) and, for events, the payload published on `alarm`:
+//! (u64 LE) and, for events, the payload published on the event's topic:
 //!
-//! - `E id payload`: an alarm event, fsync'd before anything publishes it;
+//! - `E id payload`: an alarm event (`alarm`), fsync'd before anything publishes it;
+//! - `D id payload`, `C id payload`: a `defect` event, a `coil` summary, the same way;
 //! - `A id`: the broker acknowledged event `id` (not fsync'd: losing one only means the
 //!   event is published again, and consumers deduplicate by id);
 //! - `S next_id`: written by compaction, so ids keep increasing after acked events are gone.
@@ -28,15 +30,45 @@ pub enum OutboxError {
 }
 
 const EVENT: u8 = b'E';
+const DEFECT: u8 = b'D';
+const COIL: u8 = b'C';
 const ACK: u8 = b'A';
 const SEQ: u8 = b'S';
 const HEADER: usize = 8;
+
+/// What an event is, and so the topic it is published on. Ids are shared: one sequence
+/// for every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Alarm,
+    Defect,
+    Coil,
+}
+
+impl EventKind {
+    fn byte(self) -> u8 {
+        match self {
+            EventKind::Alarm => EVENT,
+            EventKind::Defect => DEFECT,
+            EventKind::Coil => COIL,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<EventKind> {
+        match b {
+            EVENT => Some(EventKind::Alarm),
+            DEFECT => Some(EventKind::Defect),
+            COIL => Some(EventKind::Coil),
+            _ => None,
+        }
+    }
+}
 
 pub struct Outbox {
     path: PathBuf,
     file: File,
     file_len: u64,
-    pending: BTreeMap<u64, Vec<u8>>,
+    pending: BTreeMap<u64, (EventKind, Vec<u8>)>,
     pending_bytes: u64,
     next_id: u64,
     max_bytes: u64,
@@ -66,15 +98,15 @@ impl Outbox {
         while at < bytes.len() {
             match parse_record(&bytes[at..]) {
                 Some((kind, id, payload, used)) => {
-                    match kind {
-                        EVENT => {
-                            pending.insert(id, payload.to_vec());
+                    match (kind, EventKind::from_byte(kind)) {
+                        (_, Some(event)) => {
+                            pending.insert(id, (event, payload.to_vec()));
                             next_id = next_id.max(id + 1);
                         }
-                        ACK => {
+                        (ACK, _) => {
                             pending.remove(&id);
                         }
-                        SEQ => next_id = next_id.max(id),
+                        (SEQ, _) => next_id = next_id.max(id),
                         _ => {}
                     }
                     at += used;
@@ -94,7 +126,7 @@ impl Outbox {
             path,
             file,
             file_len: bytes.len() as u64,
-            pending_bytes: pending.values().map(|p: &Vec<u8>| p.len() as u64).sum(),
+            pending_bytes: pending.values().map(|(_, p)| p.len() as u64).sum(),
             pending,
             next_id,
             max_bytes,
@@ -104,7 +136,7 @@ impl Outbox {
         if !outbox.pending.is_empty() {
             info!(
                 pending = outbox.pending.len(),
-                next_id, "Outbox holds alarm events not yet acknowledged; they will be sent again."
+                next_id, "Outbox holds events not yet acknowledged; they will be sent again."
             );
         }
         Ok(outbox)
@@ -115,26 +147,36 @@ impl Outbox {
         self.next_id
     }
 
-    /// Stores a new event durably and returns its id. `payload` builds the bytes from the id.
+    /// Stores a new alarm event durably and returns its id. `payload` builds the bytes
+    /// from the id.
     pub fn append(&mut self, payload: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, OutboxError> {
+        self.append_event(EventKind::Alarm, payload)
+    }
+
+    /// Stores a new event of `kind` durably and returns its id.
+    pub fn append_event(
+        &mut self,
+        kind: EventKind,
+        payload: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64, OutboxError> {
         let id = self.next_id;
         let body = payload(id);
-        self.write_record(EVENT, id, &body)?;
+        self.write_record(kind.byte(), id, &body)?;
         self.file.sync_data().map_err(|source| OutboxError::Io {
             path: self.path.clone(),
             source,
         })?;
         self.next_id += 1;
         self.pending_bytes += body.len() as u64;
-        self.pending.insert(id, body);
+        self.pending.insert(id, (kind, body));
         while self.pending_bytes > self.max_bytes && self.pending.len() > 1 {
-            let (old, body) = self.pending.pop_first().expect("pending is not empty");
+            let (old, (_, body)) = self.pending.pop_first().expect("pending is not empty");
             self.pending_bytes -= body.len() as u64;
             self.dropped += 1;
             error!(
                 id = old,
                 max_bytes = self.max_bytes,
-                "Outbox full; dropped the oldest unacknowledged alarm event."
+                "Outbox full; dropped the oldest unacknowledged event."
             );
             self.write_record(ACK, old, &[])?;
         }
@@ -143,7 +185,7 @@ impl Outbox {
 
     /// The broker acknowledged `id`: forget it.
     pub fn ack(&mut self, id: u64) -> Result<(), OutboxError> {
-        if let Some(body) = self.pending.remove(&id) {
+        if let Some((_, body)) = self.pending.remove(&id) {
             self.pending_bytes -= body.len() as u64;
             self.write_record(ACK, id, &[])?;
             if self.file_len > 64 * 1024 && self.file_len > 4 * self.pending_bytes {
@@ -155,7 +197,14 @@ impl Outbox {
 
     /// Events not yet acknowledged, oldest first.
     pub fn pending(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.pending.iter().map(|(&id, p)| (id, p.as_slice()))
+        self.pending.iter().map(|(&id, (_, p))| (id, p.as_slice()))
+    }
+
+    /// Events not yet acknowledged with their kind, oldest first.
+    pub fn pending_events(&self) -> impl Iterator<Item = (u64, EventKind, &[u8])> {
+        self.pending
+            .iter()
+            .map(|(&id, (kind, p))| (id, *kind, p.as_slice()))
     }
 
     /// Bytes of the events waiting for the broker.
@@ -192,8 +241,8 @@ impl Outbox {
             source,
         };
         let mut buf = encode(SEQ, self.next_id, &[]);
-        for (&id, p) in &self.pending {
-            buf.extend_from_slice(&encode(EVENT, id, p));
+        for (&id, (kind, p)) in &self.pending {
+            buf.extend_from_slice(&encode(kind.byte(), id, p));
         }
         {
             let mut f = File::create(&tmp).map_err(io_err)?;
@@ -276,6 +325,23 @@ mod tests {
         assert_eq!(ids, vec![1, 3]);
         assert_eq!(o.pending().next().unwrap().1, b"{\"id\":1}");
         assert_eq!(o.next_id(), 4);
+    }
+
+    #[test]
+    fn events_keep_their_kind_across_a_reopen_and_a_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), 1 << 20).unwrap();
+        o.append(event).unwrap();
+        o.append_event(EventKind::Defect, event).unwrap();
+        o.append_event(EventKind::Coil, event).unwrap();
+        o.ack(1).unwrap();
+        drop(o);
+        // Opening compacts: the two pending events are rewritten with their kinds.
+        let o = Outbox::open(dir.path(), 1 << 20).unwrap();
+        drop(o);
+        let o = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let kinds: Vec<(u64, EventKind)> = o.pending_events().map(|(id, k, _)| (id, k)).collect();
+        assert_eq!(kinds, vec![(2, EventKind::Defect), (3, EventKind::Coil)]);
     }
 
     #[test]

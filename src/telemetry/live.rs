@@ -5,6 +5,10 @@
 //! the page in the last [`WATCH_FOR`] and at most every [`EVERY`] (so an unwatched daemon
 //! copies nothing and a watched one at most 5 frames a second). The HTTP thread encodes a
 //! kept frame to JPEG when it is first asked for.
+//!
+//! With `[strip]`, decide also keeps the coil map: the coil being inspected, how far the
+//! strip has gone, and a mark for each finished defect (at most [`MAP_MARKS`]; the
+//! count of the rest is kept).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -18,6 +22,38 @@ pub const WATCH_FOR: u64 = 10_000;
 pub const EVERY: u64 = 200;
 /// Frames kept (the page asks for the one its event named).
 const KEEP: usize = 4;
+/// Defect marks a coil map holds.
+pub const MAP_MARKS: usize = 5000;
+
+/// One finished defect on the coil map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapMark {
+    pub track: u64,
+    pub label: usize,
+    pub score: f32,
+    pub md_mm: f64,
+    pub cd_mm: f64,
+    pub length_mm: f64,
+    pub width_mm: f64,
+    /// The first track of the periodic defect it belongs to.
+    pub periodic: Option<u64>,
+    pub evidence: Option<String>,
+}
+
+/// The coil being inspected, as the map shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoilMap {
+    pub coil: Option<String>,
+    /// The last row seen, mm from the head.
+    pub position_mm: f64,
+    /// The view's width across the strip, mm from the edge.
+    pub width_mm: f64,
+    pub marks: Vec<MapMark>,
+    /// Marks beyond [`MAP_MARKS`], not kept.
+    pub more: u64,
+    /// Changes whenever a mark is added or a coil starts.
+    pub version: u64,
+}
 
 /// One inspected frame, as the page shows it.
 pub struct Snapshot {
@@ -61,6 +97,7 @@ pub struct LiveView {
     last_kept: AtomicU64,
     active: AtomicU64,
     frames: Mutex<VecDeque<Arc<Snapshot>>>,
+    map: Mutex<Option<CoilMap>>,
 }
 
 impl LiveView {
@@ -124,6 +161,54 @@ impl LiveView {
             frames.pop_front();
         }
         frames.push_back(snap);
+    }
+
+    /// The strip has reached `position_mm` on `coil`, its view `width_mm` across. A new
+    /// coil id starts an empty map.
+    pub fn map_position(&self, coil: Option<&str>, position_mm: f64, width_mm: f64) {
+        let mut map = self.map.lock().expect("map lock");
+        let m = map.get_or_insert_with(CoilMap::default);
+        if m.coil.as_deref() != coil {
+            let version = m.version + 1;
+            *m = CoilMap {
+                coil: coil.map(str::to_string),
+                version,
+                ..CoilMap::default()
+            };
+        }
+        m.position_mm = position_mm;
+        m.width_mm = width_mm;
+    }
+
+    /// A defect finished: its mark goes on the map.
+    pub fn map_mark(&self, mark: MapMark) {
+        let mut map = self.map.lock().expect("map lock");
+        let m = map.get_or_insert_with(CoilMap::default);
+        if m.marks.len() < MAP_MARKS {
+            m.marks.push(mark);
+        } else {
+            m.more += 1;
+        }
+        m.version += 1;
+    }
+
+    /// A copy of the coil map (None without `[strip]`).
+    pub fn map(&self) -> Option<CoilMap> {
+        self.map.lock().expect("map lock").clone()
+    }
+
+    /// The map's coil, position, width, mark count and version, without the marks.
+    pub fn map_head(&self) -> Option<(Option<String>, f64, f64, usize, u64)> {
+        let map = self.map.lock().expect("map lock");
+        map.as_ref().map(|m| {
+            (
+                m.coil.clone(),
+                m.position_mm,
+                m.width_mm,
+                m.marks.len(),
+                m.version,
+            )
+        })
     }
 
     /// The newest kept frame.

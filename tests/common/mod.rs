@@ -539,3 +539,95 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Frames cut from a strip by [`strip_frames`] are this wide and high; the strip moves
+/// this many rows from one to the next (1 mm a pixel in the tests' `[strip]`).
+pub const STRIP_SIDE: u32 = 400;
+pub const STRIP_ADVANCE: u32 = 200;
+
+/// A strip where a patch recurs every 600 mm (three frames), four times, with a scratch
+/// once between: (class, column, the row its box is centred on), for [`strip_frames`].
+pub const PERIODIC_STRIP: [(&str, u32, u32); 5] = [
+    ("patches", 0, 500),
+    ("patches", 0, 1100),
+    ("scratches", 200, 1400),
+    ("patches", 0, 1700),
+    ("patches", 0, 2300),
+];
+/// Frames cut from it.
+pub const PERIODIC_FRAMES: u32 = 14;
+
+/// Held-out NEU images of `class` with exactly one labelled box, at least 60 px long.
+pub fn single_box_images(class: &str, n: usize) -> Vec<(image::GrayImage, [u32; 4])> {
+    let repo = repo();
+    let val =
+        inspectd::cli::eval::read_holdout(&repo.join("models/neu_det.split.json"), "val").unwrap();
+    let mut out = Vec::new();
+    for s in inspectd::cli::eval::list_samples(&neu(), Some(&val)).unwrap() {
+        let stem = s.image.file_stem().unwrap().to_string_lossy().to_string();
+        if !stem.starts_with(class) {
+            continue;
+        }
+        let boxes = inspectd::cli::eval::read_voc(&s.annotation).unwrap();
+        if let [b] = boxes.as_slice() {
+            let [x0, y0, x1, y1] = b.rect;
+            let (w, h) = (x1 - x0, y1 - y0);
+            if w.max(h) >= 60 && w.min(h) >= 8 {
+                out.push((image::open(&s.image).unwrap().to_luma8(), b.rect));
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(out.len(), n, "{class}: not enough single-box images");
+    out
+}
+
+/// A strip of defect-free surface (held-out crops), `STRIP_SIDE` across and long enough for
+/// `frames` frames, with NEU images of one box laid in: (class, column, the row the box
+/// is centred on). Returns the folder of its overlapping frames and each laid box on the
+/// strip (class, x0, y0, x1, y1; 1 mm a pixel).
+pub fn strip_frames(
+    frames: u32,
+    marks: &[(&'static str, u32, u32)],
+) -> (tempfile::TempDir, Vec<(&'static str, [f64; 4])>) {
+    let repo = repo();
+    let val =
+        inspectd::cli::eval::read_holdout(&repo.join("models/neu_det.split.json"), "val").unwrap();
+    let samples = inspectd::cli::eval::list_samples(&neu(), Some(&val)).unwrap();
+    let crops = inspectd::cli::eval::box_free_crops(&samples, 96).unwrap();
+    let length = STRIP_SIDE + (frames - 1) * STRIP_ADVANCE;
+    let (_, clean) = inspectd::cli::clean::clean_frames(&crops, 1, (STRIP_SIDE, length))
+        .pop()
+        .unwrap();
+    let mut strip = image::GrayImage::from_raw(STRIP_SIDE, length, clean).unwrap();
+    let mut truth = Vec::new();
+    let mut images: std::collections::BTreeMap<&str, (image::GrayImage, [u32; 4])> =
+        std::collections::BTreeMap::new();
+    for &(class, x, centre) in marks {
+        let (img, b) = images
+            .entry(class)
+            .or_insert_with(|| single_box_images(class, 1).pop().unwrap());
+        let y = centre - (b[1] + b[3]) / 2;
+        image::imageops::replace(&mut strip, &*img, x as i64, y as i64);
+        truth.push((class, shift(*b, x, y)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for k in 0..frames {
+        image::imageops::crop_imm(&strip, 0, k * STRIP_ADVANCE, STRIP_SIDE, STRIP_SIDE)
+            .to_image()
+            .save(dir.path().join(format!("{k:02}.png")))
+            .unwrap();
+    }
+    (dir, truth)
+}
+
+pub fn shift(r: [u32; 4], dx: u32, dy: u32) -> [f64; 4] {
+    [
+        (r[0] + dx) as f64,
+        (r[1] + dy) as f64,
+        (r[2] + dx) as f64,
+        (r[3] + dy) as f64,
+    ]
+}

@@ -5,6 +5,7 @@
 //! can be snapped to the candidate regions preprocess found inside it
 //! (`decide.snap_to_regions`; `inspectd eval` measures whether that helps a model).
 
+pub mod coil;
 pub mod reorder;
 pub mod strip;
 
@@ -17,14 +18,14 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::{error, info, warn};
 
-use crate::config::{AlarmConfig, DecideConfig};
-use crate::contract::{alarm_json, AlarmChange, AlarmKind, Command};
+use crate::config::{AlarmConfig, AlarmCount, DecideConfig};
+use crate::contract::{alarm_json, coil_json, defect_json, AlarmChange, AlarmKind, Command};
 use crate::frame::{Defect, Frame, PooledFrame, Region};
 use crate::stages::decide::reorder::Reorder;
 use crate::stages::StageContext;
 use crate::state::alarms::{ActiveAlarm, AlarmState};
 use crate::state::evidence::EvidenceSink;
-use crate::state::outbox::Outbox;
+use crate::state::outbox::{EventKind, Outbox};
 use crate::telemetry::Stage;
 use crate::telemetry::Stats;
 
@@ -332,6 +333,11 @@ impl AlarmTracker {
         self.cfg = cfg.clone();
     }
 
+    /// Do the windows count new tracks (`alarm.count = "tracks"`) rather than frames?
+    pub fn counts_tracks(&self) -> bool {
+        self.cfg.count == AlarmCount::Tracks
+    }
+
     /// Is the alarm of class index `i` active?
     pub fn active(&self, i: usize) -> bool {
         self.alarms[i].active
@@ -498,6 +504,8 @@ pub struct DecideStage {
     pub strip: Option<strip::Strip>,
     /// Tracks that ended, kept between frames.
     pub ended: Vec<strip::Track>,
+    /// Where finished coils' reports go (with `[strip]`).
+    pub reports: Option<coil::Reports>,
 }
 
 /// What decide needs to keep evidence.
@@ -579,7 +587,14 @@ impl DecideStage {
             ctx.beat(Stage::Decide);
             select! {
                 recv(frames) -> msg => {
-                    let Ok(frame) = msg else { return };
+                    let Ok(frame) = msg else {
+                        // The input is done: so is the coil being inspected.
+                        if self.end_coil("shutdown", &ctx.stats) {
+                            let active = self.active_bits();
+                            let _ = output.send(ToPublish::AlarmsStored { active });
+                        }
+                        return;
+                    };
                     self.reorder.push(frame.order, frame);
                     while let Some(frame) = self.reorder.pop() {
                         if frame.failed {
@@ -595,9 +610,11 @@ impl DecideStage {
                     if let Ok(Command::Coil(id)) = &msg {
                         match self.strip.as_mut() {
                             Some(strip) => {
-                                let ended = strip.new_coil(id);
+                                let (ended, log) = strip.new_coil(id);
                                 info!(coil = %id, "A new coil starts: MD 0 is the next frame's first row.");
-                                self.log_ended(ended);
+                                self.finish_coil(ended, log, "cmd/coil", &ctx.stats);
+                                let active = self.active_bits();
+                                let _ = output.send(ToPublish::AlarmsStored { active });
                             }
                             None => warn!(coil = %id, "cmd/coil received, but [strip] is not configured; ignored."),
                         }
@@ -641,14 +658,47 @@ impl DecideStage {
         if let Some(strip) = self.strip.as_mut() {
             let mut ended = std::mem::take(&mut self.ended);
             strip.place(&mut frame, moved, &mut ended);
-            self.log_ended(ended.drain(..));
+            // The frame that first shows a defect is its evidence (one image for all
+            // the defects it is the first to show).
+            if let Some(ev) = &self.evidence {
+                let mut new = frame
+                    .verdict
+                    .defects
+                    .iter()
+                    .filter_map(|d| d.place.filter(|p| p.first).map(|p| (p.track, d.label)));
+                if let Some((id, label)) = new.next() {
+                    let what = format!("track-{id}-{}", self.decider.labels[label]);
+                    if let Some(path) = ev.keep(&frame, &what, None, stats) {
+                        strip.set_evidence(id, &path);
+                        new.for_each(|(id, _)| strip.set_evidence(id, &path));
+                    }
+                }
+            }
+            if let Some(at) = &frame.verdict.strip {
+                let cfg = strip.config();
+                stats.live.map_position(
+                    at.coil.as_deref(),
+                    at.md_mm + frame.height as f64 * cfg.mm_per_px_md,
+                    frame.width.saturating_sub(cfg.edge_px) as f64 * cfg.mm_per_px_cd,
+                );
+            }
+            self.publish_tracks(&ended, stats);
+            ended.clear();
             self.ended = ended;
         }
         if !moved {
             // The same image again (a stopped line): it says nothing new to the alarms.
             stats.repeats_skipped.fetch_add(1, Relaxed);
         } else {
-            let present = |i: usize| frame.verdict.defects.iter().any(|d| d.label == i);
+            // `alarm.count = "tracks"`: a defect counts in the frame that first shows it.
+            let tracks = self.tracker.counts_tracks();
+            let present = |i: usize| {
+                frame
+                    .verdict
+                    .defects
+                    .iter()
+                    .any(|d| d.label == i && (!tracks || d.place.is_some_and(|p| p.first)))
+            };
             self.tracker.observe(frame.seq, present, changes);
         }
         let alarms = self.store(changes, Some(&frame), stats);
@@ -711,22 +761,113 @@ impl DecideStage {
         out
     }
 
-    /// Each finished track, one line each.
-    fn log_ended(&self, ended: impl IntoIterator<Item = strip::Track>) {
+    /// Each finished track: a log line, and its `defect` event stored in the outbox.
+    fn publish_tracks(&self, ended: &[strip::Track], stats: &Stats) {
         for t in ended {
-            let class = self.decider.labels.get(t.label).map_or("?", |l| l.as_str());
-            info!(
-                track = t.id,
-                class,
-                coil = t.coil.as_deref().unwrap_or(""),
-                md_mm = t.md[0],
-                length_mm = t.md[1] - t.md[0],
-                cd_mm = t.cd[0],
-                width_mm = t.cd[1] - t.cd[0],
-                frames = t.frames,
-                best_score = t.best_score,
-                "Defect track ended."
-            );
+            let msg = coil::track_msg(t, &self.decider.labels);
+            stats.live.map_mark(crate::telemetry::live::MapMark {
+                track: t.id,
+                label: t.label,
+                score: t.best_score,
+                md_mm: msg.md_mm,
+                cd_mm: msg.cd_mm,
+                length_mm: msg.length_mm,
+                width_mm: msg.width_mm,
+                periodic: t.periodic.as_ref().map(|p| p.first_track),
+                evidence: t.evidence.clone(),
+            });
+            let coil = t.coil.as_deref();
+            let res = self
+                .outbox
+                .lock()
+                .expect("outbox lock")
+                .append_event(EventKind::Defect, |id| defect_json(id, coil, &msg));
+            match res {
+                Ok(id) => info!(
+                    id,
+                    track = t.id,
+                    class = %msg.class,
+                    coil = coil.unwrap_or(""),
+                    md_mm = msg.md_mm,
+                    length_mm = msg.length_mm,
+                    cd_mm = msg.cd_mm,
+                    width_mm = msg.width_mm,
+                    frames = t.frames,
+                    best_score = msg.score,
+                    periodic_pitch_mm = msg.periodic.as_ref().map(|p| p.pitch_mm),
+                    "Defect track ended."
+                ),
+                Err(e) => {
+                    error!(error = %e, track = t.id, "Could not store a defect event; it is lost.")
+                }
+            }
+            if let Some(p) = &msg.periodic {
+                if p.repeats
+                    == self
+                        .strip
+                        .as_ref()
+                        .map_or(0, |s| s.config().periodic_min_repeats)
+                {
+                    warn!(class = %msg.class, pitch_mm = p.pitch_mm, roll_diameter_mm = p.roll_diameter_mm, first_track = p.first_track, "Periodic defect: a roll may be marking the strip.");
+                }
+            }
+        }
+    }
+
+    /// Ends the coil being inspected (inspectd stops). True when events were stored.
+    fn end_coil(&mut self, ended_by: &str, stats: &Stats) -> bool {
+        let Some(strip) = self.strip.as_mut() else {
+            return false;
+        };
+        let (ended, log) = strip.finish();
+        self.finish_coil(ended, log, ended_by, stats);
+        true
+    }
+
+    /// A coil ended: its last tracks' events, then its report and `coil` event.
+    fn finish_coil(
+        &mut self,
+        ended: Vec<strip::Track>,
+        log: strip::CoilLog,
+        ended_by: &str,
+        stats: &Stats,
+    ) {
+        self.publish_tracks(&ended, stats);
+        let Some(strip) = self.strip.as_ref() else {
+            return;
+        };
+        if log.coil.is_none() {
+            if !log.tracks.is_empty() {
+                info!(
+                    defects = log.tracks.len(),
+                    "The strip before the first cmd/coil is in no coil report."
+                );
+            }
+            return;
+        }
+        let mut report = coil::report(&log, strip.config(), &self.decider.labels, ended_by);
+        if let Some(reports) = &self.reports {
+            if let Err(e) = reports.write(&mut report) {
+                report.summary.report = None;
+                error!(coil = %report.summary.coil, dir = %reports.state_dir.join(coil::FOLDER).display(), error = %e, "Could not write the coil's report; its summary is still published.");
+            }
+        }
+        let s = &report.summary;
+        let res = self
+            .outbox
+            .lock()
+            .expect("outbox lock")
+            .append_event(EventKind::Coil, |id| coil_json(id, s));
+        match res {
+            Ok(id) => {
+                if s.block {
+                    warn!(id, coil = %s.coil, reasons = %s.block_reasons.join("; "), "Coil ended: BLOCK.");
+                }
+                info!(id, coil = %s.coil, length_mm = s.length_mm, frames = s.frames, defects = report.defects.len(), periodic = s.periodic.len(), block = s.block, report = s.report.as_deref().unwrap_or(""), "Coil ended.");
+            }
+            Err(e) => {
+                error!(error = %e, coil = %s.coil, "Could not store the coil event; it is lost.")
+            }
         }
     }
 
@@ -747,6 +888,7 @@ mod tests {
                 raise,
                 clear,
                 latch,
+                count: AlarmCount::Frames,
             },
             vec!["scratches".into()],
         )

@@ -7,10 +7,16 @@
 //! boxes are compared in strip coordinates, the strip's motion between the frames is
 //! already accounted for. A track ends once the strip has carried its whole extent out of
 //! the view.
+//!
+//! Every ended track is kept in the coil's log. When a track ends, the ended tracks of its
+//! class on the coil are searched for a run at a constant MD pitch that ends with it:
+//! `strip.periodic_min_repeats` or more in a row make it periodic (a roll marking the
+//! strip once a turn).
 
 use std::sync::Arc;
 
 use crate::config::StripConfig;
+use crate::contract::PeriodicMsg;
 use crate::frame::{Frame, FramePlace, Place};
 
 /// How far the strip moves between frames.
@@ -36,6 +42,26 @@ pub struct Track {
     pub best_score: f32,
     /// The coil it is on.
     pub coil: Option<Arc<str>>,
+    /// The image of the frame that first showed it, relative to `state.dir`.
+    pub evidence: Option<String>,
+    /// Set when it ends: the periodic defect it completes, if any, and that run's
+    /// tracks, head first, this one last.
+    pub periodic: Option<PeriodicMsg>,
+    pub run: Vec<u64>,
+}
+
+/// What one coil has shown: its frames, the strip length seen, its ended tracks.
+#[derive(Debug, Clone, Default)]
+pub struct CoilLog {
+    /// None: the strip seen before the first `cmd/coil`.
+    pub coil: Option<Arc<str>>,
+    pub first_ts: Option<u64>,
+    pub last_ts: u64,
+    pub frames: u64,
+    /// From the head to the last row seen, mm.
+    pub length_mm: f64,
+    /// Ended tracks, in the order they ended.
+    pub tracks: Vec<Track>,
 }
 
 /// The strip's state: the coil, how far it has moved, the open tracks.
@@ -47,6 +73,7 @@ pub struct Strip {
     last: Option<(f64, u64)>,
     next_track: u64,
     open: Vec<Track>,
+    log: CoilLog,
     /// Per defect of the frame being placed: its MD and CD extents, and the open track
     /// it joins (index).
     joined: Vec<([f64; 2], [f64; 2], Option<usize>)>,
@@ -68,8 +95,13 @@ impl Strip {
             last: None,
             next_track: 1,
             open: Vec::new(),
+            log: CoilLog::default(),
             joined: Vec::new(),
         }
+    }
+
+    pub fn config(&self) -> &StripConfig {
+        &self.cfg
     }
 
     /// The coil being inspected (`cmd/coil`), None before the first.
@@ -78,11 +110,99 @@ impl Strip {
     }
 
     /// A new coil starts (`cmd/coil`): its head is at the next frame's first row (MD 0),
-    /// and every open track ends. Returns the tracks that ended.
-    pub fn new_coil(&mut self, id: &str) -> Vec<Track> {
+    /// and every open track ends. Returns the tracks that ended and the log of the coil
+    /// that ended with them.
+    pub fn new_coil(&mut self, id: &str) -> (Vec<Track>, CoilLog) {
+        let ended = self.finish();
         self.coil = Some(Arc::from(id));
+        self.log.coil = self.coil.clone();
         self.last = None;
-        std::mem::take(&mut self.open)
+        ended
+    }
+
+    /// Ends the coil being inspected (a new one starts, or inspectd stops): every open
+    /// track ends. Returns those tracks and the coil's log; the log starts afresh.
+    pub fn finish(&mut self) -> (Vec<Track>, CoilLog) {
+        let open = std::mem::take(&mut self.open);
+        let ended: Vec<Track> = open.into_iter().map(|t| self.end_track(t)).collect();
+        let log = std::mem::take(&mut self.log);
+        self.log.coil = self.coil.clone();
+        (ended, log)
+    }
+
+    /// Names the evidence image of the open track `id`.
+    pub fn set_evidence(&mut self, id: u64, path: &str) {
+        if let Some(t) = self.open.iter_mut().find(|t| t.id == id) {
+            t.evidence = Some(path.to_string());
+        }
+    }
+
+    /// A track ends: it is checked for a periodic run and kept in the coil's log.
+    fn end_track(&mut self, mut t: Track) -> Track {
+        if let Some((p, run)) = self.periodic_run(&t) {
+            t.periodic = Some(p);
+            t.run = run;
+        }
+        self.log.tracks.push(t.clone());
+        t
+    }
+
+    /// The run of ended tracks of `t`'s class, at one MD pitch, that `t` completes: the
+    /// longest (then the shortest pitch) of at least `periodic_min_repeats` tracks, each
+    /// within `periodic_tolerance_mm` of where the pitch from the one after it puts it.
+    fn periodic_run(&self, t: &Track) -> Option<(PeriodicMsg, Vec<u64>)> {
+        let cfg = &self.cfg;
+        let tol = cfg.periodic_tolerance_mm;
+        let same: Vec<&Track> = self
+            .log
+            .tracks
+            .iter()
+            .filter(|o| o.label == t.label)
+            .collect();
+        let mut best: Option<(f64, Vec<&Track>)> = None;
+        for j in &same {
+            let pitch = t.md[0] - j.md[0];
+            if pitch < cfg.periodic_min_pitch_mm || pitch > cfg.periodic_max_pitch_mm {
+                continue;
+            }
+            let mut run = vec![t, *j];
+            let mut at = j.md[0];
+            loop {
+                let want = at - pitch;
+                let next = same
+                    .iter()
+                    .filter(|o| o.md[0] < at && (o.md[0] - want).abs() <= tol)
+                    .min_by(|a, b| (a.md[0] - want).abs().total_cmp(&(b.md[0] - want).abs()));
+                match next {
+                    Some(o) => {
+                        run.push(o);
+                        at = o.md[0];
+                    }
+                    None => break,
+                }
+            }
+            let better = match &best {
+                None => true,
+                Some((bp, b)) => run.len() > b.len() || (run.len() == b.len() && pitch < *bp),
+            };
+            if better {
+                best = Some((pitch, run));
+            }
+        }
+        let (_, run) = best?;
+        let n = run.len();
+        if (n as u32) < cfg.periodic_min_repeats {
+            return None;
+        }
+        let first = run[n - 1];
+        let pitch = (t.md[0] - first.md[0]) / (n - 1) as f64;
+        let msg = PeriodicMsg {
+            pitch_mm: crate::contract::round_to(pitch, 10.0),
+            roll_diameter_mm: crate::contract::round_to(pitch / std::f64::consts::PI, 10.0),
+            repeats: n as u32,
+            first_track: first.id,
+        };
+        Some((msg, run.iter().rev().map(|r| r.id).collect()))
     }
 
     /// The MD of `frame`'s first row, advancing the strip from the previous frame.
@@ -105,6 +225,11 @@ impl Strip {
     pub fn place(&mut self, frame: &mut Frame, moved: bool, ended: &mut Vec<Track>) {
         let md0 = self.frame_md(frame, moved);
         let (mm_md, mm_cd) = (self.cfg.mm_per_px_md, self.cfg.mm_per_px_cd);
+        let log = &mut self.log;
+        log.first_ts.get_or_insert(frame.ts_ms);
+        log.last_ts = frame.ts_ms;
+        log.frames += 1;
+        log.length_mm = log.length_mm.max(md0 + frame.height as f64 * mm_md);
         let edge = self.cfg.edge_px as f64;
         self.joined.clear();
         for d in &frame.verdict.defects {
@@ -127,6 +252,7 @@ impl Strip {
         }
         for (k, d) in frame.verdict.defects.iter_mut().enumerate() {
             let (md, cd, joined) = self.joined[k];
+            let first = joined.is_none();
             let i = match joined {
                 Some(i) if moved => {
                     let t = &mut self.open[i];
@@ -146,6 +272,9 @@ impl Strip {
                         frames: 1,
                         best_score: d.score,
                         coil: self.coil.clone(),
+                        evidence: None,
+                        periodic: None,
+                        run: Vec::new(),
                     });
                     self.next_track += 1;
                     self.open.len() - 1
@@ -157,13 +286,16 @@ impl Strip {
                 cd_mm: cd[0],
                 length_mm: md[1] - md[0],
                 width_mm: cd[1] - cd[0],
+                first,
             });
         }
         // What lies wholly before this frame's first row has left the view.
         let mut k = 0;
         while k < self.open.len() {
             if self.open[k].md[1] < md0 {
-                ended.push(self.open.remove(k));
+                let t = self.open.remove(k);
+                let t = self.end_track(t);
+                ended.push(t);
             } else {
                 k += 1;
             }
@@ -193,6 +325,12 @@ mod tests {
             speed_mm_s: speed,
             advance_px,
             join_mm: 10.0,
+            periodic_min_repeats: 3,
+            periodic_tolerance_mm: 20.0,
+            periodic_min_pitch_mm: 100.0,
+            periodic_max_pitch_mm: 6000.0,
+            keep_coils: 10,
+            block: Default::default(),
         }
     }
 
@@ -255,6 +393,75 @@ mod tests {
         assert_eq!(patch.coil.as_deref(), Some("C1"));
     }
 
+    /// Frames of 800 rows, 400 apart, over marks at strip rows `marks` (class, row, col).
+    fn replay(s: &mut Strip, marks: &[(usize, u32, u32)], frames: u32) -> Vec<Track> {
+        let mut ended = Vec::new();
+        for n in 0..frames {
+            let top = n * 400;
+            let seen: Vec<(usize, [u32; 4])> = marks
+                .iter()
+                .filter(|m| m.1 >= top && m.1 + 40 <= top + 800)
+                .map(|&(label, row, col)| (label, [col, row - top, 30, 40]))
+                .collect();
+            s.place(&mut frame(0, &seen), true, &mut ended);
+        }
+        ended
+    }
+
+    #[test]
+    fn a_mark_every_roll_turn_is_periodic_with_its_pitch_and_diameter() {
+        let mut s = Strip::new(&cfg(Some(400), None));
+        s.new_coil("C1");
+        // A patch every 1600 rows (400 mm), one off-pitch patch and a scratch among them.
+        let marks = [
+            (2, 1000, 300),
+            (2, 2600, 310),
+            (2, 3000, 600),
+            (5, 3300, 300),
+            (2, 4204, 305),
+            (2, 5800, 300),
+        ];
+        let ended = replay(&mut s, &marks, 18);
+        assert_eq!(ended.len(), 6, "one track per mark");
+        let patches: Vec<&Track> = ended.iter().filter(|t| t.label == 2).collect();
+        assert!(patches[0].periodic.is_none() && patches[1].periodic.is_none());
+        // The third at the pitch makes it periodic; the off-pitch one is not part of it.
+        let third = patches.iter().find(|t| t.md[0] == 4204.0 * 0.25).unwrap();
+        let p = third
+            .periodic
+            .as_ref()
+            .expect("periodic at the third repeat");
+        assert_eq!((p.repeats, p.first_track), (3, patches[0].id));
+        assert_eq!(p.pitch_mm, 400.5);
+        assert_eq!(p.roll_diameter_mm, 127.5);
+        let last = patches.last().unwrap();
+        assert_eq!(last.periodic.as_ref().unwrap().repeats, 4);
+        assert_eq!(last.run.len(), 4);
+        assert!(ended
+            .iter()
+            .filter(|t| t.md[0] == 750.0)
+            .all(|t| t.periodic.is_none()));
+        // The coil's log holds them all, with the length seen.
+        let (_, log) = s.finish();
+        assert_eq!(log.tracks.len(), 6);
+        assert_eq!(log.length_mm, (17 * 400 + 800) as f64 * 0.25);
+    }
+
+    #[test]
+    fn marks_too_far_apart_or_off_the_pitch_are_not_periodic() {
+        let mut s = Strip::new(&cfg(Some(400), None));
+        // 400 mm, then 500 mm, then 400 mm: no three in a row at one pitch (tolerance 20).
+        let marks = [
+            (2, 1000, 300),
+            (2, 2600, 300),
+            (2, 4600, 300),
+            (2, 6200, 300),
+        ];
+        let ended = replay(&mut s, &marks, 18);
+        assert_eq!(ended.len(), 4);
+        assert!(ended.iter().all(|t| t.periodic.is_none()));
+    }
+
     #[test]
     fn defects_apart_on_the_strip_or_of_another_class_are_other_tracks() {
         let mut s = Strip::new(&cfg(Some(400), None));
@@ -294,7 +501,9 @@ mod tests {
         // A new coil: its head is the next frame, the open tracks end.
         let mut f = frame(10_750, &[(1, [0, 0, 8, 8])]);
         s.place(&mut f, true, &mut ended);
-        assert_eq!(s.new_coil("C2").len(), 1);
+        let (closed, log) = s.new_coil("C2");
+        assert_eq!(closed.len(), 1);
+        assert_eq!((log.coil, log.frames, log.tracks.len()), (None, 4, 1));
         let mut f = frame(11_000, &[]);
         s.place(&mut f, true, &mut ended);
         let at = f.verdict.strip.unwrap();
