@@ -74,6 +74,18 @@ pub struct StripConfig {
     /// triggered by an encoder every so many mm, or a replay of overlapping frames).
     #[serde(default)]
     pub advance_px: Option<u32>,
+    /// The line tells its speed over MQTT: `"cmd/speed"` (mm/s) or `"cmd/encoder"` (an
+    /// encoder count, `mm_per_count` mm a count). One of `speed_mm_s`, `advance_px` and
+    /// this.
+    #[serde(default)]
+    pub speed_source: Option<SpeedSource>,
+    /// Millimetres of strip per encoder count (`speed_source = "cmd/encoder"`).
+    #[serde(default)]
+    pub mm_per_count: Option<f64>,
+    /// With `speed_source`: the speed is stale (reported in health) when nothing arrived
+    /// for this many seconds.
+    #[serde(default = "default_speed_stale_s")]
+    pub speed_stale_s: f64,
     /// Two detections of one class in consecutive frames are one defect when their boxes
     /// on the strip overlap or are at most this far apart (mm).
     #[serde(default = "default_join_mm")]
@@ -96,6 +108,18 @@ pub struct StripConfig {
     /// When a finished coil is marked `block` (held for inspection).
     #[serde(default)]
     pub block: BlockRules,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum SpeedSource {
+    #[serde(rename = "cmd/speed")]
+    Speed,
+    #[serde(rename = "cmd/encoder")]
+    Encoder,
+}
+
+fn default_speed_stale_s() -> f64 {
+    2.0
 }
 
 /// `[strip.block]`: a coil is blocked when any rule holds.
@@ -1098,18 +1122,51 @@ impl Settings {
                     ));
                 }
             }
-            match (st.speed_mm_s, st.advance_px) {
-                (Some(_), Some(_)) | (None, None) => p.push(
-                    "strip: give exactly one of speed_mm_s (a fixed line speed) and advance_px (rows the strip moves between frames)"
+            let sources = [
+                st.speed_mm_s.is_some(),
+                st.advance_px.is_some(),
+                st.speed_source.is_some(),
+            ];
+            if sources.iter().filter(|&&s| s).count() != 1 {
+                p.push(
+                    "strip: give exactly one of speed_mm_s (a fixed line speed), advance_px (rows the strip moves between frames) and speed_source (\"cmd/speed\" or \"cmd/encoder\": the line tells it over MQTT)"
+                        .to_string(),
+                );
+            }
+            if let Some(v) = st.speed_mm_s {
+                if !(v.is_finite() && v > 0.0 && v <= 100_000.0) {
+                    p.push(format!(
+                        "strip.speed_mm_s: {v} is not a line speed (above 0, at most 100000 mm/s)"
+                    ));
+                }
+            }
+            if st.advance_px == Some(0) {
+                p.push("strip.advance_px: 0 rows: the strip would never move".to_string());
+            }
+            match (st.speed_source, st.mm_per_count) {
+                (Some(SpeedSource::Encoder), None) => p.push(
+                    "strip.mm_per_count: needed with speed_source = \"cmd/encoder\" (mm of strip per count)"
                         .to_string(),
                 ),
-                (Some(v), None) if !(v.is_finite() && v > 0.0 && v <= 100_000.0) => p.push(
-                    format!("strip.speed_mm_s: {v} is not a line speed (above 0, at most 100000 mm/s)"),
-                ),
-                (None, Some(0)) => {
-                    p.push("strip.advance_px: 0 rows: the strip would never move".to_string())
+                (Some(SpeedSource::Encoder), Some(v)) if !(v.is_finite() && v > 0.0 && v <= 1000.0) => {
+                    p.push(format!(
+                        "strip.mm_per_count: {v} is not a length per count (above 0, at most 1000 mm)"
+                    ))
                 }
-                _ => {}
+                (Some(SpeedSource::Encoder), Some(_)) => {}
+                (_, Some(_)) => p.push(
+                    "strip.mm_per_count: only used with speed_source = \"cmd/encoder\"".to_string(),
+                ),
+                (_, None) => {}
+            }
+            if !(st.speed_stale_s.is_finite()
+                && st.speed_stale_s > 0.0
+                && st.speed_stale_s <= 3600.0)
+            {
+                p.push(format!(
+                    "strip.speed_stale_s: {} is not a time (above 0, at most 3600 s)",
+                    st.speed_stale_s
+                ));
             }
             for (key, v) in [
                 ("join_mm", st.join_mm),
@@ -1537,6 +1594,41 @@ port = 1883
             (st.advance_px, st.speed_mm_s, st.join_mm),
             (Some(512), None, 10.0)
         );
+        // The speed over MQTT: an encoder needs its mm per count; the block rules and
+        // periodic settings are checked; tracks counted by alarms need [strip].
+        let body = (GOOD.to_string() + "[alarm]\ncount = \"tracks\"\n")
+            + "[strip]\nmm_per_px_cd = 0.5\nmm_per_px_md = 0.5\nspeed_source = \"cmd/encoder\"\nspeed_stale_s = 0\n\
+               periodic_min_pitch_mm = 900\nperiodic_max_pitch_mm = 800\nperiodic_min_repeats = 1\nkeep_coils = 0\n\
+               [strip.block]\nlonger_than_mm = { scratches = -1 }\n";
+        let text = Settings::load_with_env(&write(dir.path(), &body), [])
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "strip.mm_per_px_count",
+            "strip.speed_stale_s: 0",
+            "strip.periodic_min_pitch_mm / periodic_max_pitch_mm: 900 / 800",
+            "strip.periodic_min_repeats: 1",
+            "strip.keep_coils: 0",
+            "strip.block.longer_than_mm.scratches: -1",
+        ] {
+            let key = key.replace("mm_per_px_count", "mm_per_count: needed");
+            assert!(text.contains(&key), "missing {key:?} in\n{text}");
+        }
+        assert!(!text.contains("alarm.count"), "{text}");
+        let body = GOOD.to_string() + "[alarm]\ncount = \"tracks\"\n";
+        let text = Settings::load_with_env(&write(dir.path(), &body), [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("alarm.count: \"tracks\" needs a [strip] section"),
+            "{text}"
+        );
+        let body = GOOD.to_string()
+            + "[strip]\nmm_per_px_cd = 0.5\nmm_per_px_md = 0.5\nspeed_source = \"cmd/speed\"\nspeed_mm_s = 3.0\n";
+        let text = Settings::load_with_env(&write(dir.path(), &body), [])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("strip: give exactly one of"), "{text}");
     }
 
     #[test]

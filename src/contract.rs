@@ -19,6 +19,8 @@
 //! | `coil`         | [`coil_json`] (`[strip]`)        | 1   | no       |
 //! | `cmd/ack` (in) | an alarm id or `all`: [`parse_ack`] | 1 | no     |
 //! | `cmd/coil` (in) | the new coil's id: [`parse_coil`] | 1 | no      |
+//! | `cmd/speed` (in) | the line speed, mm/s: [`parse_speed`] | 0 | no  |
+//! | `cmd/encoder` (in) | an encoder count: [`parse_encoder`] | 0 | no |
 
 use std::collections::BTreeMap;
 
@@ -54,7 +56,7 @@ const fn spec(suffix: &'static str, qos: Qos, retained: bool, inbound: bool) -> 
 }
 
 /// Every topic of the contract, in README's order (`alarm/<class>/active` once per class).
-pub const TOPIC_TABLE: [TopicSpec; 12] = [
+pub const TOPIC_TABLE: [TopicSpec; 14] = [
     spec("status", Qos::AtLeastOnce, true, false),
     spec("result", Qos::ResultQos, false, false),
     spec("result/ok", Qos::ResultQos, true, false),
@@ -67,6 +69,8 @@ pub const TOPIC_TABLE: [TopicSpec; 12] = [
     spec("coil", Qos::AtLeastOnce, false, false),
     spec("cmd/ack", Qos::AtLeastOnce, false, true),
     spec("cmd/coil", Qos::AtLeastOnce, false, true),
+    spec("cmd/speed", Qos::AtMostOnce, false, true),
+    spec("cmd/encoder", Qos::AtMostOnce, false, true),
 ];
 
 /// The payloads of `status`: the daemon's own, and its last will.
@@ -92,6 +96,8 @@ pub struct Topics {
     pub coil: String,
     pub cmd_ack: String,
     pub cmd_coil: String,
+    pub cmd_speed: String,
+    pub cmd_encoder: String,
     /// `alarm/<class>/active`, in class order.
     pub class_active: Vec<String>,
 }
@@ -114,6 +120,8 @@ impl Topics {
             coil: at("coil"),
             cmd_ack: at("cmd/ack"),
             cmd_coil: at("cmd/coil"),
+            cmd_speed: at("cmd/speed"),
+            cmd_encoder: at("cmd/encoder"),
             class_active: classes
                 .iter()
                 .map(|c| at("alarm/<class>/active").replace("<class>", c))
@@ -380,12 +388,39 @@ pub fn result_json(
 }
 
 /// Commands that arrive from the broker for the decide stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Acknowledge the alarm raised with this id, or all (`None`).
     Ack(Option<u64>),
     /// A new coil starts, with this id (`[strip]`).
     Coil(String),
+    /// The line speed, mm/s, received at `at_ms` (Unix ms).
+    Speed { mm_s: f64, at_ms: u64 },
+    /// The line's encoder count, received at `at_ms`.
+    Encoder { count: i64, at_ms: u64 },
+}
+
+/// Parses a `cmd/speed` payload: the line speed in mm/s, a number from 0 to 100000.
+pub fn parse_speed(payload: &[u8], at_ms: u64) -> Result<Command, String> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| "payload is not text".to_string())?
+        .trim();
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=100_000.0).contains(&v) => {
+            Ok(Command::Speed { mm_s: v, at_ms })
+        }
+        _ => Err(format!("{text:?} is not a line speed (mm/s, 0 to 100000)")),
+    }
+}
+
+/// Parses a `cmd/encoder` payload: the encoder's count, a whole number.
+pub fn parse_encoder(payload: &[u8], at_ms: u64) -> Result<Command, String> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| "payload is not text".to_string())?
+        .trim();
+    text.parse::<i64>()
+        .map(|count| Command::Encoder { count, at_ms })
+        .map_err(|_| format!("{text:?} is not an encoder count (a whole number)"))
 }
 
 /// Parses a `cmd/coil` payload: the coil's id, 1 to 64 characters of letters, digits
@@ -544,6 +579,10 @@ pub struct HealthMsg<'a> {
     pub mean: Option<f64>,
     pub contrast: Option<f64>,
     pub saturated_fraction: Option<f64>,
+    /// `[strip]` with `speed_source`: `ok`, `missing` (nothing yet) or `stale`; absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed: Option<&'a str>,
 }
 
 /// `v` rounded to a multiple of `1 / scale` (1e3: three decimals), for JSON payloads.

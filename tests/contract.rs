@@ -84,6 +84,8 @@ fn readme_topic_table_is_the_contract() {
         &t.coil,
         &t.cmd_ack,
         &t.cmd_coil,
+        &t.cmd_speed,
+        &t.cmd_encoder,
     ];
     for (topic, spec) in built.iter().zip(TOPIC_TABLE) {
         assert_eq!(
@@ -167,6 +169,7 @@ fn readme_examples_have_the_keys_the_payloads_have() {
         mean: None,
         contrast: None,
         saturated_fraction: None,
+        speed: None,
     })
     .unwrap();
     assert_eq!(keys(&shown), keys(&produced), "health keys");

@@ -290,7 +290,7 @@ fn ack_payloads(cases: u32) {
                     .trim()
                     .eq_ignore_ascii_case("all"))
             }
-            Ok(Command::Coil(c)) => prop_assert!(false, "cmd/ack parsed as a coil {c:?}"),
+            Ok(other) => prop_assert!(false, "cmd/ack parsed as {other:?}"),
             Err(e) => prop_assert!(!e.is_empty()),
         }
         Ok(())
@@ -315,6 +315,36 @@ fn coil_ids_from_any_bytes_are_safe_or_refused_by_name() {
             }
             Ok(other) => prop_assert!(false, "cmd/coil parsed as {other:?}"),
             Err(e) => prop_assert!(e.contains("coil id") || e.contains("not text"), "{e}"),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn line_speeds_and_encoder_counts_from_any_bytes_are_in_range_or_refused() {
+    let payload = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..40),
+        "\\PC{0,20}".prop_map(String::into_bytes),
+        "[ 0-9eE.+-]{0,24}|NaN|inf|-inf|1e400".prop_map(String::into_bytes),
+    ];
+    run(256, payload, |bytes| {
+        match inspectd::contract::parse_speed(&bytes, 7) {
+            Ok(Command::Speed { mm_s, at_ms }) => {
+                prop_assert!(mm_s.is_finite() && (0.0..=100_000.0).contains(&mm_s));
+                prop_assert_eq!(at_ms, 7);
+                let text = std::str::from_utf8(&bytes).unwrap().trim();
+                prop_assert_eq!(text.parse::<f64>().ok(), Some(mm_s));
+            }
+            Ok(other) => prop_assert!(false, "cmd/speed parsed as {other:?}"),
+            Err(e) => prop_assert!(e.contains("line speed") || e.contains("not text"), "{e}"),
+        }
+        match inspectd::contract::parse_encoder(&bytes, 7) {
+            Ok(Command::Encoder { count, .. }) => {
+                let text = std::str::from_utf8(&bytes).unwrap().trim();
+                prop_assert_eq!(text.parse::<i64>().ok(), Some(count));
+            }
+            Ok(other) => prop_assert!(false, "cmd/encoder parsed as {other:?}"),
+            Err(e) => prop_assert!(e.contains("encoder count") || e.contains("not text"), "{e}"),
         }
         Ok(())
     });

@@ -379,3 +379,57 @@ fn alarms_counting_tracks_count_a_defect_seen_in_two_frames_once() {
         "{shows:?} {starts:?}"
     );
 }
+
+#[test]
+fn a_speed_told_over_mqtt_moves_the_strip_and_its_silence_is_reported_in_health() {
+    let (images, _) = strip_frames(FRAMES, &[]);
+    let broker = Mosquitto::start();
+    // Two frames a second for four seconds; one speed reading, stale after a second.
+    let st = station(
+        images.path(),
+        broker.port,
+        false,
+        2.0,
+        (5, 3, 1, false),
+        "[strip]\nmm_per_px_cd = 1.0\nmm_per_px_md = 1.0\nspeed_source = \"cmd/speed\"\nspeed_stale_s = 1.0\n",
+    );
+    let root = st.root.clone();
+    let sub = Subscriber::start(broker.port, &format!("{root}/#"), false);
+    sub.publish_retained(&format!("{root}/cmd/speed"), "400");
+    let mut daemon = Daemon::start(&st.config);
+    assert_eq!(daemon.wait(LONG), Some(0), "{}", daemon.log_text());
+    let topic = format!("{root}/result");
+    assert!(sub.wait_for(Duration::from_secs(10), |m| m
+        .iter()
+        .filter(|m| m.topic == topic)
+        .count()
+        >= FRAMES as usize));
+    let results: Vec<serde_json::Value> = sub.on(&topic).iter().map(Msg::json).collect();
+    // MD moves by the told speed times the time between captures, before and after the
+    // reading went stale (it carries on from the last one).
+    for w in results.windows(2) {
+        let dt = (w[1]["ts"].as_u64().unwrap() - w[0]["ts"].as_u64().unwrap()) as f64 / 1e3;
+        let dmd = w[1]["md_mm"].as_f64().unwrap() - w[0]["md_mm"].as_f64().unwrap();
+        assert!(
+            (dmd - 400.0 * dt).abs() <= 0.11,
+            "{dmd} mm in {dt} s: {w:?}"
+        );
+    }
+    assert!(results.last().unwrap()["md_mm"].as_f64().unwrap() > 1000.0);
+    // Health said the speed was fresh, then stale (and so not ok).
+    let health: Vec<serde_json::Value> = sub
+        .on(&format!("{root}/health"))
+        .iter()
+        .map(Msg::json)
+        .collect();
+    let fresh = health.iter().position(|h| h["speed"] == "ok");
+    let stale = health.iter().rposition(|h| h["speed"] == "stale");
+    assert!(
+        matches!((fresh, stale), (Some(f), Some(s)) if f < s),
+        "{health:#?}"
+    );
+    assert_eq!(health[stale.unwrap()]["ok"], false);
+    assert!(daemon
+        .log_text()
+        .contains("Line speed: nothing on cmd/speed"));
+}

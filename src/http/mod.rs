@@ -212,6 +212,11 @@ pub fn not_ready(stats: &Stats, stale_after: Duration) -> Vec<String> {
     for c in conditions(stats.health.load(Relaxed)) {
         reasons.push(format!("health: {}", c.name()));
     }
+    let speed =
+        crate::stages::decide::strip::SpeedState::from_code(stats.strip_speed.load(Relaxed));
+    if let Some(s) = speed.name().filter(|s| *s != "ok") {
+        reasons.push(format!("strip: line speed {s} (cmd/speed or cmd/encoder)"));
+    }
     reasons
 }
 

@@ -601,8 +601,13 @@ fn run_connection(
                     s.asked.clear();
                     s.inflight.clear();
                     s.sent.clear();
-                    for topic in [&topics.cmd_ack, &topics.cmd_coil] {
-                        if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
+                    for (topic, qos) in [
+                        (&topics.cmd_ack, QoS::AtLeastOnce),
+                        (&topics.cmd_coil, QoS::AtLeastOnce),
+                        (&topics.cmd_speed, QoS::AtMostOnce),
+                        (&topics.cmd_encoder, QoS::AtMostOnce),
+                    ] {
+                        if let Err(e) = client.try_subscribe(topic, qos) {
                             warn!(error = %e, topic = %topic, "Could not subscribe.");
                         }
                     }
@@ -658,6 +663,34 @@ fn run_connection(
                             let _ = commands.send(cmd);
                         }
                         Err(e) => warn!(error = %e, "Ignored a malformed cmd/coil message."),
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p)))
+                    if p.topic == topics.cmd_speed || p.topic == topics.cmd_encoder =>
+                {
+                    let now = crate::frame::unix_ms();
+                    let (res, what) = if p.topic == topics.cmd_speed {
+                        (crate::contract::parse_speed(&p.payload, now), "cmd/speed")
+                    } else {
+                        (
+                            crate::contract::parse_encoder(&p.payload, now),
+                            "cmd/encoder",
+                        )
+                    };
+                    match res {
+                        // A reading the decide stage has no room for is superseded by the
+                        // next one: never wait for it.
+                        Ok(cmd) => {
+                            if commands.try_send(cmd).is_err() {
+                                debug!(
+                                    topic = what,
+                                    "Decide is busy; a line speed reading was skipped."
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, topic = what, "Ignored a malformed line speed message.")
+                        }
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {

@@ -63,9 +63,17 @@ impl FrameMeasure {
 /// The 64-bit difference hash of a gray frame: 9x8 block means, bit `8 * row + col` set
 /// when block `col` is brighter than block `col + 1`. Frames smaller than 9x8 hash to 0.
 pub fn dhash(pixels: &[u8], width: usize, height: usize) -> u64 {
+    dhash_rect(pixels, width, [0, 0, width, height])
+}
+
+/// [`dhash`] of the part `[x, y, w, h]` of a gray image `stride` pixels wide (a defect's
+/// patch). A part smaller than 9x8 or outside the pixels hashes to 0.
+pub fn dhash_rect(pixels: &[u8], stride: usize, rect: [usize; 4]) -> u64 {
     const COLS: usize = 9;
     const ROWS: usize = 8;
-    if width < COLS || height < ROWS || pixels.len() < width * height {
+    let [x, top, width, height] = rect;
+    if width < COLS || height < ROWS || x + width > stride || pixels.len() < (top + height) * stride
+    {
         return 0;
     }
     let mut sums = [[0u64; COLS]; ROWS];
@@ -73,7 +81,8 @@ pub fn dhash(pixels: &[u8], width: usize, height: usize) -> u64 {
     for (r, row_sums) in sums.iter_mut().enumerate() {
         let (y0, y1) = (r * height / ROWS, (r + 1) * height / ROWS);
         for y in y0..y1 {
-            let row = &pixels[y * width..(y + 1) * width];
+            let at = (top + y) * stride + x;
+            let row = &pixels[at..at + width];
             for (c, s) in row_sums.iter_mut().enumerate() {
                 let block = &row[col_edge(c)..col_edge(c + 1)];
                 *s += block.iter().map(|&p| p as u32).sum::<u32>() as u64;
@@ -222,10 +231,12 @@ pub fn health_json(stats: &Stats) -> Vec<u8> {
     let camera = CameraState::from_code(stats.camera_state.load(Relaxed));
     let has = |c: Condition| bits & c.bit() != 0;
     let measures = stats.frame_measures();
+    let speed =
+        crate::stages::decide::strip::SpeedState::from_code(stats.strip_speed.load(Relaxed)).name();
     serde_json::to_vec(&HealthMsg {
         v: 1,
         ts: crate::frame::unix_ms(),
-        ok: bits == 0 && !stats.camera_down(),
+        ok: bits == 0 && !stats.camera_down() && speed.is_none_or(|s| s == "ok"),
         camera: camera.map(|c| c.name()),
         dark: has(Condition::Dark),
         saturated: has(Condition::Saturated),
@@ -234,6 +245,7 @@ pub fn health_json(stats: &Stats) -> Vec<u8> {
         mean: measures.map(|m| m[0]),
         contrast: measures.map(|m| m[1]),
         saturated_fraction: measures.map(|m| m[2]),
+        speed,
     })
     .expect("health serialises")
 }

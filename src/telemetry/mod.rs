@@ -324,6 +324,9 @@ pub struct Stats {
     /// frame's measures (0: no frame measured yet).
     pub health: AtomicU64,
     pub health_changes: AtomicU64,
+    /// `[strip]`: whether the line speed told over MQTT is fresh
+    /// ([`SpeedState`](crate::stages::decide::strip::SpeedState) code; 0: a fixed speed).
+    pub strip_speed: AtomicU64,
     /// The last frame's mean gray level, contrast and saturated fraction, times 1000.
     pub frame_mean_milli: AtomicU64,
     pub frame_stddev_milli: AtomicU64,

@@ -481,6 +481,22 @@ mod tests {
     }
 
     #[test]
+    fn a_block_rule_for_a_class_the_model_lacks_is_named() {
+        let rules = BlockRules {
+            longer_than_mm: [("scratch".to_string(), 500.0)].into(),
+            per_100m: [("patches".to_string(), 3)].into(),
+            periodic: false,
+        };
+        let labels = ["patches".to_string(), "scratches".to_string()];
+        let err = check_rules(&rules, &labels).unwrap_err();
+        assert_eq!(
+            err,
+            "strip.block.longer_than_mm.scratch: the model has no defect class \"scratch\" (it has: patches, scratches)"
+        );
+        assert!(check_rules(&BlockRules::default(), &labels).is_ok());
+    }
+
+    #[test]
     fn coil_ids_become_file_names_that_tell_them_apart() {
         assert_eq!(file_stem("C-17.a_b"), "C-17.a_b");
         assert_eq!(file_stem("L2/C:17"), "L2%2FC%3A17");

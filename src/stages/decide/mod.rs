@@ -607,6 +607,11 @@ impl DecideStage {
                     }
                 }
                 recv(commands) -> msg => {
+                    match (&msg, self.strip.as_mut()) {
+                        (Ok(Command::Speed { mm_s, at_ms }), Some(strip)) => strip.set_speed(*mm_s, *at_ms),
+                        (Ok(Command::Encoder { count, at_ms }), Some(strip)) => strip.set_count(*count, *at_ms),
+                        _ => {}
+                    }
                     if let Ok(Command::Coil(id)) = &msg {
                         match self.strip.as_mut() {
                             Some(strip) => {
@@ -643,6 +648,7 @@ impl DecideStage {
                 }
                 default(Duration::from_secs(1)) => {}
             }
+            self.check_speed(crate::frame::unix_ms(), &ctx.stats);
         }
     }
 
@@ -811,6 +817,24 @@ impl DecideStage {
                     warn!(class = %msg.class, pitch_mm = p.pitch_mm, roll_diameter_mm = p.roll_diameter_mm, first_track = p.first_track, "Periodic defect: a roll may be marking the strip.");
                 }
             }
+        }
+    }
+
+    /// Tells health whether the line speed told over MQTT is fresh; a change is logged.
+    fn check_speed(&self, now_ms: u64, stats: &Stats) {
+        let Some(strip) = &self.strip else { return };
+        let state = strip.speed_state(now_ms);
+        let before = stats.strip_speed.swap(state.code(), Relaxed);
+        if before == state.code() {
+            return;
+        }
+        stats.health_changes.fetch_add(1, Relaxed);
+        let stale_s = strip.config().speed_stale_s;
+        match state {
+            strip::SpeedState::Stale => warn!(stale_s, "Line speed: nothing on cmd/speed or cmd/encoder for too long; MD carries on from the last reading and health reports it stale."),
+            strip::SpeedState::Missing => warn!("Line speed: nothing on cmd/speed or cmd/encoder yet; MD stays at 0 until it comes."),
+            strip::SpeedState::Fresh => info!("Line speed: received."),
+            strip::SpeedState::Fixed => {}
         }
     }
 

@@ -15,7 +15,9 @@
 
 use std::sync::Arc;
 
-use crate::config::StripConfig;
+use tracing::warn;
+
+use crate::config::{SpeedSource, StripConfig};
 use crate::contract::PeriodicMsg;
 use crate::frame::{Frame, FramePlace, Place};
 
@@ -26,6 +28,57 @@ enum Advance {
     Speed(f64),
     /// A fixed number of rows per frame.
     Rows(u32),
+    /// The last speed told on `cmd/speed`, mm/s.
+    Told,
+    /// Encoder counts on `cmd/encoder`, this many mm a count.
+    Encoder(f64),
+}
+
+/// Where the speed comes from, and whether it is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeedState {
+    /// From the config (`speed_mm_s`, `advance_px`): nothing to go stale.
+    Fixed,
+    /// Told over MQTT, but nothing has arrived yet.
+    Missing,
+    /// Told over MQTT, nothing for `strip.speed_stale_s`.
+    Stale,
+    Fresh,
+}
+
+impl SpeedState {
+    /// As the `health` payload has it (`speed`); None for a fixed speed.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            SpeedState::Fixed => None,
+            SpeedState::Missing => Some("missing"),
+            SpeedState::Stale => Some("stale"),
+            SpeedState::Fresh => Some("ok"),
+        }
+    }
+
+    pub fn code(self) -> u64 {
+        self as u64
+    }
+
+    pub fn from_code(code: u64) -> SpeedState {
+        match code {
+            1 => SpeedState::Missing,
+            2 => SpeedState::Stale,
+            3 => SpeedState::Fresh,
+            _ => SpeedState::Fixed,
+        }
+    }
+}
+
+/// A defect of the frame being placed: its MD and CD extents, its patch's difference
+/// hash, and the open track it joins (index).
+#[derive(Debug, Clone, Copy)]
+struct Joining {
+    md: [f64; 2],
+    cd: [f64; 2],
+    hash: u64,
+    track: Option<usize>,
 }
 
 /// One physical defect followed over the frames that saw it.
@@ -48,6 +101,8 @@ pub struct Track {
     /// tracks, head first, this one last.
     pub periodic: Option<PeriodicMsg>,
     pub run: Vec<u64>,
+    /// The difference hash of its patch in the last frame that showed it.
+    pub hash: u64,
 }
 
 /// What one coil has shown: its frames, the strip length seen, its ended tracks.
@@ -71,28 +126,40 @@ pub struct Strip {
     coil: Option<Arc<str>>,
     /// MD of the last frame's first row, and that frame's capture time.
     last: Option<(f64, u64)>,
+    /// The last speed told (mm/s) and when it arrived (Unix ms).
+    told: Option<(f64, u64)>,
+    /// The last two encoder counts and when they arrived, newest first.
+    counts: [Option<(i64, u64)>; 2],
+    /// Encoder: the strip position (mm of counts) at the coil's head.
+    head: Option<f64>,
     next_track: u64,
     open: Vec<Track>,
     log: CoilLog,
-    /// Per defect of the frame being placed: its MD and CD extents, and the open track
-    /// it joins (index).
-    joined: Vec<([f64; 2], [f64; 2], Option<usize>)>,
+    /// Per defect of the frame being placed, in order.
+    joined: Vec<Joining>,
 }
 
 impl Strip {
     /// `cfg` is validated ([`Settings::validate`](crate::config::Settings::validate)):
     /// exactly one of `speed_mm_s` and `advance_px` is set.
     pub fn new(cfg: &StripConfig) -> Strip {
-        let advance = match (cfg.speed_mm_s, cfg.advance_px) {
-            (_, Some(rows)) => Advance::Rows(rows),
-            (Some(v), None) => Advance::Speed(v),
-            (None, None) => Advance::Rows(0),
+        let advance = match (cfg.speed_mm_s, cfg.advance_px, cfg.speed_source) {
+            (_, Some(rows), _) => Advance::Rows(rows),
+            (Some(v), None, _) => Advance::Speed(v),
+            (None, None, Some(SpeedSource::Speed)) => Advance::Told,
+            (None, None, Some(SpeedSource::Encoder)) => {
+                Advance::Encoder(cfg.mm_per_count.unwrap_or(1.0))
+            }
+            (None, None, None) => Advance::Rows(0),
         };
         Strip {
             cfg: cfg.clone(),
             advance,
             coil: None,
             last: None,
+            told: None,
+            counts: [None, None],
+            head: None,
             next_track: 1,
             open: Vec::new(),
             log: CoilLog::default(),
@@ -205,8 +272,76 @@ impl Strip {
         Some((msg, run.iter().rev().map(|r| r.id).collect()))
     }
 
+    /// The line told its speed (`cmd/speed`, mm/s), at `at_ms` (Unix ms).
+    pub fn set_speed(&mut self, mm_s: f64, at_ms: u64) {
+        self.told = Some((mm_s, at_ms));
+    }
+
+    /// The line's encoder read `count` at `at_ms`. A count below the last one (the
+    /// encoder was reset) is taken as the new reference: MD carries on from where it was.
+    pub fn set_count(&mut self, count: i64, at_ms: u64) {
+        if let (Some((last, _)), Advance::Encoder(mm)) = (self.counts[0], self.advance) {
+            if count < last {
+                warn!(
+                    count,
+                    last, "The encoder count went back (reset?): MD carries on from here."
+                );
+                self.head = self.head.map(|h| h - (last - count) as f64 * mm);
+                self.counts = [Some((count, at_ms)), None];
+                return;
+            }
+        }
+        self.counts = [Some((count, at_ms)), self.counts[0]];
+    }
+
+    /// Whether the speed the strip moves by is fresh at `now_ms`.
+    pub fn speed_state(&self, now_ms: u64) -> SpeedState {
+        let at = match self.advance {
+            Advance::Speed(_) | Advance::Rows(_) => return SpeedState::Fixed,
+            Advance::Told => self.told.map(|t| t.1),
+            Advance::Encoder(_) => self.counts[0].map(|c| c.1),
+        };
+        match at {
+            None => SpeedState::Missing,
+            Some(at) if now_ms.saturating_sub(at) as f64 > self.cfg.speed_stale_s * 1000.0 => {
+                SpeedState::Stale
+            }
+            Some(_) => SpeedState::Fresh,
+        }
+    }
+
+    /// Encoder: the strip position at `ts_ms`, mm of counts: the last count, carried on
+    /// at the speed of the last two (for at most `speed_stale_s`). None before a count.
+    fn encoder_mm(&self, ts_ms: u64, mm: f64) -> Option<f64> {
+        let (c1, t1) = self.counts[0]?;
+        let rate = match self.counts[1] {
+            Some((c0, t0)) if t1 > t0 => (c1 - c0) as f64 / (t1 - t0) as f64,
+            _ => 0.0,
+        };
+        let dt = (ts_ms as f64 - t1 as f64).min(self.cfg.speed_stale_s * 1000.0);
+        Some((c1 as f64 + rate * dt) * mm)
+    }
+
     /// The MD of `frame`'s first row, advancing the strip from the previous frame.
     fn frame_md(&mut self, frame: &Frame, moved: bool) -> f64 {
+        if let Advance::Encoder(mm) = self.advance {
+            let at = self.encoder_mm(frame.ts_ms, mm);
+            if self.last.is_none() {
+                // The coil's head is here.
+                self.head = at;
+            }
+            let md = match (self.last, at, self.head) {
+                (Some((md, _)), _, _) if !moved => md,
+                (_, Some(p), Some(h)) => p - h,
+                (_, Some(p), None) => {
+                    self.head = Some(p);
+                    0.0
+                }
+                (_, None, _) => 0.0,
+            };
+            self.last = Some((md, frame.ts_ms));
+            return md;
+        }
         let md = match (self.last, self.advance) {
             (None, _) => 0.0,
             (Some((md, _)), _) if !moved => md,
@@ -214,6 +349,11 @@ impl Strip {
             (Some((md, ts)), Advance::Speed(v)) => {
                 md + v * frame.ts_ms.saturating_sub(ts) as f64 / 1000.0
             }
+            (Some((md, ts)), Advance::Told) => {
+                let v = self.told.map_or(0.0, |t| t.0);
+                md + v * frame.ts_ms.saturating_sub(ts) as f64 / 1000.0
+            }
+            (Some((md, _)), Advance::Encoder(_)) => md,
         };
         self.last = Some((md, frame.ts_ms));
         md
@@ -236,22 +376,44 @@ impl Strip {
             let [x, y, w, h] = d.bbox.map(|v| v as f64);
             let md = [md0 + y * mm_md, md0 + (y + h) * mm_md];
             let cd = [(x - edge) * mm_cd, (x + w - edge) * mm_cd];
+            let [bx, by, bw, bh] = d.bbox.map(|v| v as usize);
+            let hash = crate::stages::health::dhash_rect(
+                &frame.pixels,
+                frame.width as usize,
+                [bx, by, bw, bh],
+            );
             let gap = self.cfg.join_mm;
             // The open track of the class nearest this box on the strip, within reach, not
-            // already taken by a better defect of this frame.
+            // already taken by a better defect of this frame; between tracks as near (two
+            // that both overlap it), the one whose patch looks most like this one.
             let best = self
                 .open
                 .iter()
                 .enumerate()
-                .filter(|(i, t)| t.label == d.label && !self.joined.iter().any(|j| j.2 == Some(*i)))
-                .map(|(i, t)| (i, distance(t.md, md).max(distance(t.cd, cd))))
-                .filter(|&(_, dist)| dist <= gap)
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(i, _)| i);
-            self.joined.push((md, cd, best));
+                .filter(|(i, t)| {
+                    t.label == d.label && !self.joined.iter().any(|j| j.track == Some(*i))
+                })
+                .map(|(i, t)| {
+                    let dist = distance(t.md, md).max(distance(t.cd, cd));
+                    (i, dist, (t.hash ^ hash).count_ones())
+                })
+                .filter(|&(_, dist, _)| dist <= gap)
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)))
+                .map(|(i, _, _)| i);
+            self.joined.push(Joining {
+                md,
+                cd,
+                hash,
+                track: best,
+            });
         }
         for (k, d) in frame.verdict.defects.iter_mut().enumerate() {
-            let (md, cd, joined) = self.joined[k];
+            let Joining {
+                md,
+                cd,
+                hash,
+                track: joined,
+            } = self.joined[k];
             let first = joined.is_none();
             let i = match joined {
                 Some(i) if moved => {
@@ -260,6 +422,7 @@ impl Strip {
                     t.cd = [t.cd[0].min(cd[0]), t.cd[1].max(cd[1])];
                     t.frames += 1;
                     t.best_score = t.best_score.max(d.score);
+                    t.hash = hash;
                     i
                 }
                 Some(i) => i,
@@ -275,6 +438,7 @@ impl Strip {
                         evidence: None,
                         periodic: None,
                         run: Vec::new(),
+                        hash,
                     });
                     self.next_track += 1;
                     self.open.len() - 1
@@ -324,6 +488,9 @@ mod tests {
             edge_px: 100,
             speed_mm_s: speed,
             advance_px,
+            speed_source: None,
+            mm_per_count: None,
+            speed_stale_s: 2.0,
             join_mm: 10.0,
             periodic_min_repeats: 3,
             periodic_tolerance_mm: 20.0,
@@ -463,6 +630,43 @@ mod tests {
     }
 
     #[test]
+    fn between_two_tracks_a_box_overlaps_the_one_whose_patch_it_looks_like_wins() {
+        let mut s = Strip::new(&cfg(Some(400), None));
+        let mut ended = Vec::new();
+        // Two patches side by side, overlapping across: one darkening to the right, one
+        // brightening. Next frame (400 rows on) one box overlaps both tracks' extents;
+        // its pixels are the brightening one's.
+        let paint = |f: &mut Frame, [x, y, w, h]: [u32; 4], up: bool| {
+            for row in y..y + h {
+                for col in x..x + w {
+                    let v = ((col - x) * 200 / w) as u8;
+                    f.pixels[(row * f.width + col) as usize] = if up { v } else { 200 - v };
+                }
+            }
+        };
+        let (a, b) = ([100, 600, 60, 80], [140, 600, 60, 80]);
+        let mut f1 = frame(0, &[(2, a), (2, b)]);
+        f1.pixels = vec![128; 1000 * 800];
+        paint(&mut f1, a, false);
+        paint(&mut f1, b, true);
+        s.place(&mut f1, true, &mut ended);
+        let ids = places(&f1);
+        let seen = [120, 200, 50, 80];
+        for up in [true, false] {
+            let mut s2 = Strip::new(&cfg(Some(400), None));
+            let mut f = frame(0, &[(2, a), (2, b)]);
+            f.pixels = f1.pixels.clone();
+            s2.place(&mut f, true, &mut ended);
+            let mut f2 = frame(0, &[(2, seen)]);
+            f2.pixels = vec![128; 1000 * 800];
+            paint(&mut f2, seen, up);
+            s2.place(&mut f2, true, &mut ended);
+            let want = if up { ids[1].track } else { ids[0].track };
+            assert_eq!(places(&f2)[0].track, want, "brightening: {up}");
+        }
+    }
+
+    #[test]
     fn defects_apart_on_the_strip_or_of_another_class_are_other_tracks() {
         let mut s = Strip::new(&cfg(Some(400), None));
         let mut ended = Vec::new();
@@ -484,6 +688,63 @@ mod tests {
         let ids: Vec<u64> = b.iter().map(|p| p.track).collect();
         assert_eq!(ids, vec![a[1].track, 3, 4]);
         assert_eq!(f1.verdict.strip.as_ref().unwrap().coil, None);
+    }
+
+    #[test]
+    fn a_told_speed_moves_the_strip_and_goes_stale_when_nothing_comes() {
+        let mut c = cfg(None, None);
+        c.speed_source = Some(SpeedSource::Speed);
+        let mut s = Strip::new(&c);
+        let mut ended = Vec::new();
+        assert_eq!(s.speed_state(1_000), SpeedState::Missing);
+        s.set_speed(400.0, 1_000);
+        let mut f = frame(1_000, &[]);
+        s.place(&mut f, true, &mut ended);
+        let mut f = frame(1_500, &[]);
+        s.place(&mut f, true, &mut ended);
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 200.0);
+        s.set_speed(1000.0, 1_600);
+        let mut f = frame(2_000, &[]);
+        s.place(&mut f, true, &mut ended);
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 700.0);
+        assert_eq!(s.speed_state(3_600), SpeedState::Fresh);
+        assert_eq!(s.speed_state(3_601), SpeedState::Stale);
+        assert_eq!(
+            SpeedState::from_code(SpeedState::Stale.code()),
+            SpeedState::Stale
+        );
+    }
+
+    #[test]
+    fn encoder_counts_place_the_strip_from_the_coils_head_and_survive_a_reset() {
+        let mut c = cfg(None, None);
+        c.speed_source = Some(SpeedSource::Encoder);
+        c.mm_per_count = Some(0.5);
+        let mut s = Strip::new(&c);
+        let mut ended = Vec::new();
+        s.set_count(10_000, 1_000);
+        s.set_count(10_400, 1_100);
+        s.new_coil("C1");
+        // The head: the count carried on to the frame's time (4 counts a ms).
+        let mut f = frame(1_150, &[]);
+        s.place(&mut f, true, &mut ended);
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 0.0);
+        s.set_count(11_000, 1_250);
+        let mut f = frame(1_250, &[]);
+        s.place(&mut f, true, &mut ended);
+        // 11000 - 10600 counts at 0.5 mm.
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 200.0);
+        // A reset: counts start again at 0; MD carries on.
+        s.set_count(0, 1_300);
+        let mut f = frame(1_300, &[]);
+        s.place(&mut f, true, &mut ended);
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 200.0);
+        s.set_count(100, 1_400);
+        let mut f = frame(1_400, &[]);
+        s.place(&mut f, true, &mut ended);
+        assert_eq!(f.verdict.strip.as_ref().unwrap().md_mm, 250.0);
+        assert_eq!(s.speed_state(1_500), SpeedState::Fresh);
+        assert_eq!(s.speed_state(3_401), SpeedState::Stale);
     }
 
     #[test]
