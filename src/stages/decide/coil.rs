@@ -205,8 +205,20 @@ pub fn file_stem(coil: &str) -> String {
     s
 }
 
-/// The report's CSV: one row per defect, MD order.
+/// Each periodic defect's tracks, with its pitch.
+fn periodic_pitch(report: &CoilReport) -> BTreeMap<u64, f64> {
+    report
+        .summary
+        .periodic
+        .iter()
+        .flat_map(|p| p.tracks.iter().map(|&t| (t, p.pitch_mm)))
+        .collect()
+}
+
+/// The report's CSV: one row per defect, MD order; `periodic_pitch_mm` on every track of
+/// a periodic defect.
 pub fn csv(report: &CoilReport) -> String {
+    let pitch = periodic_pitch(report);
     let mut s = String::from(
         "track,class,score,md_mm,cd_mm,length_mm,width_mm,frames,periodic_pitch_mm,evidence\n",
     );
@@ -222,10 +234,7 @@ pub fn csv(report: &CoilReport) -> String {
             d.length_mm,
             d.width_mm,
             d.frames,
-            d.periodic
-                .as_ref()
-                .map(|p| p.pitch_mm.to_string())
-                .unwrap_or_default(),
+            pitch.get(&d.track).map(f64::to_string).unwrap_or_default(),
             d.evidence.as_deref().unwrap_or("")
         );
     }
@@ -358,6 +367,7 @@ pub fn render(r: &CoilReport) -> String {
         "{:>6}  {:<16} {:>6}  {:>10}  {:>8}  {:>8}  {:>8}  {:>6}",
         "track", "class", "score", "MD mm", "CD mm", "length", "width", "frames"
     );
+    let pitch = periodic_pitch(r);
     for d in &r.defects {
         let _ = writeln!(
             out,
@@ -370,7 +380,7 @@ pub fn render(r: &CoilReport) -> String {
             d.length_mm,
             d.width_mm,
             d.frames,
-            if d.periodic.is_some() {
+            if pitch.contains_key(&d.track) {
                 "  periodic"
             } else {
                 ""

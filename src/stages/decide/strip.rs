@@ -214,17 +214,20 @@ impl Strip {
         t
     }
 
-    /// The run of ended tracks of `t`'s class, at one MD pitch, that `t` completes: the
+    /// The run of ended tracks of `t`'s class and place across the strip, at one MD
+    /// pitch, that `t` completes: the
     /// longest (then the shortest pitch) of at least `periodic_min_repeats` tracks, each
     /// within `periodic_tolerance_mm` of where the pitch from the one after it puts it.
     fn periodic_run(&self, t: &Track) -> Option<(PeriodicMsg, Vec<u64>)> {
         let cfg = &self.cfg;
         let tol = cfg.periodic_tolerance_mm;
+        // A roll marks the strip at one place across it: only tracks of the class at the
+        // same CD (within the tolerance) can repeat this one.
         let same: Vec<&Track> = self
             .log
             .tracks
             .iter()
-            .filter(|o| o.label == t.label)
+            .filter(|o| o.label == t.label && distance(o.cd, t.cd) <= tol)
             .collect();
         let mut best: Option<(f64, Vec<&Track>)> = None;
         for j in &same {
@@ -626,6 +629,12 @@ mod tests {
         ];
         let ended = replay(&mut s, &marks, 18);
         assert_eq!(ended.len(), 4);
+        assert!(ended.iter().all(|t| t.periodic.is_none()));
+        // At the pitch, but the third 100 mm further across (200 columns): not a roll's.
+        let mut s = Strip::new(&cfg(Some(400), None));
+        let marks = [(2, 1000, 300), (2, 2600, 300), (2, 4200, 500)];
+        let ended = replay(&mut s, &marks, 14);
+        assert_eq!(ended.len(), 3);
         assert!(ended.iter().all(|t| t.periodic.is_none()));
     }
 
