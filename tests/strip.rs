@@ -19,18 +19,18 @@ const SIDE: u32 = STRIP_SIDE;
 const ADVANCE: u32 = STRIP_ADVANCE;
 const FRAMES: u32 = 8;
 
-/// Runs the station's replay to its end with a subscriber on its topics, the coil (when
-/// given) announced first on a retained `cmd/coil`; waits for every frame's result.
-/// Returns the subscriber, the exited daemon and the results in order.
+/// Runs the station's replay to its end with a subscriber on its topics, `retained`
+/// commands (topic under the root, payload) published first; waits for every frame's
+/// result. Returns the subscriber, the exited daemon and the results in order.
 fn replay(
     port: u16,
     st: &Station,
-    coil: Option<&str>,
+    retained: &[(&str, &str)],
     frames: u32,
 ) -> (Subscriber, Daemon, Vec<serde_json::Value>) {
     let sub = Subscriber::start(port, &format!("{}/#", st.root), false);
-    if let Some(coil) = coil {
-        sub.publish_retained(&format!("{}/cmd/coil", st.root), coil);
+    for (topic, payload) in retained {
+        sub.publish_retained(&format!("{}/{topic}", st.root), payload);
     }
     let mut daemon = Daemon::start(&st.config);
     assert_eq!(daemon.wait(LONG), Some(0), "{}", daemon.log_text());
@@ -80,7 +80,7 @@ fn overlapping_frames_give_one_track_per_defect_at_its_place_on_the_coil() {
         (5, 3, 1, false),
         &format!("[strip]\nmm_per_px_cd = 1.0\nmm_per_px_md = 1.0\nadvance_px = {ADVANCE}\n"),
     );
-    let (sub, daemon, results) = replay(broker.port, &st, Some("C-20261202-1"), FRAMES);
+    let (sub, daemon, results) = replay(broker.port, &st, &[("cmd/coil", "C-20261202-1")], FRAMES);
 
     // Every frame is on the announced coil, 200 mm further than the one before.
     for (k, r) in results.iter().enumerate() {
@@ -247,7 +247,12 @@ fn a_defect_recurring_every_roll_turn_is_found_periodic_and_blocks_the_coil() {
              periodic_min_pitch_mm = 300\n[strip.block]\nperiodic = true\n"
         ),
     );
-    let (sub, _daemon, _) = replay(broker.port, &st, Some("L1/C:0042"), PERIODIC_FRAMES);
+    let (sub, _daemon, _) = replay(
+        broker.port,
+        &st,
+        &[("cmd/coil", "L1/C:0042")],
+        PERIODIC_FRAMES,
+    );
     let coil_topic = format!("{}/coil", st.root);
     assert!(sub.wait_for(Duration::from_secs(10), |m| m
         .iter()
@@ -351,7 +356,7 @@ fn alarms_counting_tracks_count_a_defect_seen_in_two_frames_once() {
         text.replace("[alarm]\n", "[alarm]\ncount = \"tracks\"\n"),
     )
     .unwrap();
-    let (sub, _daemon, results) = replay(broker.port, &st, None, FRAMES);
+    let (sub, _daemon, results) = replay(broker.port, &st, &[], FRAMES);
     // Per frame: did it show patches, and did it show a patches track first seen there?
     let mut seen = BTreeSet::new();
     let (mut shows, mut starts) = (Vec::new(), Vec::new());
@@ -394,17 +399,7 @@ fn a_speed_told_over_mqtt_moves_the_strip_and_its_silence_is_reported_in_health(
         "[strip]\nmm_per_px_cd = 1.0\nmm_per_px_md = 1.0\nspeed_source = \"cmd/speed\"\nspeed_stale_s = 1.0\n",
     );
     let root = st.root.clone();
-    let sub = Subscriber::start(broker.port, &format!("{root}/#"), false);
-    sub.publish_retained(&format!("{root}/cmd/speed"), "400");
-    let mut daemon = Daemon::start(&st.config);
-    assert_eq!(daemon.wait(LONG), Some(0), "{}", daemon.log_text());
-    let topic = format!("{root}/result");
-    assert!(sub.wait_for(Duration::from_secs(10), |m| m
-        .iter()
-        .filter(|m| m.topic == topic)
-        .count()
-        >= FRAMES as usize));
-    let results: Vec<serde_json::Value> = sub.on(&topic).iter().map(Msg::json).collect();
+    let (sub, daemon, results) = replay(broker.port, &st, &[("cmd/speed", "400")], FRAMES);
     // MD moves by the told speed times the time between captures, before and after the
     // reading went stale (it carries on from the last one).
     for w in results.windows(2) {

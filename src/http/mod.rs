@@ -214,7 +214,7 @@ pub fn not_ready(stats: &Stats, stale_after: Duration) -> Vec<String> {
     }
     let speed =
         crate::stages::decide::strip::SpeedState::from_code(stats.strip_speed.load(Relaxed));
-    if let Some(s) = speed.name().filter(|s| *s != "ok") {
+    if let (false, Some(s)) = (speed.is_fine(), speed.name()) {
         reasons.push(format!("strip: line speed {s} (cmd/speed or cmd/encoder)"));
     }
     reasons

@@ -232,11 +232,11 @@ pub fn health_json(stats: &Stats) -> Vec<u8> {
     let has = |c: Condition| bits & c.bit() != 0;
     let measures = stats.frame_measures();
     let speed =
-        crate::stages::decide::strip::SpeedState::from_code(stats.strip_speed.load(Relaxed)).name();
+        crate::stages::decide::strip::SpeedState::from_code(stats.strip_speed.load(Relaxed));
     serde_json::to_vec(&HealthMsg {
         v: 1,
         ts: crate::frame::unix_ms(),
-        ok: bits == 0 && !stats.camera_down() && speed.is_none_or(|s| s == "ok"),
+        ok: bits == 0 && !stats.camera_down() && speed.is_fine(),
         camera: camera.map(|c| c.name()),
         dark: has(Condition::Dark),
         saturated: has(Condition::Saturated),
@@ -245,7 +245,7 @@ pub fn health_json(stats: &Stats) -> Vec<u8> {
         mean: measures.map(|m| m[0]),
         contrast: measures.map(|m| m[1]),
         saturated_fraction: measures.map(|m| m[2]),
-        speed,
+        speed: speed.name(),
     })
     .expect("health serialises")
 }

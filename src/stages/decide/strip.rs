@@ -57,6 +57,11 @@ impl SpeedState {
         }
     }
 
+    /// Fixed, or told and fresh: nothing for health to report.
+    pub fn is_fine(self) -> bool {
+        matches!(self, SpeedState::Fixed | SpeedState::Fresh)
+    }
+
     pub fn code(self) -> u64 {
         self as u64
     }
@@ -169,11 +174,6 @@ impl Strip {
 
     pub fn config(&self) -> &StripConfig {
         &self.cfg
-    }
-
-    /// The coil being inspected (`cmd/coil`), None before the first.
-    pub fn coil(&self) -> Option<&str> {
-        self.coil.as_deref()
     }
 
     /// A new coil starts (`cmd/coil`): its head is at the next frame's first row (MD 0),
