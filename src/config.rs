@@ -52,6 +52,86 @@ pub struct Settings {
     /// and results are exactly what they are without it.
     #[serde(default)]
     pub strip: Option<StripConfig>,
+    /// The Modbus TCP face for PLCs: a register map of the same truth. Off by default.
+    #[serde(default)]
+    pub modbus: ModbusConfig,
+    /// The Sparkplug B edge node for Ignition and other SCADA hosts. Off by default.
+    #[serde(default)]
+    pub sparkplug: SparkplugConfig,
+}
+
+/// `[modbus]`: a Modbus TCP server (README, "Modbus TCP").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Address and port to listen on. Modbus has no authentication: loopback unless the
+    /// PLC network is one you trust (then its own address, not 0.0.0.0 on every network).
+    #[serde(default = "default_modbus_listen")]
+    pub listen: String,
+    /// Clients connected at once; more are refused (a flood cannot lock the PLC out
+    /// forever: idle ones are closed, see below).
+    #[serde(default = "default_modbus_max_clients")]
+    pub max_clients: u32,
+    /// A connection without a request for this long is closed.
+    #[serde(default = "default_modbus_idle_timeout")]
+    pub idle_timeout_s: u64,
+}
+
+impl Default for ModbusConfig {
+    fn default() -> Self {
+        ModbusConfig {
+            enabled: false,
+            listen: default_modbus_listen(),
+            max_clients: default_modbus_max_clients(),
+            idle_timeout_s: default_modbus_idle_timeout(),
+        }
+    }
+}
+
+fn default_modbus_listen() -> String {
+    "127.0.0.1:1502".into()
+}
+fn default_modbus_max_clients() -> u32 {
+    8
+}
+fn default_modbus_idle_timeout() -> u64 {
+    60
+}
+
+/// `[sparkplug]`: a Sparkplug B edge node on the broker of `[mqtt]` (README, "Sparkplug B").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The Sparkplug group id.
+    #[serde(default = "default_sparkplug_group")]
+    pub group: String,
+    /// The edge node id; empty: `<site>-<line>-<station>`.
+    #[serde(default)]
+    pub edge_node: String,
+    /// The primary host application's id: when set, the node is born only while that
+    /// host's `spBv1.0/STATE/<id>` says online, and dies and reconnects when it goes
+    /// offline. Empty: born as soon as connected.
+    #[serde(default)]
+    pub primary_host: String,
+}
+
+impl Default for SparkplugConfig {
+    fn default() -> Self {
+        SparkplugConfig {
+            enabled: false,
+            group: default_sparkplug_group(),
+            edge_node: String::new(),
+            primary_host: String::new(),
+        }
+    }
+}
+
+fn default_sparkplug_group() -> String {
+    "inspectd".into()
 }
 
 /// `[strip]`: the camera's view of the strip and how far the strip moves between frames.
@@ -811,6 +891,8 @@ pub const SECTIONS: &[&str] = &[
     "evidence",
     "health",
     "strip",
+    "modbus",
+    "sparkplug",
 ];
 
 impl Settings {
@@ -926,6 +1008,8 @@ impl Settings {
         let http = section::<HttpConfig>(&table, "http", false, p, f);
         let evidence = section::<EvidenceConfig>(&table, "evidence", false, p, f);
         let health = section::<HealthConfig>(&table, "health", false, p, f);
+        let modbus = section::<ModbusConfig>(&table, "modbus", false, p, f);
+        let sparkplug = section::<SparkplugConfig>(&table, "sparkplug", false, p, f);
         // `[strip]` is off when absent: no defaults to take.
         let strip = table
             .contains_key("strip")
@@ -952,6 +1036,8 @@ impl Settings {
             evidence: evidence.unwrap_or_default(),
             health: health.unwrap_or_default(),
             strip,
+            modbus: modbus.unwrap_or_default(),
+            sparkplug: sparkplug.unwrap_or_default(),
         };
         settings.resolve_paths(base, from_env);
         if problems.is_empty() {
@@ -1321,6 +1407,39 @@ impl Settings {
                     .into(),
             );
         }
+        let mb = &self.modbus;
+        if mb.enabled && mb.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "modbus.listen: {:?} is not an address and port (such as 127.0.0.1:1502)",
+                mb.listen
+            ));
+        }
+        if !(1..=256).contains(&mb.max_clients) {
+            p.push(format!(
+                "modbus.max_clients: {} is not a client count (1 to 256)",
+                mb.max_clients
+            ));
+        }
+        if !(1..=86400).contains(&mb.idle_timeout_s) {
+            p.push(format!(
+                "modbus.idle_timeout_s: {} is not a time (1 to 86400 s)",
+                mb.idle_timeout_s
+            ));
+        }
+        let sp = &self.sparkplug;
+        for (key, value, may_be_empty) in [
+            ("sparkplug.group", &sp.group, false),
+            ("sparkplug.edge_node", &sp.edge_node, true),
+            ("sparkplug.primary_host", &sp.primary_host, true),
+        ] {
+            if value.is_empty() && !may_be_empty {
+                p.push(format!("{key}: must not be empty"));
+            } else if value.contains(['/', '+', '#']) || value.chars().any(char::is_whitespace) {
+                p.push(format!(
+                    "{key}: {value:?} must not contain '/', '+', '#' or spaces (it is part of a Sparkplug topic)"
+                ));
+            }
+        }
         if self.state.max_outbox_bytes < 4096 {
             p.push(format!(
                 "state.max_outbox_bytes: {} is too small (at least 4096)",
@@ -1399,6 +1518,18 @@ impl Settings {
             "{}/{}/{}/{}",
             self.mqtt.prefix, self.station.site, self.station.line, self.station.station
         )
+    }
+
+    /// The Sparkplug edge node id: `sparkplug.edge_node`, or `<site>-<line>-<station>`.
+    pub fn edge_node(&self) -> String {
+        if self.sparkplug.edge_node.is_empty() {
+            format!(
+                "{}-{}-{}",
+                self.station.site, self.station.line, self.station.station
+            )
+        } else {
+            self.sparkplug.edge_node.clone()
+        }
     }
 
     pub fn client_id(&self) -> String {

@@ -8,12 +8,13 @@
 //! - [`state`]: what is kept on disk under `state.dir` (the alarm outbox, the active
 //!   alarms, evidence images);
 //! - [`http`]: metrics, health endpoints, the live page and evidence over HTTP;
+//! - [`plant`]: the plant's own protocols (Modbus TCP, Sparkplug B), off by default;
 //! - [`pipeline`] wires the stages and [`daemon`] runs them; [`cli`] serves the other
 //!   commands (classify, eval, watch).
 //!
 //! Underneath everything: [`config`] (the operator's interface), [`frame`] (the unit of
 //! work and its pool), [`telemetry`] (logs, counters, heartbeats, the live view).
-//! Imports flow one way: `cli`, `daemon`, `pipeline` → `http`, `mqtt` → `stages` →
+//! Imports flow one way: `cli`, `daemon`, `pipeline` → `plant` → `http`, `mqtt` → `stages` →
 //! `state` → `contract`, `telemetry` → `frame`, `config`.
 
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod http;
 pub mod mqtt;
 pub mod pipeline;
+pub mod plant;
 pub mod stages;
 pub mod state;
 pub mod telemetry;

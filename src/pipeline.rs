@@ -66,6 +66,8 @@ pub enum StartError {
 /// A running pipeline. Dropping it stops it and joins the threads.
 pub struct Pipeline {
     ctx: StageContext,
+    /// The plant faces (Modbus, Sparkplug); stopped after the stages.
+    _faces: crate::plant::Faces,
     threads: Vec<JoinHandle<()>>,
     control: Sender<Control>,
 }
@@ -153,6 +155,7 @@ impl Pipeline {
                 .map_err(StartError::Mqtt)?;
         }
         let (cmd_tx, cmd_rx) = bounded::<Command>(64);
+        let face_commands = cmd_tx.clone();
         let publisher = Publisher::start(
             PublishConfig::from_settings(settings),
             Topics::new(&settings.topic_root(), &classes),
@@ -164,6 +167,8 @@ impl Pipeline {
             cmd_tx,
         )
         .map_err(StartError::Mqtt)?;
+        let faces = crate::plant::Faces::start(settings, stats.clone(), face_commands)
+            .map_err(StartError::Config)?;
 
         let ctx = StageContext::new(stats);
         let (cap_tx, cap_rx) = bounded::<PooledFrame>(queue);
@@ -231,6 +236,7 @@ impl Pipeline {
         info!(model = %meta.id, labels = meta.labels.len(), classify_workers = workers, threads_per_worker = settings.model.threads, "Pipeline running.");
         Ok(Pipeline {
             ctx,
+            _faces: faces,
             threads,
             control: ctl_tx,
         })

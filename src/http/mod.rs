@@ -65,11 +65,7 @@ impl HttpServer {
             .set_nonblocking(true)
             .map_err(|e| format!("http.listen {listen}: {e}"))?;
         let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
-        let stale_after = if fps > 0.0 {
-            Duration::from_secs_f64((3.0 / fps).max(5.0))
-        } else {
-            Duration::from_secs(5)
-        };
+        let stale_after = stale_after(fps);
         let app = Arc::new(App {
             registry: crate::http::metrics::registry(stats.clone()),
             stats,
@@ -127,6 +123,16 @@ impl Drop for HttpServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A source counts as delivering while its last frame is at most this old: max(5 s, 3
+/// frame intervals) at `capture.fps` (0: as fast as possible, 5 s).
+pub fn stale_after(fps: f64) -> Duration {
+    if fps > 0.0 {
+        Duration::from_secs_f64((3.0 / fps).max(5.0))
+    } else {
+        Duration::from_secs(5)
     }
 }
 
@@ -216,6 +222,19 @@ pub fn not_ready(stats: &Stats, stale_after: Duration) -> Vec<String> {
         crate::stages::decide::strip::SpeedState::from_code(stats.strip_speed.load(Relaxed));
     if let (false, Some(s)) = (speed.is_fine(), speed.name()) {
         reasons.push(format!("strip: line speed {s} (cmd/speed or cmd/encoder)"));
+    }
+    if stats.modbus.enabled.load(Relaxed) == 1 && stats.modbus.listening.load(Relaxed) == 0 {
+        reasons.push("modbus: not listening".into());
+    }
+    let sp = &stats.sparkplug;
+    if sp.enabled.load(Relaxed) == 1 {
+        if sp.connected.load(Relaxed) == 0 {
+            reasons.push("sparkplug: not connected to the broker".into());
+        } else if sp.waiting_for_host.load(Relaxed) == 1 {
+            reasons.push("sparkplug: waiting for the primary host to be online".into());
+        } else if sp.born.load(Relaxed) == 0 {
+            reasons.push("sparkplug: not born (no NBIRTH on this connection)".into());
+        }
     }
     reasons
 }

@@ -193,15 +193,19 @@ impl PublishConfig {
     }
 
     fn options(&self, topics: &Topics) -> Result<MqttOptions, String> {
-        let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
+        self.options_with(
+            &self.client_id,
+            LastWill::new(&topics.status, "offline", QoS::AtLeastOnce, true),
+        )
+    }
+
+    /// The session options of `[mqtt]` (keep-alive, credentials, TLS) for another client
+    /// of the same broker: its own id and last will (the Sparkplug edge node's).
+    pub fn options_with(&self, client_id: &str, will: LastWill) -> Result<MqttOptions, String> {
+        let mut o = MqttOptions::new(client_id, &self.host, self.port);
         o.set_keep_alive(self.keep_alive);
         o.set_clean_session(true);
-        o.set_last_will(LastWill::new(
-            &topics.status,
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+        o.set_last_will(will);
         o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_inflight(100);
         if let Some(user) = &self.username {
@@ -429,6 +433,7 @@ impl Publisher {
         }
         self.stats.live.set_active_bits(d.active);
         self.stats.live.offer(frame);
+        self.stats.plant.set_last(frame);
         if !d.alarms.is_empty()
             || s.sent.len() < self.outbox.lock().map(|o| o.pending_count()).unwrap_or(0)
         {
@@ -543,7 +548,7 @@ impl Drop for Publisher {
     }
 }
 
-fn sleep_unless(d: Duration, stop: &AtomicBool) {
+pub fn sleep_unless(d: Duration, stop: &AtomicBool) {
     let end = Instant::now() + d;
     while !stop.load(Relaxed) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));

@@ -3,6 +3,7 @@
 //! and the [`live`] view of the newest frames.
 
 pub mod live;
+pub mod plant;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -278,6 +279,11 @@ impl AlarmCounts {
         }
     }
 
+    /// Every event of every class.
+    pub fn total(&self) -> u64 {
+        self.each.iter().flatten().map(|c| c.load(Relaxed)).sum()
+    }
+
     pub fn get(&self, class: usize, kind: AlarmKind) -> u64 {
         self.each
             .get(class)
@@ -347,6 +353,10 @@ pub struct Stats {
     pub heartbeats: Heartbeats,
     /// What the live page and the metrics need beyond counters.
     pub live: crate::telemetry::live::LiveView,
+    /// What the plant faces (Modbus TCP, Sparkplug B) read: alarms, the last verdict.
+    pub plant: plant::PlantView,
+    pub modbus: plant::ModbusStats,
+    pub sparkplug: plant::SparkplugStats,
 }
 
 impl Stats {

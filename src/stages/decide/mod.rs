@@ -405,6 +405,19 @@ impl AlarmTracker {
         }
     }
 
+    /// Every class's alarm, in class order, as the plant faces show it.
+    pub fn views(&self) -> Vec<crate::telemetry::plant::AlarmView> {
+        self.alarms
+            .iter()
+            .map(|a| crate::telemetry::plant::AlarmView {
+                active: a.active,
+                latched: a.active && a.latched,
+                acked: a.active && a.acked,
+                raised_id: if a.active { a.raised_id.unwrap_or(0) } else { 0 },
+            })
+            .collect()
+    }
+
     /// The active alarms, for [`AlarmState::save`](crate::state::alarms::AlarmState::save).
     pub fn snapshot(&self) -> Vec<ActiveAlarm> {
         self.alarms
@@ -583,6 +596,7 @@ impl DecideStage {
         ctx: StageContext,
     ) {
         let mut changes = Vec::new();
+        ctx.stats.plant.set_alarms(self.tracker.views());
         loop {
             ctx.beat(Stage::Decide);
             select! {
@@ -759,6 +773,7 @@ impl DecideStage {
                 }
             }
         }
+        stats.plant.set_alarms(self.tracker.views());
         if !out.is_empty() {
             if let Err(e) = self.state.save(&self.tracker.snapshot()) {
                 error!(file = %self.state.path().display(), error = %e, "Could not save the active alarms; a restart now would not know them.");

@@ -1,0 +1,288 @@
+//! The plant faces with real peers: the daemon replaying real NEU images to a real
+//! mosquitto, read by a real Modbus TCP client (tokio-modbus's) register by register,
+//! and a Sparkplug B host (a subscriber decoding the protobuf payloads).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use inspectd::plant::modbus::{self, REGISTER_MAP};
+use tokio_modbus::client::sync::{tcp, Context};
+use tokio_modbus::prelude::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn connect(addr: SocketAddr) -> Context {
+    let mut ctx = tcp::connect_with_timeout(addr, Some(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("Modbus client cannot connect to {addr}: {e}"));
+    ctx.set_timeout(Duration::from_secs(5));
+    ctx
+}
+
+/// Registers 0-63 (the status block and the alarm ids).
+fn block(ctx: &mut Context) -> Vec<u16> {
+    ctx.read_input_registers(0, 64)
+        .expect("transport")
+        .expect("no exception")
+}
+
+fn u32_at(w: &[u16], at: usize) -> u64 {
+    ((w[at] as u64) << 16) | w[at + 1] as u64
+}
+
+fn metrics(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+fn label_index(class: &str) -> usize {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/neu_det.json")).unwrap(),
+    )
+    .unwrap();
+    meta["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|l| l == class)
+        .unwrap()
+}
+
+#[test]
+fn a_modbus_client_reads_the_map_and_acknowledges_alarms() {
+    let broker = Mosquitto::start_forgetful();
+    // Scratches in every frame, replayed in a loop: the scratches alarm (latched) raises
+    // after two frames and stays until acknowledged.
+    let stems = stems_with("scratches", "", 3);
+    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
+    let images = image_folder(&stems);
+    let [mb_port, http_port] = free_ports(2)[..] else {
+        unreachable!()
+    };
+    let st = station(
+        images.path(),
+        broker.port,
+        true,
+        10.0,
+        (3, 2, 0, true),
+        &format!(
+            "[modbus]\nenabled = true\nlisten = \"127.0.0.1:{mb_port}\"\nmax_clients = 3\nidle_timeout_s = 3\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+        ),
+    );
+    let alarms = Subscriber::start(broker.port, &format!("{}/alarm", st.root), false);
+    let daemon = Daemon::start(&st.config);
+    let addr: SocketAddr = format!("127.0.0.1:{mb_port}").parse().unwrap();
+    assert!(
+        wait_until(LONG, || TcpStream::connect(addr).is_ok()),
+        "the Modbus face did not listen: {}",
+        daemon.log_text()
+    );
+    let mut ctx = connect(addr);
+    let scratches = label_index("scratches");
+
+    // The alarm raises; register 32 + 2i holds the id the alarm JSON carries.
+    assert!(
+        alarms.wait_for(LONG, |m| m.iter().any(|m| m.payload.contains("\"raised\""))),
+        "no alarm raised: {}",
+        daemon.log_text()
+    );
+    let raised = alarms.messages()[0].json();
+    assert_eq!(raised["class"], "scratches");
+    let id = raised["id"].as_u64().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        u32_at(&block(&mut ctx), 32 + 2 * scratches) == id
+    }));
+    let w = block(&mut ctx);
+    for (reg, want) in [
+        (2, 1u16 << scratches),
+        (3, 1 << scratches),
+        (4, 1 << scratches),
+        (5, 6),
+        (6, 2),
+    ] {
+        assert_eq!(w[reg], want, "register {reg}: {w:?}");
+    }
+    let status = w[1];
+    for (bit, name) in [
+        (modbus::STATUS_RUNNING, "running"),
+        (modbus::STATUS_SOURCE_OK, "source"),
+        (modbus::STATUS_BROKER_OK, "broker"),
+        (modbus::STATUS_MODEL_OK, "model"),
+        (modbus::STATUS_ALARM, "alarm"),
+        (modbus::STATUS_UNACKED, "unacked"),
+        (modbus::STATUS_READY, "ready"),
+    ] {
+        assert!(status & bit != 0, "status {status:#b}: {name} bit not set");
+    }
+    assert_eq!(status & modbus::STATUS_IMAGE_FAULT, 0, "{status:#b}");
+    assert!(w[7] >= 1, "last frame's defect count: {w:?}");
+    assert!(w[8] & (1 << scratches) != 0, "last frame's classes: {w:?}");
+    assert!((1..=1000).contains(&w[9]), "last max score x 1000: {w:?}");
+    let frames = u32_at(&w, 12);
+    assert!(frames >= 2 && u32_at(&w, 14) >= frames && u32_at(&w, 16) >= 2, "{w:?}");
+    assert!(u32_at(&w, 18) >= 1, "alarm events: {w:?}");
+    // Every class without an alarm reads id 0; the unused classes' ids too.
+    for i in (0..16).filter(|&i| i != scratches) {
+        assert_eq!(u32_at(&w, 32 + 2 * i), 0, "class {i}: {w:?}");
+    }
+    // The heartbeat counts while the pipeline lives; the counters move with the frames.
+    std::thread::sleep(Duration::from_millis(2200));
+    let later = block(&mut ctx);
+    assert!(later[0].wrapping_sub(w[0]) >= 1, "heartbeat {} -> {}", w[0], later[0]);
+    assert!(u32_at(&later, 12) > frames, "frames did not move");
+    // The same words as holding registers (function 03).
+    let held = ctx.read_holding_registers(5, 2).unwrap().unwrap();
+    assert_eq!(held, vec![6, 2]);
+
+    // Coil 1 + i acknowledges class i's alarm: it is acked (and, latched, cleared) over
+    // MQTT with the id, as cmd/ack would.
+    ctx.write_single_coil(1 + scratches as u16, true)
+        .unwrap()
+        .unwrap();
+    assert!(
+        alarms.wait_for(Duration::from_secs(10), |m| m.iter().any(|m| {
+            let a = m.json();
+            a["event"] == "acked" && a["raised_id"] == id
+        })),
+        "coil acknowledgement did not reach the alarm: {}",
+        daemon.log_text()
+    );
+    // The alarm raises again (the scratches are still in view); acknowledging by id
+    // through registers 100-101 acts the same.
+    assert!(alarms.wait_for(LONG, |m| m
+        .iter()
+        .filter(|m| m.payload.contains("\"raised\""))
+        .count()
+        >= 2));
+    // (A new connection: this one may have been idle longer than idle_timeout_s.)
+    let mut ctx = connect(addr);
+    let second = alarms
+        .messages()
+        .iter()
+        .map(Msg::json)
+        .filter(|a| a["event"] == "raised")
+        .nth(1)
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    ctx.write_multiple_registers(100, &[(second >> 16) as u16, second as u16])
+        .unwrap()
+        .unwrap();
+    assert!(
+        alarms.wait_for(Duration::from_secs(10), |m| m.iter().any(|m| {
+            let a = m.json();
+            a["event"] == "acked" && a["raised_id"] == second
+        })),
+        "register acknowledgement did not reach the alarm"
+    );
+    assert_eq!(
+        ctx.read_holding_registers(100, 2).unwrap().unwrap(),
+        vec![(second >> 16) as u16, second as u16]
+    );
+
+    // Bad requests get Modbus exceptions; the connection and inspection go on.
+    assert_eq!(
+        ctx.read_input_registers(64, 1).unwrap(),
+        Err(ExceptionCode::IllegalDataAddress)
+    );
+    assert_eq!(
+        ctx.read_input_registers(0, 126).unwrap(),
+        Err(ExceptionCode::IllegalDataValue)
+    );
+    assert_eq!(
+        ctx.write_single_register(100, 1).unwrap(),
+        Err(ExceptionCode::IllegalDataAddress)
+    );
+    assert_eq!(
+        ctx.write_single_coil(7, true).unwrap(),
+        Err(ExceptionCode::IllegalDataAddress),
+        "6 classes: coils 0-6"
+    );
+    assert_eq!(
+        ctx.read_discrete_inputs(0, 1).unwrap(),
+        Err(ExceptionCode::IllegalFunction)
+    );
+    drop(ctx);
+
+    // Garbage on the wire closes that connection only.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x00\x00\x00\x00\xff\xff\xff")
+        .unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(raw.read(&mut buf), Ok(0) | Err(_)),
+        "a malformed frame should end the connection"
+    );
+    // A flood: three clients may connect (max_clients), the rest are refused; idle ones
+    // are closed after idle_timeout_s, and a PLC gets back in.
+    let flood: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        &metrics(http_port),
+        "inspectd_modbus_refused_total"
+    ) >= 5.0));
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        &metrics(http_port),
+        "inspectd_modbus_idle_closed_total"
+    ) >= 3.0));
+    drop(flood);
+    let mut ctx = connect(addr);
+    let before = u32_at(&block(&mut ctx), 12);
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = block(&mut ctx);
+    assert!(u32_at(&after, 12) > before, "inspection stopped");
+    let m = metrics(http_port);
+    assert!(metric(&m, "inspectd_modbus_requests_total") >= 10.0);
+    assert!(metric(&m, "inspectd_modbus_exceptions_total") >= 5.0);
+    assert_eq!(metric(&m, "inspectd_modbus_acks_total"), 2.0);
+    assert_eq!(metric(&m, "inspectd_modbus_clients"), 1.0);
+    assert!(daemon.log_text().contains("Modbus: acknowledgement"));
+}
+
+#[test]
+fn the_register_map_in_readme_is_the_one_served() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("| register | words | name |")
+        .expect("README has the Modbus register map");
+    let rows: Vec<Vec<String>> = readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), REGISTER_MAP.len(), "{rows:?}");
+    for (row, spec) in rows.iter().zip(REGISTER_MAP.iter()) {
+        let range = if spec.words == 1 {
+            spec.address.to_string()
+        } else {
+            format!("{}-{}", spec.address, spec.address + spec.words - 1)
+        };
+        assert_eq!(
+            (row[0].as_str(), row[1].as_str(), row[2].as_str()),
+            (range.as_str(), spec.words.to_string().as_str(), spec.name),
+            "README row {row:?}"
+        );
+    }
+}
