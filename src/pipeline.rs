@@ -106,6 +106,7 @@ impl Pipeline {
         let mut tracker = AlarmTracker::new(&settings.alarm, classes.clone());
         let alarms_before = outbox.lock().expect("outbox lock").next_id() > 1;
         let restored = tracker.restore(&state.load(alarms_before));
+        stats.plant.set_alarms(tracker.views());
         stats.live.set_model(&classes, &meta.id);
         let mut threads = Vec::new();
         let evidence = if settings.evidence.enabled {

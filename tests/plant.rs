@@ -286,3 +286,343 @@ fn the_register_map_in_readme_is_the_one_served() {
         );
     }
 }
+
+mod sparkplug_host {
+    //! A Sparkplug host's view: every message under the group, payloads decoded.
+    use super::*;
+    use inspectd::plant::sparkplug::{Metric, Payload, Value};
+    use prost::Message as _;
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Clone)]
+    pub struct Got {
+        pub kind: String,
+        pub payload: Payload,
+    }
+
+    impl Got {
+        pub fn metric(&self, name: &str) -> Option<&Metric> {
+            self.payload
+                .metrics
+                .iter()
+                .find(|m| m.name.as_deref() == Some(name))
+        }
+
+        pub fn value(&self, name: &str) -> Option<Value> {
+            self.metric(name).and_then(|m| m.value.clone())
+        }
+
+        pub fn bd_seq(&self) -> u64 {
+            match self.value("bdSeq") {
+                Some(Value::LongValue(v)) => v,
+                other => panic!("{} without bdSeq: {other:?}", self.kind),
+            }
+        }
+    }
+
+    pub struct Host {
+        pub got: Arc<Mutex<Vec<Got>>>,
+        client: Client,
+        _thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Host {
+        pub fn start(port: u16, group: &str) -> Host {
+            let mut opts = MqttOptions::new(format!("spb-host-{}", free_port()), "127.0.0.1", port);
+            opts.set_keep_alive(Duration::from_secs(5));
+            let (client, mut conn) = Client::new(opts, 64);
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let (g, c, filter) = (got.clone(), client.clone(), format!("spBv1.0/{group}/#"));
+            let subscribed = Arc::new(Mutex::new(false));
+            let s = subscribed.clone();
+            let thread = std::thread::spawn(move || {
+                for ev in conn.iter() {
+                    match ev {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            let _ = c.try_subscribe(&filter, QoS::AtLeastOnce);
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().unwrap() = true,
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let kind = p.topic.split('/').nth(2).unwrap_or("").to_string();
+                            if kind == "NCMD" {
+                                continue; // the host's own commands
+                            }
+                            let payload = Payload::decode(&p.payload[..]).unwrap_or_else(|e| {
+                                panic!("{}: not a Sparkplug B payload: {e}", p.topic)
+                            });
+                            g.lock().unwrap().push(Got { kind, payload });
+                        }
+                        Ok(_) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+            });
+            assert!(wait_until(Duration::from_secs(10), || *subscribed.lock().unwrap()));
+            Host {
+                got,
+                client,
+                _thread: thread,
+            }
+        }
+
+        pub fn all(&self) -> Vec<Got> {
+            self.got.lock().unwrap().clone()
+        }
+
+        pub fn of(&self, kind: &str) -> Vec<Got> {
+            self.all().into_iter().filter(|g| g.kind == kind).collect()
+        }
+
+        pub fn wait(&self, timeout: Duration, f: impl Fn(&[Got]) -> bool) -> bool {
+            wait_until(timeout, || f(&self.got.lock().unwrap()))
+        }
+
+        pub fn command(&self, topic: &str, metrics: Vec<Metric>) {
+            let p = Payload {
+                timestamp: Some(0),
+                metrics,
+                ..Payload::default()
+            };
+            self.client
+                .publish(topic, QoS::AtLeastOnce, false, p.encode_to_vec())
+                .unwrap();
+        }
+
+        pub fn raw(&self, topic: &str, bytes: &[u8], retain: bool) {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, retain, bytes.to_vec())
+                .unwrap();
+        }
+    }
+
+    pub fn metric(name: &str, value: Value) -> Metric {
+        Metric {
+            name: Some(name.into()),
+            value: Some(value),
+            ..Metric::default()
+        }
+    }
+}
+
+use inspectd::plant::sparkplug::Value;
+use sparkplug_host::{metric as spb_metric, Host};
+
+/// NBIRTH, then NDATA with seq 1, 2, ... (mod 256), each NBIRTH restarting at 0; every
+/// metric a data message names was declared in the birth before it.
+fn check_sequence(got: &[sparkplug_host::Got]) {
+    let mut declared: Option<std::collections::BTreeSet<String>> = None;
+    let mut seq = None;
+    for g in got {
+        match g.kind.as_str() {
+            "NBIRTH" => {
+                assert_eq!(g.payload.seq, Some(0), "a birth has seq 0");
+                declared = Some(
+                    g.payload
+                        .metrics
+                        .iter()
+                        .map(|m| m.name.clone().unwrap())
+                        .collect(),
+                );
+                seq = Some(0);
+            }
+            "NDATA" => {
+                let s = seq.expect("NDATA before any NBIRTH");
+                assert_eq!(g.payload.seq, Some((s + 1) % 256), "seq continuity");
+                seq = g.payload.seq;
+                let d = declared.as_ref().unwrap();
+                for m in &g.payload.metrics {
+                    let name = m.name.as_ref().unwrap();
+                    assert!(d.contains(name), "{name} was not in the birth");
+                    assert!(m.datatype.is_some() && m.value.is_some(), "{m:?}");
+                }
+            }
+            "NDEATH" => seq = None,
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_sparkplug_host_sees_births_data_commands_and_deaths() {
+    let broker = Mosquitto::start_forgetful();
+    let stems = stems_with("scratches", "", 3);
+    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
+    let images = image_folder(&stems);
+    let host = Host::start(broker.port, "tgrp");
+    let st = station(
+        images.path(),
+        broker.port,
+        true,
+        10.0,
+        (3, 2, 0, true),
+        "[sparkplug]\nenabled = true\ngroup = \"tgrp\"\nedge_node = \"node1\"\n",
+    );
+    let ncmd = "spBv1.0/tgrp/NCMD/node1";
+    let alarms = Subscriber::start(broker.port, &format!("{}/alarm", st.root), false);
+    let mut daemon = Daemon::start(&st.config);
+    assert!(
+        host.wait(LONG, |g| g.iter().any(|g| g.kind == "NBIRTH")),
+        "no NBIRTH: {}",
+        daemon.log_text()
+    );
+    let birth = host.of("NBIRTH").remove(0);
+    let bd_seq = birth.bd_seq();
+    assert_eq!(birth.value("Node Control/Rebirth"), Some(Value::BooleanValue(false)));
+    for name in [
+        "Inspection/Frames",
+        "Last/OK",
+        "Alarm/Active",
+        "Alarm/scratches/Active",
+        "Alarm/scratches/Latched",
+        "Alarm/scratches/Acknowledged",
+        "Alarm/scratches/Id",
+        "Alarm/crazing/Active",
+        "Health/Ready",
+        "Health/Broker OK",
+        "Properties/Station",
+    ] {
+        assert!(birth.metric(name).is_some(), "{name} not declared in NBIRTH");
+    }
+    assert_eq!(
+        birth.value("Properties/Station"),
+        Some(Value::StringValue(st.root.clone()))
+    );
+
+    // The alarm raises: NDATA says so with the id of the MQTT alarm event.
+    assert!(alarms.wait_for(LONG, |m| m.iter().any(|m| m.payload.contains("\"raised\""))));
+    let id = alarms.messages()[0].json()["id"].as_u64().unwrap();
+    assert!(
+        host.wait(Duration::from_secs(10), |g| g.iter().any(|g| g.kind == "NDATA"
+            && g.value("Alarm/scratches/Id") == Some(Value::LongValue(id)))),
+        "no NDATA with the alarm id {id}"
+    );
+    assert!(host
+        .of("NDATA")
+        .iter()
+        .any(|g| g.value("Alarm/scratches/Active") == Some(Value::BooleanValue(true))));
+
+    // NCMD: acknowledge the alarm by id; ask for a rebirth; a payload that is not
+    // Sparkplug and a metric that is no command are ignored.
+    host.raw(ncmd, b"\xff\x00garbage", false);
+    host.command(ncmd, vec![spb_metric("Last/OK", Value::BooleanValue(true))]);
+    host.command(ncmd, vec![spb_metric("Alarm/Acknowledge", Value::LongValue(id))]);
+    assert!(
+        alarms.wait_for(Duration::from_secs(10), |m| m.iter().any(|m| {
+            let a = m.json();
+            a["event"] == "acked" && a["raised_id"] == id
+        })),
+        "the NCMD acknowledgement did not reach the alarm: {}",
+        daemon.log_text()
+    );
+    host.command(
+        ncmd,
+        vec![spb_metric("Node Control/Rebirth", Value::BooleanValue(true))],
+    );
+    assert!(
+        host.wait(Duration::from_secs(10), |g| g
+            .iter()
+            .filter(|g| g.kind == "NBIRTH")
+            .count()
+            >= 2),
+        "no rebirth"
+    );
+    let rebirth = host.of("NBIRTH").remove(1);
+    assert_eq!(rebirth.bd_seq(), bd_seq, "a rebirth keeps the connection's bdSeq");
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("ignored an NCMD").count(),
+        2,
+        "the garbage and the non-command are both ignored: {log}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Killed: the broker sends the will, an NDEATH with the same bdSeq.
+    daemon.signal(libc::SIGKILL);
+    daemon.wait(Duration::from_secs(10));
+    assert!(
+        host.wait(Duration::from_secs(10), |g| g.iter().any(|g| g.kind == "NDEATH")),
+        "no NDEATH after a kill"
+    );
+    let death = host.of("NDEATH").remove(0);
+    assert_eq!(death.bd_seq(), bd_seq, "the will's bdSeq is the birth's");
+    check_sequence(&host.all());
+
+    // Restarted: the next connection's bdSeq is one more; stopped: an NDEATH of its own.
+    let mut daemon = Daemon::start(&st.config);
+    assert!(
+        host.wait(LONG, |g| g.iter().filter(|g| g.kind == "NBIRTH").count() >= 3),
+        "no NBIRTH after the restart: {}",
+        daemon.log_text()
+    );
+    assert_eq!(host.of("NBIRTH")[2].bd_seq(), (bd_seq + 1) % 256);
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(15)), Some(0));
+    assert!(host.wait(Duration::from_secs(5), |g| g
+        .iter()
+        .filter(|g| g.kind == "NDEATH")
+        .count()
+        >= 2));
+    assert_eq!(host.of("NDEATH")[1].bd_seq(), (bd_seq + 1) % 256);
+    let all = host.all();
+    check_sequence(&all);
+    assert!(
+        all.iter().filter(|g| g.kind == "NDATA").count() >= 5,
+        "NDATA should follow the frames"
+    );
+}
+
+#[test]
+fn a_sparkplug_node_is_born_only_while_its_primary_host_is_online() {
+    let broker = Mosquitto::start_forgetful();
+    let images = image_folder(&["scratches_1", "patches_1"]);
+    let http_port = free_port();
+    let host = Host::start(broker.port, "tgrp");
+    let st = station(
+        images.path(),
+        broker.port,
+        true,
+        5.0,
+        (3, 2, 0, false),
+        &format!(
+            "[sparkplug]\nenabled = true\ngroup = \"tgrp\"\nedge_node = \"node2\"\nprimary_host = \"scada1\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+        ),
+    );
+    let state = "spBv1.0/STATE/scada1";
+    let daemon = Daemon::start(&st.config);
+    let ready = || {
+        let mut s = TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+        write!(s, "GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    assert!(
+        wait_until(LONG, || ready().is_some_and(|b| b.contains("waiting for the primary host"))),
+        "readiness should name the primary host: {:?} {}",
+        ready(),
+        daemon.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(host.of("NBIRTH").is_empty(), "born before the host is online");
+    host.raw(state, br#"{"online":true,"timestamp":1}"#, true);
+    assert!(host.wait(Duration::from_secs(10), |g| g.iter().any(|g| g.kind == "NBIRTH")));
+    let first = host.of("NBIRTH")[0].bd_seq();
+    assert!(wait_until(Duration::from_secs(10), || ready()
+        .is_some_and(|b| !b.contains("sparkplug"))));
+    // The host goes away: NDEATH, and no birth until it is back, then with a new bdSeq.
+    host.raw(state, br#"{"online":false,"timestamp":2}"#, true);
+    assert!(host.wait(Duration::from_secs(10), |g| g.iter().any(|g| g.kind == "NDEATH")));
+    assert_eq!(host.of("NDEATH")[0].bd_seq(), first);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(host.of("NBIRTH").len(), 1, "born while the host is offline");
+    host.raw(state, br#"{"online":true,"timestamp":3}"#, true);
+    assert!(host.wait(Duration::from_secs(10), |g| g
+        .iter()
+        .filter(|g| g.kind == "NBIRTH")
+        .count()
+        >= 2));
+    assert_eq!(host.of("NBIRTH")[1].bd_seq(), (first + 1) % 256);
+    check_sequence(&host.all());
+}

@@ -186,7 +186,8 @@ pub fn metrics_now(stats: &Stats, station: &str, stale_after: Duration) -> BTree
     let alarms = p.alarms();
     put("Alarm/Active", BooleanValue(alarms.iter().any(|a| a.active)));
     put("Alarm/Acknowledge", LongValue(0));
-    for (label, a) in labels.iter().zip(&alarms) {
+    for (i, label) in labels.iter().enumerate() {
+        let a = alarms.get(i).copied().unwrap_or_default();
         put(&format!("Alarm/{label}/Active"), BooleanValue(a.active));
         put(&format!("Alarm/{label}/Latched"), BooleanValue(a.latched));
         put(&format!("Alarm/{label}/Acknowledged"), BooleanValue(a.acked));
@@ -396,6 +397,11 @@ impl Birth {
             return;
         }
         let now = metrics_now(stats, &cfg.station, cfg.stale_after);
+        if !now.keys().eq(self.sent.keys()) {
+            // A metric the birth did not declare: a host needs a new birth to know it.
+            self.birth(cfg, stats);
+            return;
+        }
         let ts = crate::frame::unix_ms();
         let changed: Vec<Metric> = now
             .iter()
