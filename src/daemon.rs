@@ -122,7 +122,10 @@ fn reload(path: &Path, running: &mut Settings, pipeline: &Pipeline) {
     macro_rules! section {
         ($($name:ident),*) => { $( if new.$name != running.$name { later.push(stringify!($name)); } )* };
     }
-    section!(station, capture, preprocess, model, mqtt, state, log, http, evidence, health, strip, modbus, sparkplug);
+    section!(
+        station, capture, preprocess, model, mqtt, state, log, http, evidence, health, strip,
+        modbus, sparkplug
+    );
     if !later.is_empty() {
         warn!(sections = %later.join(", "), "Config changes in these sections take effect after a restart.");
     }

@@ -302,8 +302,20 @@ impl Collector for StatsCollector {
         )?;
         let mb = &s.modbus;
         if load(&mb.enabled) == 1 {
-            gauge(&mut e, "modbus_listening", "1 while the Modbus TCP face listens.", None, load(&mb.listening) as f64)?;
-            gauge(&mut e, "modbus_clients", "Modbus clients connected now.", None, load(&mb.clients) as f64)?;
+            gauge(
+                &mut e,
+                "modbus_listening",
+                "1 while the Modbus TCP face listens.",
+                None,
+                load(&mb.listening) as f64,
+            )?;
+            gauge(
+                &mut e,
+                "modbus_clients",
+                "Modbus clients connected now.",
+                None,
+                load(&mb.clients) as f64,
+            )?;
             for (name, help, v) in [
                 ("modbus_connections", "Modbus connections accepted.", &mb.connections),
                 ("modbus_refused", "Modbus connections refused: modbus.max_clients were connected.", &mb.refused),
@@ -317,16 +329,52 @@ impl Collector for StatsCollector {
         }
         let sp = &s.sparkplug;
         if load(&sp.enabled) == 1 {
-            gauge(&mut e, "sparkplug_connected", "1 while the Sparkplug edge node is connected to the broker.", None, load(&sp.connected) as f64)?;
-            gauge(&mut e, "sparkplug_born", "1 while the edge node is born (NBIRTH sent, no NDEATH since).", None, load(&sp.born) as f64)?;
-            gauge(&mut e, "sparkplug_waiting_for_host", "1 while sparkplug.primary_host is not online.", None, load(&sp.waiting_for_host) as f64)?;
-            gauge(&mut e, "sparkplug_bdseq", "The bdSeq of the edge node's current connection.", None, load(&sp.bd_seq) as f64)?;
+            gauge(
+                &mut e,
+                "sparkplug_connected",
+                "1 while the Sparkplug edge node is connected to the broker.",
+                None,
+                load(&sp.connected) as f64,
+            )?;
+            gauge(
+                &mut e,
+                "sparkplug_born",
+                "1 while the edge node is born (NBIRTH sent, no NDEATH since).",
+                None,
+                load(&sp.born) as f64,
+            )?;
+            gauge(
+                &mut e,
+                "sparkplug_waiting_for_host",
+                "1 while sparkplug.primary_host is not online.",
+                None,
+                load(&sp.waiting_for_host) as f64,
+            )?;
+            gauge(
+                &mut e,
+                "sparkplug_bdseq",
+                "The bdSeq of the edge node's current connection.",
+                None,
+                load(&sp.bd_seq) as f64,
+            )?;
             for (name, help, v) in [
                 ("sparkplug_births", "NBIRTH messages sent.", &sp.births),
-                ("sparkplug_deaths", "NDEATH messages sent (graceful deaths; the will covers the rest).", &sp.deaths),
+                (
+                    "sparkplug_deaths",
+                    "NDEATH messages sent (graceful deaths; the will covers the rest).",
+                    &sp.deaths,
+                ),
                 ("sparkplug_data", "NDATA messages sent.", &sp.data),
-                ("sparkplug_commands", "NCMD messages received.", &sp.commands),
-                ("sparkplug_bad_commands", "NCMD messages ignored (undecodable, or naming no command metric).", &sp.bad_commands),
+                (
+                    "sparkplug_commands",
+                    "NCMD messages received.",
+                    &sp.commands,
+                ),
+                (
+                    "sparkplug_bad_commands",
+                    "NCMD messages ignored (undecodable, or naming no command metric).",
+                    &sp.bad_commands,
+                ),
             ] {
                 counter(&mut e, name, help, load(v))?;
             }

@@ -472,4 +472,40 @@ mod tests {
             "source: finished (the folder was replayed once)"
         );
     }
+
+    #[test]
+    fn plant_faces_count_for_readiness_only_when_enabled() {
+        let stats = Stats::default();
+        let stale = Duration::from_secs(5);
+        stats.model_loaded.store(1, Relaxed);
+        stats.mqtt_connected.store(1, Relaxed);
+        stats
+            .last_frame_ms
+            .store(stats.heartbeats.now_ms().max(1), Relaxed);
+        // Off: not listening and not connected say nothing.
+        assert!(not_ready(&stats, stale).is_empty());
+        stats.modbus.enabled.store(1, Relaxed);
+        stats.sparkplug.enabled.store(1, Relaxed);
+        assert_eq!(
+            not_ready(&stats, stale),
+            [
+                "modbus: not listening",
+                "sparkplug: not connected to the broker"
+            ]
+        );
+        stats.modbus.listening.store(1, Relaxed);
+        stats.sparkplug.connected.store(1, Relaxed);
+        stats.sparkplug.waiting_for_host.store(1, Relaxed);
+        assert_eq!(
+            not_ready(&stats, stale),
+            ["sparkplug: waiting for the primary host to be online"]
+        );
+        stats.sparkplug.waiting_for_host.store(0, Relaxed);
+        assert_eq!(
+            not_ready(&stats, stale),
+            ["sparkplug: not born (no NBIRTH on this connection)"]
+        );
+        stats.sparkplug.born.store(1, Relaxed);
+        assert!(not_ready(&stats, stale).is_empty());
+    }
 }

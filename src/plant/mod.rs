@@ -44,7 +44,11 @@ impl Faces {
             let cfg = sparkplug::NodeConfig {
                 mqtt: crate::mqtt::PublishConfig::from_settings(settings),
                 client_id: format!("{}-spb", settings.client_id()),
-                topics: sparkplug::NodeTopics::new(&sp.group, &settings.edge_node(), &sp.primary_host),
+                topics: sparkplug::NodeTopics::new(
+                    &sp.group,
+                    &settings.edge_node(),
+                    &sp.primary_host,
+                ),
                 station: settings.topic_root(),
                 state_dir: settings.state.dir.clone(),
                 stale_after,

@@ -129,7 +129,10 @@ impl ModbusServer {
             heartbeat: AtomicU64::new(0),
             last_ack: AtomicU64::new(0),
         });
-        let (max, idle) = (cfg.max_clients as u64, Duration::from_secs(cfg.idle_timeout_s));
+        let (max, idle) = (
+            cfg.max_clients as u64,
+            Duration::from_secs(cfg.idle_timeout_s),
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("modbus".into())

@@ -139,8 +139,7 @@ impl NodeTopics {
             ndata: t("NDATA"),
             ndeath: t("NDEATH"),
             ncmd: t("NCMD"),
-            state: (!primary_host.is_empty())
-                .then(|| format!("{NAMESPACE}/STATE/{primary_host}")),
+            state: (!primary_host.is_empty()).then(|| format!("{NAMESPACE}/STATE/{primary_host}")),
         }
     }
 }
@@ -184,13 +183,19 @@ pub fn metrics_now(stats: &Stats, station: &str, stale_after: Duration) -> BTree
         FloatValue((last.max_score * 1000.0).round() / 1000.0),
     );
     let alarms = p.alarms();
-    put("Alarm/Active", BooleanValue(alarms.iter().any(|a| a.active)));
+    put(
+        "Alarm/Active",
+        BooleanValue(alarms.iter().any(|a| a.active)),
+    );
     put("Alarm/Acknowledge", LongValue(0));
     for (i, label) in labels.iter().enumerate() {
         let a = alarms.get(i).copied().unwrap_or_default();
         put(&format!("Alarm/{label}/Active"), BooleanValue(a.active));
         put(&format!("Alarm/{label}/Latched"), BooleanValue(a.latched));
-        put(&format!("Alarm/{label}/Acknowledged"), BooleanValue(a.acked));
+        put(
+            &format!("Alarm/{label}/Acknowledged"),
+            BooleanValue(a.acked),
+        );
         put(&format!("Alarm/{label}/Id"), LongValue(a.raised_id));
     }
     let reasons = crate::http::not_ready(stats, stale_after);
@@ -306,8 +311,10 @@ impl EdgeNode {
         commands: Sender<Command>,
     ) -> Result<EdgeNode, String> {
         // A broken TLS or password setup is the operator's to fix: say so at start.
-        cfg.mqtt
-            .options_with(&cfg.client_id, LastWill::new(&cfg.topics.ndeath, vec![], QoS::AtLeastOnce, false))?;
+        cfg.mqtt.options_with(
+            &cfg.client_id,
+            LastWill::new(&cfg.topics.ndeath, vec![], QoS::AtLeastOnce, false),
+        )?;
         stats.sparkplug.enabled.store(1, Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -342,8 +349,8 @@ fn next_bd_seq(state_dir: &Path, last: Option<u64>) -> u64 {
     });
     let next = last.map_or(0, |b| (b + 1) % 256);
     let path = state_dir.join(BD_SEQ_FILE);
-    if let Err(e) = std::fs::create_dir_all(state_dir)
-        .and_then(|()| std::fs::write(&path, format!("{next}\n")))
+    if let Err(e) =
+        std::fs::create_dir_all(state_dir).and_then(|()| std::fs::write(&path, format!("{next}\n")))
     {
         warn!(file = %path.display(), error = %e, "Could not keep the Sparkplug bdSeq; a restart starts it again at 0.");
     }
@@ -511,7 +518,10 @@ fn run(cfg: NodeConfig, stats: Arc<Stats>, commands: Sender<Command>, stop: Arc<
                     backoff = cfg.mqtt.reconnect_min;
                     sp.connected.store(1, Relaxed);
                     info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, bd_seq, "Sparkplug: connected.");
-                    if let Err(e) = node.client.try_subscribe(&cfg.topics.ncmd, QoS::AtLeastOnce) {
+                    if let Err(e) = node
+                        .client
+                        .try_subscribe(&cfg.topics.ncmd, QoS::AtLeastOnce)
+                    {
                         warn!(error = %e, "Sparkplug: could not subscribe to NCMD.");
                     }
                     match &cfg.topics.state {
@@ -523,7 +533,9 @@ fn run(cfg: NodeConfig, stats: Arc<Stats>, commands: Sender<Command>, stop: Arc<
                         None => node.birth(&cfg, &stats),
                     }
                 }
-                Some(Ok(Event::Incoming(Packet::Publish(p)))) if Some(&p.topic) == cfg.topics.state.as_ref() => {
+                Some(Ok(Event::Incoming(Packet::Publish(p))))
+                    if Some(&p.topic) == cfg.topics.state.as_ref() =>
+                {
                     match parse_state(&p.payload) {
                         Some(true) => {
                             sp.waiting_for_host.store(0, Relaxed);
@@ -540,7 +552,9 @@ fn run(cfg: NodeConfig, stats: Arc<Stats>, commands: Sender<Command>, stop: Arc<
                                 dying = Some(Instant::now());
                             }
                         }
-                        None => warn!(topic = %p.topic, "Sparkplug: ignored a STATE message that is neither JSON with \"online\" nor ONLINE/OFFLINE."),
+                        None => {
+                            warn!(topic = %p.topic, "Sparkplug: ignored a STATE message that is neither JSON with \"online\" nor ONLINE/OFFLINE.")
+                        }
                     }
                 }
                 Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == cfg.topics.ncmd => {
@@ -549,7 +563,9 @@ fn run(cfg: NodeConfig, stats: Arc<Stats>, commands: Sender<Command>, stop: Arc<
                         Ok(cmds) => {
                             for c in cmds {
                                 match c {
-                                    NodeCommand::Rebirth if dying.is_none() && (node.born || !waits_for_host) => {
+                                    NodeCommand::Rebirth
+                                        if dying.is_none() && (node.born || !waits_for_host) =>
+                                    {
                                         info!("Sparkplug: rebirth asked for.");
                                         node.birth(&cfg, &stats);
                                     }
@@ -638,7 +654,10 @@ mod tests {
         };
         let m = |name: &str, v: Value| Metric::new(name, v, 0);
         assert_eq!(
-            parse_ncmd(&ncmd(vec![m("Node Control/Rebirth", Value::BooleanValue(true))])),
+            parse_ncmd(&ncmd(vec![m(
+                "Node Control/Rebirth",
+                Value::BooleanValue(true)
+            )])),
             Ok(vec![NodeCommand::Rebirth])
         );
         assert_eq!(
@@ -648,12 +667,14 @@ mod tests {
             ])),
             Ok(vec![NodeCommand::Ack(Some(7)), NodeCommand::Ack(None)])
         );
-        let err = parse_ncmd(&ncmd(vec![m("Inspection/Frames", Value::LongValue(0))]))
-            .unwrap_err();
+        let err = parse_ncmd(&ncmd(vec![m("Inspection/Frames", Value::LongValue(0))])).unwrap_err();
         assert!(err.contains("Inspection/Frames"), "{err}");
         assert!(parse_ncmd(b"\xff\xff\xff").is_err());
         assert_eq!(parse_state(br#"{"online":true,"timestamp":5}"#), Some(true));
-        assert_eq!(parse_state(br#"{"online":false,"timestamp":5}"#), Some(false));
+        assert_eq!(
+            parse_state(br#"{"online":false,"timestamp":5}"#),
+            Some(false)
+        );
         assert_eq!(parse_state(b"OFFLINE"), Some(false));
         assert_eq!(parse_state(b"online?"), None);
     }

@@ -69,10 +69,9 @@ impl PlantView {
             ts_ms: frame.ts_ms,
             ok: v.ok,
             defects: v.defects.len() as u32,
-            classes: v
-                .defects
-                .iter()
-                .fold(0u64, |m, d| m | 1u64.checked_shl(d.label as u32).unwrap_or(0)),
+            classes: v.defects.iter().fold(0u64, |m, d| {
+                m | 1u64.checked_shl(d.label as u32).unwrap_or(0)
+            }),
             max_score: v.defects.iter().map(|d| d.score).fold(0.0, f32::max),
         };
         self.frames.fetch_add(1, Relaxed);

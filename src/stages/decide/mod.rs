@@ -413,7 +413,11 @@ impl AlarmTracker {
                 active: a.active,
                 latched: a.active && a.latched,
                 acked: a.active && a.acked,
-                raised_id: if a.active { a.raised_id.unwrap_or(0) } else { 0 },
+                raised_id: if a.active {
+                    a.raised_id.unwrap_or(0)
+                } else {
+                    0
+                },
             })
             .collect()
     }
