@@ -119,6 +119,21 @@ fn two_stations_bridged_to_a_central_broker_lose_no_alarm_when_a_link_drops() {
     let (edge_b, port_b) = edge_broker(dir.path(), "edge-b", relay_b.port);
     let (_edge_a, _edge_b) = (Killed(edge_a), Killed(edge_b));
     let sub = Subscriber::start(central.port, "inspectd/#", false);
+    // Both bridges are up before the stations start: a probe from each edge reaches the
+    // centre.
+    for (port, name) in [(port_a, "a"), (port_b, "b")] {
+        let probe = Subscriber::start(port, "probe/none", false);
+        let topic = format!("inspectd/probe/{name}");
+        assert!(
+            wait_until(LONG, || {
+                probe.publish(&topic, "up");
+                sub.wait_for(Duration::from_millis(500), |m| {
+                    m.iter().any(|m| m.topic == topic)
+                })
+            }),
+            "bridge {name} did not come up"
+        );
+    }
 
     // Scratches, then patches: alarms raise and clear for each (N-of-M 3 of 4).
     let s = stems_with("scratches", "patches", 2);
@@ -174,14 +189,23 @@ fn two_stations_bridged_to_a_central_broker_lose_no_alarm_when_a_link_drops() {
     // each under its own root.
     let late = Subscriber::start(central.port, "inspectd/#", false);
     let retained = |root: &str, suffix: &str| {
+        // What the broker retains (B's queued backlog may still arrive live after it).
         late.on(&format!("{root}/{suffix}"))
-            .last()
+            .into_iter()
             .filter(|m| m.retain)
-            .map(|m| m.payload.clone())
+            .last()
+            .map(|m| m.payload)
     };
-    assert!(wait_until(Duration::from_secs(10), || {
-        retained(&a.root, "status").is_some() && retained(&b.root, "status").is_some()
-    }));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            retained(&a.root, "status").is_some() && retained(&b.root, "status").is_some()
+        }),
+        "retained status at the centre: {:?}",
+        late.messages()
+            .iter()
+            .filter(|m| m.topic.ends_with("/status"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(retained(&a.root, "status").as_deref(), Some("online"));
     assert_eq!(retained(&b.root, "status").as_deref(), Some("offline"));
     for root in [&a.root, &b.root] {
