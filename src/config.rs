@@ -58,6 +58,81 @@ pub struct Settings {
     /// The Sparkplug B edge node for Ignition and other SCADA hosts. Off by default.
     #[serde(default)]
     pub sparkplug: SparkplugConfig,
+    /// The OPC UA server for SCADA and MES. Off by default.
+    #[serde(default)]
+    pub opcua: OpcUaConfig,
+}
+
+/// `[opcua]`: an OPC UA server (README, "OPC UA").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpcUaConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Host name or address and port the endpoint listens on (and names in its URL).
+    #[serde(default = "default_opcua_listen")]
+    pub listen: String,
+    /// Also offer the endpoint without security (no signing, no encryption).
+    #[serde(default)]
+    pub allow_none: bool,
+    /// Let clients in without a user name.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// File of `user:password` lines (one per user; keep it mode 600).
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// Trust every client certificate (for a first commissioning only): otherwise a
+    /// client's certificate must be in `state.dir/opcua/pki/trusted/`.
+    #[serde(default)]
+    pub trust_all_clients: bool,
+}
+
+impl Default for OpcUaConfig {
+    fn default() -> Self {
+        OpcUaConfig {
+            enabled: false,
+            listen: default_opcua_listen(),
+            allow_none: false,
+            anonymous: false,
+            users_file: None,
+            trust_all_clients: false,
+        }
+    }
+}
+
+/// Reads an OPC UA users file: `user:password` lines; blank lines and `#` comments are
+/// skipped. An error names the line.
+pub fn read_users(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut users = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once(':') {
+            Some((u, pw))
+                if !u.is_empty() && !pw.is_empty() && !u.contains(char::is_whitespace) =>
+            {
+                users.push((u.to_string(), pw.to_string()))
+            }
+            _ => {
+                return Err(format!(
+                    "{} line {}: not `user:password`",
+                    path.display(),
+                    i + 1
+                ))
+            }
+        }
+    }
+    if users.is_empty() {
+        return Err(format!("{}: no `user:password` line", path.display()));
+    }
+    Ok(users)
+}
+
+fn default_opcua_listen() -> String {
+    "127.0.0.1:4840".into()
 }
 
 /// `[modbus]`: a Modbus TCP server (README, "Modbus TCP").
@@ -893,6 +968,7 @@ pub const SECTIONS: &[&str] = &[
     "strip",
     "modbus",
     "sparkplug",
+    "opcua",
 ];
 
 impl Settings {
@@ -1010,6 +1086,7 @@ impl Settings {
         let health = section::<HealthConfig>(&table, "health", false, p, f);
         let modbus = section::<ModbusConfig>(&table, "modbus", false, p, f);
         let sparkplug = section::<SparkplugConfig>(&table, "sparkplug", false, p, f);
+        let opcua = section::<OpcUaConfig>(&table, "opcua", false, p, f);
         // `[strip]` is off when absent: no defaults to take.
         let strip = table
             .contains_key("strip")
@@ -1038,6 +1115,7 @@ impl Settings {
             strip,
             modbus: modbus.unwrap_or_default(),
             sparkplug: sparkplug.unwrap_or_default(),
+            opcua: opcua.unwrap_or_default(),
         };
         settings.resolve_paths(base, from_env);
         if problems.is_empty() {
@@ -1072,6 +1150,7 @@ impl Settings {
             ("mqtt.ca_file", &mut self.mqtt.ca_file),
             ("mqtt.cert_file", &mut self.mqtt.cert_file),
             ("mqtt.key_file", &mut self.mqtt.key_file),
+            ("opcua.users_file", &mut self.opcua.users_file),
         ] {
             if let Some(p) = p {
                 fix(key, p);
@@ -1426,6 +1505,25 @@ impl Settings {
                 mb.idle_timeout_s
             ));
         }
+        let ua = &self.opcua;
+        if ua.enabled {
+            match ua.listen.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => p.push(format!(
+                    "opcua.listen: {:?} is not a host and port (such as 127.0.0.1:4840)",
+                    ua.listen
+                )),
+            }
+            if !ua.anonymous && ua.users_file.is_none() {
+                p.push("opcua: give users_file (user:password lines) or anonymous = true; nobody could log in".into());
+            }
+            if let Some(f) = &ua.users_file {
+                if let Err(e) = read_users(f) {
+                    p.push(format!("opcua.users_file: {e}"));
+                }
+            }
+        }
         let sp = &self.sparkplug;
         for (key, value, may_be_empty) in [
             ("sparkplug.group", &sp.group, false),
@@ -1605,6 +1703,35 @@ port = 1883
         // The file's own relative paths stay relative to the file.
         let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
         assert_eq!(s.model.path, dir.path().join("m.onnx"));
+    }
+
+    #[test]
+    fn an_opcua_face_nobody_could_use_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |extra: &str| {
+            Settings::load_with_env(&write(dir.path(), &format!("{GOOD}[opcua]\n{extra}")), [])
+        };
+        let err = load("enabled = true\n").unwrap_err();
+        assert!(err.to_string().contains("nobody could log in"), "{err}");
+        let err = load("enabled = true\nanonymous = true\nlisten = \"4840\"\n").unwrap_err();
+        assert!(err.to_string().contains("opcua.listen"), "{err}");
+        std::fs::write(dir.path().join("users"), "operator secret\n").unwrap();
+        let err = load("enabled = true\nusers_file = \"users\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("line 1: not `user:password`"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("users"), "# plant\noperator:s3cret\n").unwrap();
+        let s = load("enabled = true\nusers_file = \"users\"\n").unwrap();
+        assert_eq!(
+            s.opcua.users_file.as_deref(),
+            Some(dir.path().join("users").as_path())
+        );
+        assert!(!s.opcua.allow_none && !s.opcua.anonymous && !s.opcua.trust_all_clients);
+        assert_eq!(
+            read_users(&dir.path().join("users")).unwrap(),
+            [("operator".to_string(), "s3cret".to_string())]
+        );
     }
 
     #[test]

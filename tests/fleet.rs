@@ -192,8 +192,7 @@ fn two_stations_bridged_to_a_central_broker_lose_no_alarm_when_a_link_drops() {
         // What the broker retains (B's queued backlog may still arrive live after it).
         late.on(&format!("{root}/{suffix}"))
             .into_iter()
-            .filter(|m| m.retain)
-            .last()
+            .rfind(|m| m.retain)
             .map(|m| m.payload)
     };
     assert!(

@@ -679,3 +679,429 @@ fn a_sparkplug_node_is_born_only_while_its_primary_host_is_online() {
     assert_eq!(host.of("NBIRTH")[1].bd_seq(), (first + 1) % 256);
     check_sequence(&host.all());
 }
+
+mod opcua_client {
+    use super::*;
+    use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Session};
+    use opcua::crypto::SecurityPolicy;
+    use opcua::types::{
+        AttributeId, BrowseDescription, BrowseDirection, CallMethodRequest, MessageSecurityMode,
+        MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
+        ReferenceTypeId, TimestampsToReturn, VariableId, Variant,
+    };
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    pub struct Station {
+        pub url: String,
+        pub pki: std::path::PathBuf,
+    }
+
+    /// Connects with Basic256Sha256 SignAndEncrypt as `identity`; None when refused.
+    pub async fn connect(
+        st: &Station,
+        client_pki: &Path,
+        identity: IdentityToken,
+    ) -> Option<Arc<Session>> {
+        connect_with(
+            st,
+            client_pki,
+            SecurityPolicy::Basic256Sha256,
+            MessageSecurityMode::SignAndEncrypt,
+            identity,
+        )
+        .await
+    }
+
+    pub async fn connect_with(
+        st: &Station,
+        client_pki: &Path,
+        policy: SecurityPolicy,
+        mode: MessageSecurityMode,
+        identity: IdentityToken,
+    ) -> Option<Arc<Session>> {
+        let mut client = ClientBuilder::new()
+            .application_name("inspectd test client")
+            .application_uri("urn:inspectd:test-client")
+            .product_uri("urn:inspectd:test-client")
+            .pki_dir(client_pki)
+            .create_sample_keypair(true)
+            .trust_server_certs(true)
+            .session_retry_limit(0)
+            .client()
+            .unwrap();
+        let (session, event_loop) = client
+            .connect_to_matching_endpoint((st.url.as_str(), policy.to_str(), mode), identity)
+            .await
+            .ok()?;
+        event_loop.spawn();
+        let up = tokio::time::timeout(Duration::from_secs(10), session.wait_for_connection())
+            .await
+            .unwrap_or(false);
+        up.then_some(session)
+    }
+
+    /// The index of inspectd's namespace (`urn:inspectd:<topic root>`).
+    pub async fn namespace(session: &Session, root: &str) -> u16 {
+        let array = read(session, VariableId::Server_NamespaceArray.into()).await;
+        let Variant::Array(a) = array else {
+            panic!("namespace array: {array:?}")
+        };
+        let want = Variant::String(format!("urn:inspectd:{root}").into());
+        a.values
+            .iter()
+            .position(|v| *v == want)
+            .unwrap_or_else(|| panic!("inspectd's namespace is not in {:?}", a.values))
+            as u16
+    }
+
+    pub fn id(ns: u16, path: &str) -> NodeId {
+        NodeId::new(ns, format!("InspectionSystem/{path}"))
+    }
+
+    pub async fn read(session: &Session, node: NodeId) -> Variant {
+        let v = session
+            .read(
+                &[ReadValueId {
+                    node_id: node.clone(),
+                    attribute_id: AttributeId::Value as u32,
+                    ..Default::default()
+                }],
+                TimestampsToReturn::Both,
+                0.0,
+            )
+            .await
+            .unwrap();
+        v[0].value
+            .clone()
+            .unwrap_or_else(|| panic!("{node}: no value"))
+    }
+
+    pub async fn browse_names(session: &Session, node: NodeId) -> Vec<String> {
+        let r = session
+            .browse(
+                &[BrowseDescription {
+                    node_id: node,
+                    browse_direction: BrowseDirection::Forward,
+                    reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+                    include_subtypes: true,
+                    node_class_mask: 0,
+                    result_mask: 0x3f,
+                }],
+                1000,
+                None,
+            )
+            .await
+            .unwrap();
+        r[0].references
+            .as_ref()
+            .map(|refs| {
+                refs.iter()
+                    .map(|r| r.browse_name.name.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Subscribes to `node`; the values it reports are pushed to the returned list.
+    pub async fn subscribe(session: &Session, node: NodeId) -> Arc<Mutex<Vec<Variant>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let sub = session
+            .create_subscription(
+                Duration::from_millis(100),
+                100,
+                20,
+                0,
+                0,
+                true,
+                DataChangeCallback::new(move |dv, _| {
+                    if let Some(v) = dv.value {
+                        s.lock().unwrap().push(v);
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+        session
+            .create_monitored_items(
+                sub,
+                TimestampsToReturn::Both,
+                vec![MonitoredItemCreateRequest {
+                    item_to_monitor: ReadValueId {
+                        node_id: node,
+                        attribute_id: AttributeId::Value as u32,
+                        ..Default::default()
+                    },
+                    monitoring_mode: MonitoringMode::Reporting,
+                    requested_parameters: MonitoringParameters {
+                        sampling_interval: 0.0,
+                        queue_size: 10,
+                        discard_oldest: true,
+                        ..Default::default()
+                    },
+                }],
+            )
+            .await
+            .unwrap();
+        seen
+    }
+
+    pub async fn acknowledge(session: &Session, ns: u16, alarm: u64) -> opcua::types::StatusCode {
+        session
+            .call_one(CallMethodRequest {
+                object_id: NodeId::new(ns, "InspectionSystem"),
+                method_id: id(ns, "Acknowledge"),
+                input_arguments: Some(vec![Variant::UInt64(alarm)]),
+            })
+            .await
+            .map(|r| r.status_code)
+            .unwrap_or_else(|e| e)
+    }
+}
+
+#[test]
+fn an_opcua_client_browses_reads_subscribes_and_acknowledges_with_security() {
+    use opcua::client::IdentityToken;
+    use opcua::types::Variant;
+    let broker = Mosquitto::start_forgetful();
+    let stems = stems_with("scratches", "", 3);
+    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
+    let images = image_folder(&stems);
+    let [port, http_port] = free_ports(2)[..] else {
+        unreachable!()
+    };
+    let users = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(users.path(), "# who may log in\noperator:s3cret\n").unwrap();
+    let st = station(
+        images.path(),
+        broker.port,
+        true,
+        10.0,
+        (3, 2, 0, true),
+        &format!(
+            "[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+            users.path().display()
+        ),
+    );
+    let alarms = Subscriber::start(broker.port, &format!("{}/alarm", st.root), false);
+    let daemon = Daemon::start(&st.config);
+    assert!(
+        wait_until(LONG, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "the OPC UA face did not listen: {}",
+        daemon.log_text()
+    );
+    let server_pki = st.dir.path().join("state/opcua/pki");
+    assert!(
+        wait_until(LONG, || server_pki.join("own/cert.der").is_file()),
+        "the server's certificate is made on first start: {}",
+        daemon.log_text()
+    );
+    let ua = opcua_client::Station {
+        url: format!("opc.tcp://127.0.0.1:{port}/"),
+        pki: server_pki.clone(),
+    };
+    let client_pki = tempfile::tempdir().unwrap();
+    let user = || IdentityToken::UserName("operator".into(), "s3cret".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // An unknown client certificate is refused and kept for review; once the plant
+        // moves it to trusted/, the client gets in.
+        assert!(
+            opcua_client::connect(&ua, client_pki.path(), user())
+                .await
+                .is_none(),
+            "an untrusted client certificate was let in"
+        );
+        let rejected = ua.pki.join("rejected");
+        let cert = std::fs::read_dir(&rejected)
+            .unwrap_or_else(|e| panic!("{}: {e}", rejected.display()))
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "der"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the refused certificate is not in pki/rejected: {}",
+                    daemon.log_text()
+                )
+            });
+        std::fs::create_dir_all(ua.pki.join("trusted")).unwrap();
+        std::fs::rename(
+            &cert,
+            ua.pki.join("trusted").join(cert.file_name().unwrap()),
+        )
+        .unwrap();
+        // No security is not offered unless allow_none is set.
+        assert!(opcua_client::connect_with(
+            &ua,
+            client_pki.path(),
+            opcua::crypto::SecurityPolicy::None,
+            opcua::types::MessageSecurityMode::None,
+            user()
+        )
+        .await
+        .is_none());
+        // Without credentials, or with a wrong password: refused.
+        assert!(
+            opcua_client::connect(&ua, client_pki.path(), IdentityToken::Anonymous)
+                .await
+                .is_none()
+        );
+        assert!(opcua_client::connect(
+            &ua,
+            client_pki.path(),
+            IdentityToken::UserName("operator".into(), "wrong".into())
+        )
+        .await
+        .is_none());
+        let session = opcua_client::connect(&ua, client_pki.path(), user())
+            .await
+            .expect("a trusted client with the right password gets in");
+        let ns = opcua_client::namespace(&session, &st.root).await;
+
+        // Browse: the inspection system's parts.
+        let root = opcua::types::NodeId::new(ns, "InspectionSystem");
+        let names = opcua_client::browse_names(&session, root).await;
+        for want in [
+            "SystemState",
+            "Alarm",
+            "Last",
+            "Inspection",
+            "Health",
+            "Acknowledge",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        let alarm_names =
+            opcua_client::browse_names(&session, opcua_client::id(ns, "Alarm/scratches")).await;
+        assert_eq!(
+            {
+                let mut n = alarm_names.clone();
+                n.sort();
+                n
+            },
+            ["Acknowledged", "Active", "Id", "Latched"],
+            "{alarm_names:?}"
+        );
+        // Read: the system runs; the alarm raised over MQTT has the same id here.
+        assert_eq!(
+            opcua_client::read(&session, opcua_client::id(ns, "SystemState")).await,
+            Variant::String("Operational".into())
+        );
+        assert!(alarms.wait_for(LONG, |m| m.iter().any(|m| m.payload.contains("\"raised\""))));
+        let id = alarms.messages()[0].json()["id"].as_u64().unwrap();
+        let mut seen = Variant::Empty;
+        for _ in 0..50 {
+            seen = opcua_client::read(&session, opcua_client::id(ns, "Alarm/scratches/Id")).await;
+            if seen == Variant::UInt64(id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, Variant::UInt64(id));
+        let labels = opcua_client::read(&session, opcua_client::id(ns, "Last/Labels")).await;
+        assert!(format!("{labels:?}").contains("scratches"), "{labels:?}");
+        // Subscribe: the frame counter changes as frames are inspected.
+        let frames =
+            opcua_client::subscribe(&session, opcua_client::id(ns, "Inspection/Frames")).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got: Vec<u64> = frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|v| match v {
+                Variant::UInt64(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        assert!(got.len() >= 3, "data changes: {got:?}");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        // Call: Acknowledge(id) acknowledges over MQTT as cmd/ack would.
+        assert!(opcua_client::acknowledge(&session, ns, id).await.is_good());
+        assert!(
+            alarms.wait_for(Duration::from_secs(10), |m| m.iter().any(|m| {
+                let a = m.json();
+                a["event"] == "acked" && a["raised_id"] == id
+            })),
+            "the method's acknowledgement did not reach the alarm"
+        );
+        assert!(
+            !opcua_client::acknowledge(&session, ns, u64::MAX)
+                .await
+                .is_bad(),
+            "an id no alarm has is ignored, as by cmd/ack"
+        );
+        let _ = session.disconnect().await;
+    });
+    let m = metrics(http_port);
+    assert_eq!(metric(&m, "inspectd_opcua_listening"), 1.0);
+    assert_eq!(
+        metric(&m, "inspectd_opcua_acks_total"),
+        2.0,
+        "both calls were handed on"
+    );
+    let frames_before = metric(&m, "inspectd_frames_published_total");
+    // Dropped clients, garbage and a flood of connections: the server and the
+    // inspection go on, and a new session still reads the alarm state.
+    let flood: Vec<TcpStream> = (0..40)
+        .map(|i| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            if i % 2 == 0 {
+                let _ = c.write_all(b"HEL\x00\xff\xff\xff\x7fnot opc ua at all");
+            }
+            c
+        })
+        .collect();
+    drop(flood);
+    rt.block_on(async {
+        let session = opcua_client::connect(&ua, client_pki.path(), user())
+            .await
+            .expect("the server still serves after the flood");
+        // The latched alarm cleared on acknowledgement; the scratches still in view
+        // raise a new one, which reaches this session with its MQTT id.
+        assert!(
+            alarms.wait_for(LONG, |m| m
+                .iter()
+                .filter(|m| m.payload.contains("\"raised\""))
+                .count()
+                >= 2),
+            "no new alarm after the flood"
+        );
+        let raised: Vec<u64> = alarms
+            .messages()
+            .iter()
+            .map(|m| m.json())
+            .filter(|a| a["event"] == "raised")
+            .map(|a| a["id"].as_u64().unwrap())
+            .collect();
+        let ids: Vec<u64> = alarms
+            .messages()
+            .iter()
+            .map(|m| m.json()["id"].as_u64().unwrap())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[1] == w[0] + 1),
+            "an alarm event is missing: {ids:?}"
+        );
+        let ns = opcua_client::namespace(&session, &st.root).await;
+        let mut seen = Variant::Empty;
+        for _ in 0..50 {
+            seen = opcua_client::read(&session, opcua_client::id(ns, "Alarm/scratches/Id")).await;
+            if seen == Variant::UInt64(raised[1]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, Variant::UInt64(raised[1]), "the new alarm's id");
+        let _ = session.disconnect().await;
+    });
+    assert!(
+        wait_until(LONG, || metric(
+            &metrics(http_port),
+            "inspectd_frames_published_total"
+        ) > frames_before),
+        "inspection stopped during the flood"
+    );
+}

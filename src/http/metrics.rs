@@ -327,6 +327,22 @@ impl Collector for StatsCollector {
                 counter(&mut e, name, help, load(v))?;
             }
         }
+        let ua = &s.opcua;
+        if load(&ua.enabled) == 1 {
+            gauge(
+                &mut e,
+                "opcua_listening",
+                "1 while the OPC UA server listens.",
+                None,
+                load(&ua.listening) as f64,
+            )?;
+            counter(
+                &mut e,
+                "opcua_acks",
+                "Alarm acknowledgements called through the OPC UA Acknowledge method.",
+                load(&ua.acks),
+            )?;
+        }
         let sp = &s.sparkplug;
         if load(&sp.enabled) == 1 {
             gauge(

@@ -226,6 +226,9 @@ pub fn not_ready(stats: &Stats, stale_after: Duration) -> Vec<String> {
     if stats.modbus.enabled.load(Relaxed) == 1 && stats.modbus.listening.load(Relaxed) == 0 {
         reasons.push("modbus: not listening".into());
     }
+    if stats.opcua.enabled.load(Relaxed) == 1 && stats.opcua.listening.load(Relaxed) == 0 {
+        reasons.push("opcua: not listening".into());
+    }
     let sp = &stats.sparkplug;
     if sp.enabled.load(Relaxed) == 1 {
         if sp.connected.load(Relaxed) == 0 {

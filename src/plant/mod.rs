@@ -2,9 +2,11 @@
 //! same truth as the MQTT contract (read from [`Stats`]; acknowledgements go to decide
 //! as `cmd/ack` does):
 //! - [`modbus`]: a Modbus TCP server for PLCs (`[modbus]`);
-//! - [`sparkplug`]: a Sparkplug B edge node for Ignition and other hosts (`[sparkplug]`).
+//! - [`sparkplug`]: a Sparkplug B edge node for Ignition and other hosts (`[sparkplug]`);
+//! - [`opcua`]: an OPC UA server for SCADA and MES (`[opcua]`).
 
 pub mod modbus;
+pub mod opcua;
 pub mod sparkplug;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::telemetry::Stats;
 pub struct Faces {
     pub modbus: Option<modbus::ModbusServer>,
     pub sparkplug: Option<sparkplug::EdgeNode>,
+    pub opcua: Option<opcua::OpcUaServer>,
 }
 
 impl Faces {
@@ -54,12 +57,28 @@ impl Faces {
                 stale_after,
             };
             Some(
-                sparkplug::EdgeNode::start(cfg, stats, commands)
+                sparkplug::EdgeNode::start(cfg, stats.clone(), commands.clone())
                     .map_err(|e| format!("sparkplug: {e}"))?,
             )
         } else {
             None
         };
-        Ok(Faces { modbus, sparkplug })
+        let opcua = if settings.opcua.enabled {
+            Some(opcua::OpcUaServer::start(
+                &settings.opcua,
+                &settings.state.dir,
+                &settings.topic_root(),
+                stats,
+                commands,
+                stale_after,
+            )?)
+        } else {
+            None
+        };
+        Ok(Faces {
+            modbus,
+            sparkplug,
+            opcua,
+        })
     }
 }

@@ -357,6 +357,7 @@ pub struct Stats {
     pub plant: plant::PlantView,
     pub modbus: plant::ModbusStats,
     pub sparkplug: plant::SparkplugStats,
+    pub opcua: plant::OpcUaStats,
 }
 
 impl Stats {

@@ -34,6 +34,8 @@ pub struct LastResult {
     pub classes: u64,
     /// The highest score among its defects (0 without any).
     pub max_score: f32,
+    /// Each defect: label index, score, box (x, y, w, h in frame pixels).
+    pub items: Vec<(usize, f32, [u32; 4])>,
 }
 
 #[derive(Default)]
@@ -73,6 +75,11 @@ impl PlantView {
                 m | 1u64.checked_shl(d.label as u32).unwrap_or(0)
             }),
             max_score: v.defects.iter().map(|d| d.score).fold(0.0, f32::max),
+            items: v
+                .defects
+                .iter()
+                .map(|d| (d.label, d.score, d.bbox))
+                .collect(),
         };
         self.frames.fetch_add(1, Relaxed);
         self.defects.fetch_add(last.defects as u64, Relaxed);
@@ -133,4 +140,15 @@ pub struct SparkplugStats {
     pub bad_commands: AtomicU64,
     /// The bdSeq of the current connection.
     pub bd_seq: AtomicU64,
+}
+
+/// The OPC UA server's counters (`[opcua]`).
+#[derive(Default)]
+pub struct OpcUaStats {
+    /// 1 when `[opcua]` is enabled.
+    pub enabled: AtomicU64,
+    /// 1 while the server listens.
+    pub listening: AtomicU64,
+    /// Acknowledgements called through the `Acknowledge` method.
+    pub acks: AtomicU64,
 }
