@@ -412,3 +412,51 @@ impl AddressSpace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(stats: &Stats) -> (Variant, String) {
+        let v = values(stats, "inspectd/s/l/st", Duration::from_secs(2));
+        let reasons = match &v["SystemStateReasons"].0 {
+            Variant::String(s) => s.to_string(),
+            other => panic!("reasons: {other:?}"),
+        };
+        (v["SystemState"].0.clone(), reasons)
+    }
+
+    #[test]
+    fn the_system_state_says_preoperational_then_error_with_its_reasons() {
+        let stats = Stats::default();
+        let (s, why) = state(&stats);
+        assert_eq!(s, Variant::String("Preoperational".into()));
+        assert!(why.contains("model"), "{why}");
+        stats.model_loaded.store(1, Relaxed);
+        let (s, why) = state(&stats);
+        assert_eq!(s, Variant::String("Error".into()));
+        assert!(why.contains("the broker is not connected"), "{why}");
+        assert!(why.contains("the source is not delivering"), "{why}");
+        stats.mqtt_connected.store(1, Relaxed);
+        let (_, why) = state(&stats);
+        assert!(!why.contains("broker"), "{why}");
+    }
+
+    #[test]
+    fn the_last_result_is_served_as_arrays_with_their_types() {
+        let v = values(&Stats::default(), "inspectd/s/l/st", Duration::from_secs(2));
+        for (name, dt) in [
+            ("Last/Labels", DataTypeId::String),
+            ("Last/Scores", DataTypeId::Float),
+            ("Last/Boxes", DataTypeId::UInt32),
+        ] {
+            let (value, t, array) = &v[name];
+            assert!(*array && *t == dt, "{name}");
+            assert!(matches!(value, Variant::Array(_)), "{name}: {value:?}");
+        }
+        assert!(
+            !v.contains_key("Alarm/Acknowledge"),
+            "a method, not a variable"
+        );
+    }
+}
