@@ -697,12 +697,13 @@ mod opcua_client {
         pub pki: std::path::PathBuf,
     }
 
-    /// Connects with Basic256Sha256 SignAndEncrypt as `identity`; None when refused.
+    /// Connects with Basic256Sha256 SignAndEncrypt as `identity`; the refusal's status
+    /// when refused.
     pub async fn connect(
         st: &Station,
         client_pki: &Path,
         identity: IdentityToken,
-    ) -> Option<Arc<Session>> {
+    ) -> Result<Arc<Session>, String> {
         connect_with(
             st,
             client_pki,
@@ -719,7 +720,7 @@ mod opcua_client {
         policy: SecurityPolicy,
         mode: MessageSecurityMode,
         identity: IdentityToken,
-    ) -> Option<Arc<Session>> {
+    ) -> Result<Arc<Session>, String> {
         let mut client = ClientBuilder::new()
             .application_name("inspectd test client")
             .application_uri("urn:inspectd:test-client")
@@ -733,12 +734,15 @@ mod opcua_client {
         let (session, event_loop) = client
             .connect_to_matching_endpoint((st.url.as_str(), policy.to_str(), mode), identity)
             .await
-            .ok()?;
-        event_loop.spawn();
-        let up = tokio::time::timeout(Duration::from_secs(10), session.wait_for_connection())
-            .await
-            .unwrap_or(false);
-        up.then_some(session)
+            .map_err(|e| format!("no session: {e}"))?;
+        // A refused session ends the event loop (no retries); waiting on the connection
+        // alone would never return then.
+        let mut ended = event_loop.spawn();
+        tokio::select! {
+            true = session.wait_for_connection() => Ok(session),
+            status = &mut ended => Err(format!("refused: {status:?}")),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => Err("no answer in 10 s".into()),
+        }
     }
 
     /// The index of inspectd's namespace (`urn:inspectd:<topic root>`).
@@ -910,12 +914,12 @@ fn an_opcua_client_browses_reads_subscribes_and_acknowledges_with_security() {
     rt.block_on(async {
         // An unknown client certificate is refused and kept for review; once the plant
         // moves it to trusted/, the client gets in.
-        assert!(
-            opcua_client::connect(&ua, client_pki.path(), user())
-                .await
-                .is_none(),
-            "an untrusted client certificate was let in"
-        );
+        let refusal = |r: Result<_, String>| match r {
+            Ok(_) => panic!("let in"),
+            Err(e) => e,
+        };
+        let why = refusal(opcua_client::connect(&ua, client_pki.path(), user()).await);
+        assert!(why.contains("BadCertificateUntrusted"), "{why}");
         let rejected = ua.pki.join("rejected");
         let cert = std::fs::read_dir(&rejected)
             .unwrap_or_else(|e| panic!("{}: {e}", rejected.display()))
@@ -934,28 +938,30 @@ fn an_opcua_client_browses_reads_subscribes_and_acknowledges_with_security() {
         )
         .unwrap();
         // No security is not offered unless allow_none is set.
-        assert!(opcua_client::connect_with(
-            &ua,
-            client_pki.path(),
-            opcua::crypto::SecurityPolicy::None,
-            opcua::types::MessageSecurityMode::None,
-            user()
-        )
-        .await
-        .is_none());
-        // Without credentials, or with a wrong password: refused.
-        assert!(
-            opcua_client::connect(&ua, client_pki.path(), IdentityToken::Anonymous)
-                .await
-                .is_none()
+        let why = refusal(
+            opcua_client::connect_with(
+                &ua,
+                client_pki.path(),
+                opcua::crypto::SecurityPolicy::None,
+                opcua::types::MessageSecurityMode::None,
+                user(),
+            )
+            .await,
         );
-        assert!(opcua_client::connect(
-            &ua,
-            client_pki.path(),
-            IdentityToken::UserName("operator".into(), "wrong".into())
-        )
-        .await
-        .is_none());
+        assert!(why.starts_with("no session"), "{why}");
+        // Without credentials, or with a wrong password: refused.
+        let why =
+            refusal(opcua_client::connect(&ua, client_pki.path(), IdentityToken::Anonymous).await);
+        assert!(
+            why.contains("BadSecurityPolicyRejected"),
+            "anonymous: {why}"
+        );
+        let wrong = IdentityToken::UserName("operator".into(), "wrong".into());
+        let why = refusal(opcua_client::connect(&ua, client_pki.path(), wrong).await);
+        assert!(
+            why.contains("BadIdentityTokenRejected"),
+            "a wrong password: {why}"
+        );
         let session = opcua_client::connect(&ua, client_pki.path(), user())
             .await
             .expect("a trusted client with the right password gets in");
