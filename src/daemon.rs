@@ -124,7 +124,7 @@ fn reload(path: &Path, running: &mut Settings, pipeline: &Pipeline) {
     }
     section!(
         station, capture, preprocess, model, mqtt, state, log, http, evidence, health, strip,
-        modbus, sparkplug
+        modbus, sparkplug, opcua
     );
     if !later.is_empty() {
         warn!(sections = %later.join(", "), "Config changes in these sections take effect after a restart.");
