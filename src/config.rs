@@ -87,6 +87,14 @@ pub struct OpcUaConfig {
     pub trust_all_clients: bool,
 }
 
+impl OpcUaConfig {
+    /// `listen` as host and port (None when it is not `host:port`).
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.listen.rsplit_once(':')?;
+        Some((host, port.parse().ok()?)).filter(|_| !host.is_empty())
+    }
+}
+
 impl Default for OpcUaConfig {
     fn default() -> Self {
         OpcUaConfig {
@@ -1507,9 +1515,8 @@ impl Settings {
         }
         let ua = &self.opcua;
         if ua.enabled {
-            match ua.listen.rsplit_once(':') {
-                Some((host, port))
-                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            match ua.host_port() {
+                Some((_, port)) if port > 0 => {}
                 _ => p.push(format!(
                     "opcua.listen: {:?} is not a host and port (such as 127.0.0.1:4840)",
                     ua.listen

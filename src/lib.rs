@@ -8,7 +8,7 @@
 //! - [`state`]: what is kept on disk under `state.dir` (the alarm outbox, the active
 //!   alarms, evidence images);
 //! - [`http`]: metrics, health endpoints, the live page and evidence over HTTP;
-//! - [`plant`]: the plant's own protocols (Modbus TCP, Sparkplug B), off by default;
+//! - [`plant`]: the plant's own protocols (OPC UA, Modbus TCP, Sparkplug B), off by default;
 //! - [`pipeline`] wires the stages and [`daemon`] runs them; [`cli`] serves the other
 //!   commands (classify, eval, watch).
 //!

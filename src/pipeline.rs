@@ -66,7 +66,7 @@ pub enum StartError {
 /// A running pipeline. Dropping it stops it and joins the threads.
 pub struct Pipeline {
     ctx: StageContext,
-    /// The plant faces (Modbus, Sparkplug); stopped after the stages.
+    /// The plant faces (OPC UA, Modbus, Sparkplug); stopped after the stages.
     _faces: crate::plant::Faces,
     threads: Vec<JoinHandle<()>>,
     control: Sender<Control>,

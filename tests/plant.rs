@@ -63,23 +63,27 @@ fn label_index(class: &str) -> usize {
         .unwrap()
 }
 
+/// A station replaying three scratches images in a loop at 10 frames a second, its
+/// alarms latched and raised by 2 of 3 frames, with `extra` config appended; the images'
+/// folder (returned first) must outlive the daemon.
+fn scratches_station(broker: u16, extra: &str) -> (tempfile::TempDir, Station) {
+    let stems = stems_with("scratches", "", 3);
+    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
+    let images = image_folder(&stems);
+    let st = station(images.path(), broker, true, 10.0, (3, 2, 0, true), extra);
+    (images, st)
+}
+
 #[test]
 fn a_modbus_client_reads_the_map_and_acknowledges_alarms() {
     let broker = Mosquitto::start_forgetful();
     // Scratches in every frame, replayed in a loop: the scratches alarm (latched) raises
     // after two frames and stays until acknowledged.
-    let stems = stems_with("scratches", "", 3);
-    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
-    let images = image_folder(&stems);
     let [mb_port, http_port] = free_ports(2)[..] else {
         unreachable!()
     };
-    let st = station(
-        images.path(),
+    let (_images, st) = scratches_station(
         broker.port,
-        true,
-        10.0,
-        (3, 2, 0, true),
         &format!(
             "[modbus]\nenabled = true\nlisten = \"127.0.0.1:{mb_port}\"\nmax_clients = 3\nidle_timeout_s = 3\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
         ),
@@ -462,16 +466,9 @@ fn check_sequence(got: &[sparkplug_host::Got]) {
 #[test]
 fn a_sparkplug_host_sees_births_data_commands_and_deaths() {
     let broker = Mosquitto::start_forgetful();
-    let stems = stems_with("scratches", "", 3);
-    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
-    let images = image_folder(&stems);
     let host = Host::start(broker.port, "tgrp");
-    let st = station(
-        images.path(),
+    let (_images, st) = scratches_station(
         broker.port,
-        true,
-        10.0,
-        (3, 2, 0, true),
         "[sparkplug]\nenabled = true\ngroup = \"tgrp\"\nedge_node = \"node1\"\n",
     );
     let ncmd = "spBv1.0/tgrp/NCMD/node1";
@@ -869,20 +866,13 @@ fn an_opcua_client_browses_reads_subscribes_and_acknowledges_with_security() {
     use opcua::client::IdentityToken;
     use opcua::types::Variant;
     let broker = Mosquitto::start_forgetful();
-    let stems = stems_with("scratches", "", 3);
-    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
-    let images = image_folder(&stems);
     let [port, http_port] = free_ports(2)[..] else {
         unreachable!()
     };
     let users = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(users.path(), "# who may log in\noperator:s3cret\n").unwrap();
-    let st = station(
-        images.path(),
+    let (_images, st) = scratches_station(
         broker.port,
-        true,
-        10.0,
-        (3, 2, 0, true),
         &format!(
             "[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
             users.path().display()

@@ -9,6 +9,7 @@
 //! slow a frame down, and nothing here changes alarm state.
 
 pub mod metrics;
+pub mod serve;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,11 +60,7 @@ impl HttpServer {
         let addr: SocketAddr = listen
             .parse()
             .map_err(|e| format!("http.listen {listen:?}: {e}"))?;
-        let std_listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("http.listen {listen}: cannot listen: {e}"))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("http.listen {listen}: {e}"))?;
+        let std_listener = serve::bind("http.listen", listen, addr)?;
         let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
         let stale_after = stale_after(fps);
         let app = Arc::new(App {
@@ -72,35 +69,24 @@ impl HttpServer {
             stale_after,
         });
         let router = router(app, &state_dir.join(crate::state::evidence::FOLDER));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| format!("HTTP runtime: {e}"))?;
+        let runtime = serve::runtime("HTTP")?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            error!(error = %e, "HTTP: cannot use the listening socket.");
-                            return;
+        let thread = serve::spawn(
+            "http",
+            "HTTP",
+            runtime,
+            std_listener,
+            move |listener| async move {
+                tokio::select! {
+                    res = axum::serve(listener, router) => {
+                        if let Err(e) = res {
+                            error!(error = %e, "HTTP server stopped.");
                         }
-                    };
-                    tokio::select! {
-                        res = axum::serve(listener, router) => {
-                            if let Err(e) = res {
-                                error!(error = %e, "HTTP server stopped.");
-                            }
-                        }
-                        _ = stop_rx => {}
                     }
-                });
-                // Dropping the runtime here ends every open connection.
-            })
-            .map_err(|e| format!("cannot start the http thread: {e}"))?;
+                    _ = stop_rx => {}
+                }
+            },
+        )?;
         info!(%addr, "HTTP: metrics, health and the live page.");
         Ok(HttpServer {
             addr,

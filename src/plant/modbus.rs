@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::ModbusConfig;
 use crate::contract::Command;
+use crate::http::serve;
 use crate::telemetry::{Stats, LIVENESS};
 
 /// One entry of the map: where, how many words, its name and what it holds.
@@ -111,17 +112,9 @@ impl ModbusServer {
             .listen
             .parse()
             .map_err(|e| format!("modbus.listen {:?}: {e}", cfg.listen))?;
-        let std_listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("modbus.listen {addr}: cannot listen: {e}"))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("modbus.listen {addr}: {e}"))?;
+        let std_listener = serve::bind("modbus.listen", &addr.to_string(), addr)?;
         let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| format!("Modbus runtime: {e}"))?;
+        let runtime = serve::runtime("Modbus")?;
         let shared = Arc::new(Shared {
             stats: stats.clone(),
             commands,
@@ -134,72 +127,66 @@ impl ModbusServer {
             Duration::from_secs(cfg.idle_timeout_s),
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("modbus".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            error!(error = %e, "Modbus: cannot use the listening socket.");
-                            return;
-                        }
-                    };
-                    shared.stats.modbus.listening.store(1, Relaxed);
-                    let beat = {
-                        let shared = shared.clone();
-                        async move {
-                            let mut tick = tokio::time::interval(Duration::from_secs(1));
-                            loop {
-                                tick.tick().await;
-                                if shared.stats.heartbeats.stalest().1 < LIVENESS {
-                                    shared.heartbeat.fetch_add(1, Relaxed);
-                                }
+        let thread = serve::spawn(
+            "modbus",
+            "Modbus",
+            runtime,
+            std_listener,
+            move |listener| async move {
+                shared.stats.modbus.listening.store(1, Relaxed);
+                let beat = {
+                    let shared = shared.clone();
+                    async move {
+                        let mut tick = tokio::time::interval(Duration::from_secs(1));
+                        loop {
+                            tick.tick().await;
+                            if shared.stats.heartbeats.stalest().1 < LIVENESS {
+                                shared.heartbeat.fetch_add(1, Relaxed);
                             }
                         }
-                    };
-                    let server = tokio_modbus::server::tcp::Server::new(listener);
-                    let on_connected = |stream: TcpStream, peer: SocketAddr| {
-                        let shared = shared.clone();
-                        async move {
-                            let m = &shared.stats.modbus;
-                            if m.clients.load(Relaxed) >= max {
-                                m.refused.fetch_add(1, Relaxed);
-                                warn!(%peer, max_clients = max, "Modbus: too many clients; connection refused.");
-                                return Ok(None);
-                            }
-                            m.clients.fetch_add(1, Relaxed);
-                            m.connections.fetch_add(1, Relaxed);
-                            debug!(%peer, "Modbus client connected.");
-                            let service = Service {
-                                shared: shared.clone(),
-                                _guard: ClientGuard(shared.clone()),
-                            };
-                            Ok(Some((service, IdleStream::new(stream, idle))))
-                        }
-                    };
-                    let stats = shared.stats.clone();
-                    let on_error = move |e: io::Error| {
-                        if e.kind() == io::ErrorKind::TimedOut {
-                            stats.modbus.idle_closed.fetch_add(1, Relaxed);
-                            debug!("Modbus: an idle client was disconnected.");
-                        } else {
-                            debug!(error = %e, "Modbus: a client connection ended with an error.");
-                        }
-                    };
-                    tokio::select! {
-                        res = server.serve(&on_connected, on_error) => {
-                            if let Err(e) = res {
-                                error!(error = %e, "Modbus server stopped.");
-                            }
-                        }
-                        _ = beat => {}
-                        _ = stop_rx => {}
                     }
-                    shared.stats.modbus.listening.store(0, Relaxed);
-                });
-            })
-            .map_err(|e| format!("cannot start the modbus thread: {e}"))?;
+                };
+                let server = tokio_modbus::server::tcp::Server::new(listener);
+                let on_connected = |stream: TcpStream, peer: SocketAddr| {
+                    let shared = shared.clone();
+                    async move {
+                        let m = &shared.stats.modbus;
+                        if m.clients.load(Relaxed) >= max {
+                            m.refused.fetch_add(1, Relaxed);
+                            warn!(%peer, max_clients = max, "Modbus: too many clients; connection refused.");
+                            return Ok(None);
+                        }
+                        m.clients.fetch_add(1, Relaxed);
+                        m.connections.fetch_add(1, Relaxed);
+                        debug!(%peer, "Modbus client connected.");
+                        let service = Service {
+                            shared: shared.clone(),
+                            _guard: ClientGuard(shared.clone()),
+                        };
+                        Ok(Some((service, IdleStream::new(stream, idle))))
+                    }
+                };
+                let stats = shared.stats.clone();
+                let on_error = move |e: io::Error| {
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        stats.modbus.idle_closed.fetch_add(1, Relaxed);
+                        debug!("Modbus: an idle client was disconnected.");
+                    } else {
+                        debug!(error = %e, "Modbus: a client connection ended with an error.");
+                    }
+                };
+                tokio::select! {
+                    res = server.serve(&on_connected, on_error) => {
+                        if let Err(e) = res {
+                            error!(error = %e, "Modbus server stopped.");
+                        }
+                    }
+                    _ = beat => {}
+                    _ = stop_rx => {}
+                }
+                shared.stats.modbus.listening.store(0, Relaxed);
+            },
+        )?;
         stats.modbus.enabled.store(1, Relaxed);
         info!(%addr, "Modbus TCP: the register map is served.");
         Ok(ModbusServer {

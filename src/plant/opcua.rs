@@ -40,6 +40,7 @@ use tracing::{error, info, warn};
 use super::sparkplug::{metrics_now, Value};
 use crate::config::OpcUaConfig;
 use crate::contract::Command;
+use crate::http::serve;
 use crate::telemetry::Stats;
 
 /// How often the variables are refreshed from the daemon's state.
@@ -69,25 +70,15 @@ impl OpcUaServer {
         stale_after: Duration,
     ) -> Result<OpcUaServer, String> {
         let (host, port) = cfg
-            .listen
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .host_port()
             .ok_or_else(|| format!("opcua.listen {:?}: not a host and port", cfg.listen))?;
-        let std_listener = std::net::TcpListener::bind((host.as_str(), port))
-            .map_err(|e| format!("opcua.listen {}: cannot listen: {e}", cfg.listen))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("opcua.listen {}: {e}", cfg.listen))?;
+        let std_listener = serve::bind("opcua.listen", &cfg.listen, (host, port))?;
         let port = std_listener.local_addr().map_err(|e| e.to_string())?.port();
         let url = format!("opc.tcp://{host}:{port}/");
         let namespace = format!("urn:inspectd:{station}");
         // The server spawns its tasks while it is built: on this runtime, which the
         // `opcua` thread then drives.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| format!("OPC UA runtime: {e}"))?;
+        let runtime = serve::runtime("OPC UA")?;
         let entered = runtime.enter();
         let mut builder = ServerBuilder::new()
             .application_name(format!("inspectd {station}"))
@@ -95,7 +86,7 @@ impl OpcUaServer {
             .product_uri("urn:inspectd")
             .create_sample_keypair(true)
             .pki_dir(state_dir.join("opcua/pki"))
-            .host(host.clone())
+            .host(host)
             .port(port)
             .discovery_urls(vec![url.clone()])
             .trust_client_certs(cfg.trust_all_clients)
@@ -173,38 +164,32 @@ impl OpcUaServer {
         }
         drop(entered);
         let (st, station_name, h) = (stats.clone(), station.to_string(), handle.clone());
-        let thread = std::thread::Builder::new()
-            .name("opcua".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            error!(error = %e, "OPC UA: cannot use the listening socket.");
-                            return;
-                        }
-                    };
-                    st.opcua.listening.store(1, Relaxed);
-                    let refresh = async {
-                        let mut tick = tokio::time::interval(REFRESH);
-                        let mut sent = BTreeMap::new();
-                        loop {
-                            tick.tick().await;
-                            space.refresh(&nm, &h, &st, &station_name, stale_after, &mut sent);
-                        }
-                    };
-                    tokio::select! {
-                        res = server.run_with(listener) => {
-                            if let Err(e) = res {
-                                error!(error = %e, "OPC UA server stopped.");
-                            }
-                        }
-                        _ = refresh => {}
+        let thread = serve::spawn(
+            "opcua",
+            "OPC UA",
+            runtime,
+            std_listener,
+            move |listener| async move {
+                st.opcua.listening.store(1, Relaxed);
+                let refresh = async {
+                    let mut tick = tokio::time::interval(REFRESH);
+                    let mut sent = BTreeMap::new();
+                    loop {
+                        tick.tick().await;
+                        space.refresh(&nm, &h, &st, &station_name, stale_after, &mut sent);
                     }
-                    st.opcua.listening.store(0, Relaxed);
-                });
-            })
-            .map_err(|e| format!("cannot start the opcua thread: {e}"))?;
+                };
+                tokio::select! {
+                    res = server.run_with(listener) => {
+                        if let Err(e) = res {
+                            error!(error = %e, "OPC UA server stopped.");
+                        }
+                    }
+                    _ = refresh => {}
+                }
+                st.opcua.listening.store(0, Relaxed);
+            },
+        )?;
         stats.opcua.enabled.store(1, Relaxed);
         info!(%url, "OPC UA: the inspection system is served.");
         Ok(OpcUaServer {

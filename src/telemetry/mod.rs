@@ -353,7 +353,7 @@ pub struct Stats {
     pub heartbeats: Heartbeats,
     /// What the live page and the metrics need beyond counters.
     pub live: crate::telemetry::live::LiveView,
-    /// What the plant faces (Modbus TCP, Sparkplug B) read: alarms, the last verdict.
+    /// What the plant faces (Modbus TCP, Sparkplug B, OPC UA) read: alarms, the last verdict.
     pub plant: plant::PlantView,
     pub modbus: plant::ModbusStats,
     pub sparkplug: plant::SparkplugStats,

@@ -1,4 +1,4 @@
-//! What the plant faces (`[modbus]`, `[sparkplug]`) say: the same truth the MQTT
+//! What the plant faces (`[modbus]`, `[sparkplug]`, `[opcua]`) say: the same truth the MQTT
 //! contract publishes, kept where every face can read it without touching a frame.
 //!
 //! Decide writes each class's alarm state after every change (raise, clear,
@@ -63,30 +63,32 @@ impl PlantView {
         self.alarms.lock().expect("plant alarms lock").clone()
     }
 
-    /// A frame was published with this verdict.
+    /// A frame was published with this verdict. Called per frame: the last result is
+    /// rewritten in place, so its defect list allocates only when a frame holds more
+    /// defects than any before it.
     pub fn set_last(&self, frame: &Frame) {
         let v = &frame.verdict;
-        let last = LastResult {
-            seq: frame.seq,
-            ts_ms: frame.ts_ms,
-            ok: v.ok,
-            defects: v.defects.len() as u32,
-            classes: v.defects.iter().fold(0u64, |m, d| {
+        let defects = v.defects.len() as u64;
+        {
+            let mut guard = self.last.lock().expect("plant last lock");
+            let last = guard.get_or_insert_with(LastResult::default);
+            last.seq = frame.seq;
+            last.ts_ms = frame.ts_ms;
+            last.ok = v.ok;
+            last.defects = defects as u32;
+            last.classes = v.defects.iter().fold(0u64, |m, d| {
                 m | 1u64.checked_shl(d.label as u32).unwrap_or(0)
-            }),
-            max_score: v.defects.iter().map(|d| d.score).fold(0.0, f32::max),
-            items: v
-                .defects
-                .iter()
-                .map(|d| (d.label, d.score, d.bbox))
-                .collect(),
-        };
+            });
+            last.max_score = v.defects.iter().map(|d| d.score).fold(0.0, f32::max);
+            last.items.clear();
+            last.items
+                .extend(v.defects.iter().map(|d| (d.label, d.score, d.bbox)));
+        }
         self.frames.fetch_add(1, Relaxed);
-        self.defects.fetch_add(last.defects as u64, Relaxed);
-        if last.defects > 0 {
+        self.defects.fetch_add(defects, Relaxed);
+        if defects > 0 {
             self.defective_frames.fetch_add(1, Relaxed);
         }
-        *self.last.lock().expect("plant last lock") = Some(last);
         self.version.fetch_add(1, Relaxed);
     }
 

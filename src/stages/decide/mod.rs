@@ -752,6 +752,7 @@ impl DecideStage {
         frame: Option<&Frame>,
         stats: &Stats,
     ) -> Vec<(u64, AlarmChange)> {
+        let changed = !changes.is_empty();
         let mut out = Vec::with_capacity(changes.len());
         for mut c in changes.drain(..) {
             let mut outbox = self.outbox.lock().expect("outbox lock");
@@ -777,7 +778,9 @@ impl DecideStage {
                 }
             }
         }
-        stats.plant.set_alarms(self.tracker.views());
+        if changed {
+            stats.plant.set_alarms(self.tracker.views());
+        }
         if !out.is_empty() {
             if let Err(e) = self.state.save(&self.tracker.snapshot()) {
                 error!(file = %self.state.path().display(), error = %e, "Could not save the active alarms; a restart now would not know them.");
