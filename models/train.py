@@ -102,9 +102,10 @@ def pad_to(img, side, ox=0, oy=0):
     return np.pad(img, ((oy, side - h - oy), (ox, side - w - ox)), mode="edge")
 
 
-def augment(img, boxes, rng):
+def augment(img, boxes, rng, place=True):
     """Turns, flips, a shift inside the padded canvas, lighting drift. Steel texture has no
-    orientation the classes depend on; the line's lamp and gain drift."""
+    orientation the classes depend on; the line's lamp and gain drift. With `place` off,
+    the image stays at its own size (for a mosaic)."""
     h, w = img.shape
     boxes = [list(b) for b in boxes]
     for _ in range(rng.randrange(4)):  # 90 degrees counter-clockwise
@@ -117,11 +118,72 @@ def augment(img, boxes, rng):
     if rng.random() < 0.5:
         img = img[::-1, :]
         boxes = [[c, x0, h - y1, x1, h - y0] for c, x0, y0, x1, y1 in boxes]
-    ox, oy = rng.randrange(SIDE - w + 1), rng.randrange(SIDE - h + 1)
-    img = pad_to(np.ascontiguousarray(img), SIDE, ox, oy).astype(np.float32)
+    if place:
+        ox, oy = rng.randrange(SIDE - w + 1), rng.randrange(SIDE - h + 1)
+        img = pad_to(np.ascontiguousarray(img), SIDE, ox, oy).astype(np.float32)
+    else:
+        ox, oy = 0, 0
+        img = np.ascontiguousarray(img).astype(np.float32)
     img = np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255)
     boxes = [[c, x0 + ox, y0 + oy, x1 + ox, y1 + oy] for c, x0, y0, x1, y1 in boxes]
     return img, boxes
+
+
+def mosaic(items, rng, seam=12, placed=False):
+    """Four training images in one 224 x 224 input, at their own scale (the camera's pixel
+    pitch does not change): a random split point, each quarter a window of a different
+    image (turned, mirrored, its own lighting drift), the quarters cross-faded over `seam`
+    px so no hard edge is learnt. Boxes are clipped to their quarter; a box of which less
+    than 30 % is left is dropped and its visible part is returned as `ignore` (neither
+    defect nor clean for the heat loss). The image label is each class's share of the
+    canvas (a soft target). With `placed`, the mosaic is 200 x 200 and placed in the
+    224 x 224 input like an image (edges repeated), so its defects do not touch the
+    input's border any more often than an image's do."""
+    side = 200 if placed else SIDE
+    cx, cy = rng.randrange(side // 4, side * 3 // 4 + 1), rng.randrange(side // 4, side * 3 // 4 + 1)
+    half = seam // 2
+    ramp_len = np.arange(side, dtype=np.float32)
+    acc = np.zeros((side, side), np.float32)
+    wsum = np.zeros((side, side), np.float32)
+    boxes, ignore = [], []
+    label = np.zeros(len(CLASSES) + 1, np.float32)
+    for qx, qy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        it = items[rng.randrange(len(items))]
+        x0q, x1q = (0, cx) if qx == 0 else (cx, side)
+        y0q, y1q = (0, cy) if qy == 0 else (cy, side)
+        # The window, widened by half a seam on the inner sides for the cross-fade.
+        wx0, wx1 = max(x0q - half, 0), min(x1q + half, side)
+        wy0, wy1 = max(y0q - half, 0), min(y1q + half, side)
+        img, bxs = augment(it["img"], it["boxes"], rng, place=False)
+        h, w = img.shape
+        ox, oy = rng.randrange(w - (wx1 - wx0) + 1), rng.randrange(h - (wy1 - wy0) + 1)
+        # The share of the right (lower) quarters: 0 to 1 across the seam.
+        fx = np.clip((ramp_len[wx0:wx1] + 0.5 - cx) / seam + 0.5, 0, 1)
+        fy = np.clip((ramp_len[wy0:wy1] + 0.5 - cy) / seam + 0.5, 0, 1)
+        fx = fx if qx == 1 else 1 - fx
+        fy = fy if qy == 1 else 1 - fy
+        acc_w = (fy[:, None] * fx[None, :]) + 1e-6
+        acc[wy0:wy1, wx0:wx1] += img[oy:oy + wy1 - wy0, ox:ox + wx1 - wx0] * acc_w
+        wsum[wy0:wy1, wx0:wx1] += acc_w
+        label[it["label"]] += (x1q - x0q) * (y1q - y0q) / (side * side)
+        for c, bx0, by0, bx1, by1 in bxs:
+            # Into canvas coordinates, then clipped to the quarter.
+            bx0, bx1 = bx0 - ox + wx0, bx1 - ox + wx0
+            by0, by1 = by0 - oy + wy0, by1 - oy + wy0
+            kx0, ky0, kx1, ky1 = max(bx0, x0q), max(by0, y0q), min(bx1, x1q), min(by1, y1q)
+            if kx1 - kx0 < 1 or ky1 - ky0 < 1:
+                continue
+            if (kx1 - kx0) * (ky1 - ky0) >= 0.3 * (bx1 - bx0) * (by1 - by0):
+                boxes.append([c, kx0, ky0, kx1, ky1])
+            else:
+                ignore.append((kx0, ky0, kx1, ky1))
+    img = np.clip(acc / wsum, 0, 255)
+    if placed:
+        ox, oy = rng.randrange(SIDE - side + 1), rng.randrange(SIDE - side + 1)
+        img = pad_to(img, SIDE, ox, oy)
+        boxes = [[c, x0 + ox, y0 + oy, x1 + ox, y1 + oy] for c, x0, y0, x1, y1 in boxes]
+        ignore = [(x0 + ox, y0 + oy, x1 + ox, y1 + oy) for x0, y0, x1, y1 in ignore]
+    return img, boxes, ignore, label
 
 
 def clean_crops(items):
@@ -342,10 +404,14 @@ class Detector(nn.Module):
         return self.heat(h), box, self.image(f32.mean(dim=(2, 3)))
 
 
-def focal_loss(logits, heat):
-    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+def focal_loss(logits, heat, ignore=None):
+    """CenterNet's focal loss; cells where `ignore` is 1 (a defect cut off by a mosaic's
+    seam) count neither as positives nor as negatives."""
+    p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     pos = heat.eq(1.0).float()
     neg = 1.0 - pos
+    if ignore is not None:
+        neg = neg * (1.0 - ignore[:, None])
     pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos).sum()
     neg_loss = -(torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * neg).sum()
     return (pos_loss + neg_loss) / pos.sum().clamp(min=1.0)
@@ -507,28 +573,48 @@ def validate(model, val, val_crops):
     }
 
 
-def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gauss=1.0):
-    """Shuffled batches of augmented images and, `clean_share` as many again, defect-free
-    negatives (no heat anywhere, image label `none`)."""
+def ignore_mask(regions, side):
+    """1 at the cells whose centre lies inside one of `regions` (x0, y0, x1, y1)."""
+    g = side // STRIDE
+    mask = np.zeros((g, g), np.float32)
+    c = (np.arange(g, dtype=np.float32) + 0.5) * STRIDE
+    for x0, y0, x1, y1 in regions:
+        mask[np.ix_((c > y0) & (c < y1), (c > x0) & (c < x1))] = 1.0
+    return mask
+
+
+def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gauss=1.0, mosaic_share=0.0,
+            placed=False):
+    """Shuffled batches of augmented images (a `mosaic_share` of them as four-image
+    mosaics) and, `clean_share` as many again, defect-free negatives (no heat anywhere,
+    image label `none`). Image labels are class distributions (one-hot but for mosaics)."""
     order = list(range(len(items)))
     if crops:
         order += [-1] * int(round(clean_share * len(items)))
     rng.shuffle(order)
     for s in range(0, len(order) - batch_size + 1, batch_size):
-        imgs, heats, regs, weights, labels = [], [], [], [], []
+        imgs, heats, regs, weights, labels, ignores = [], [], [], [], [], []
         for i in order[s:s + batch_size]:
+            label = np.zeros(len(CLASSES) + 1, np.float32)
+            ignore = []
             if i < 0:
-                img, boxes, label = negative(crops, rng), [], NONE
+                img, boxes = negative(crops, rng), []
+                label[NONE] = 1.0
+            elif mosaic_share > 0 and rng.random() < mosaic_share:
+                img, boxes, ignore, label = mosaic(items, rng, placed=placed)
             else:
-                (img, boxes), label = augment(items[i]["img"], items[i]["boxes"], rng), items[i]["label"]
+                img, boxes = augment(items[i]["img"], items[i]["boxes"], rng)
+                label[items[i]["label"]] = 1.0
             heat, reg, weight = targets(boxes, SIDE, alpha, pos_gauss)
-            imgs.append(img)
+            imgs.append(img.astype(np.float32))
             heats.append(heat)
             regs.append(reg)
             weights.append(weight)
             labels.append(label)
+            ignores.append(ignore_mask(ignore, SIDE))
         yield (torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(heats)),
-               torch.from_numpy(np.stack(regs)), torch.from_numpy(np.stack(weights)), torch.tensor(labels))
+               torch.from_numpy(np.stack(regs)), torch.from_numpy(np.stack(weights)),
+               torch.from_numpy(np.stack(labels)), torch.from_numpy(np.stack(ignores)))
 
 
 def count_macs(model, side_h, side_w):
@@ -604,6 +690,12 @@ def main():
                     help="defect-free negatives per epoch, as a share of the training images")
     ap.add_argument("--pos-gauss", type=float, default=1.0,
                     help="cells inside a box where its Gaussian reaches this are positives too (1: the peak only)")
+    ap.add_argument("--mosaic", type=float, default=0.0,
+                    help="share of training images given as four-image mosaics (off for the last tenth of epochs)")
+    ap.add_argument("--mosaic-placed", action="store_true",
+                    help="a mosaic is 200 x 200, placed in the input like an image (edges repeated)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 autocast for the forward pass (weights, losses and the export stay float32)")
     ap.add_argument("--inner-val", action="store_true",
                     help="validate on a fifth of the training images (for screening changes), not the held-out split")
     ap.add_argument("--tag", default=None, help="names the metrics file (default: clean.s<seed>)")
@@ -655,10 +747,14 @@ def main():
     for epoch in range(a.epochs):
         model.train()
         sums = np.zeros(3)
-        for x, heat, reg, weight, labels in batches(train, a.batch, rng, a.alpha, crops, a.clean_share,
-                                                            a.pos_gauss):
-            heat_logits, box, image_logits = model((x - a_mean) / a_std)
-            losses = (focal_loss(heat_logits, heat), 5.0 * giou_loss(box, reg, weight),
+        # YOLO's "close mosaic": the last tenth of the epochs sees whole images only.
+        mosaic_share = a.mosaic if epoch < a.epochs - max(a.epochs // 10, 1) else 0.0
+        for x, heat, reg, weight, labels, ignore in batches(train, a.batch, rng, a.alpha, crops, a.clean_share,
+                                                            a.pos_gauss, mosaic_share, a.mosaic_placed):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                heat_logits, box, image_logits = model((x - a_mean) / a_std)
+            heat_logits, box, image_logits = heat_logits.float(), box.float(), image_logits.float()
+            losses = (focal_loss(heat_logits, heat, ignore), 5.0 * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
             loss = sum(losses)
             opt.zero_grad()
@@ -689,7 +785,8 @@ def main():
 
     os.makedirs(a.out, exist_ok=True)
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
-              "pos_gauss": a.pos_gauss,
+              "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
+              "inner_val": a.inner_val,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
@@ -721,7 +818,7 @@ def main():
                    "area": "area", "area_stride": 32, "none": True},
         "trained": {"dataset": "NEU surface defect database, 1500-image copy", "seed": a.seed,
                     "split_seed": SPLIT_SEED, "epochs": a.epochs, "design": a.design,
-                    "clean_share": a.clean_share,
+                    "clean_share": a.clean_share, "mosaic": a.mosaic, "bf16": a.bf16,
                     "train_images": len(train), "val_images": len(val),
                     "train_seconds": round(train_seconds, 1), "parameters": params,
                     "macs_per_1280x1024": macs_frame, "pixel_mean": mean, "pixel_std": std},
