@@ -45,6 +45,10 @@ use crate::stages::preprocess::Preprocessor;
 use crate::stages::StageContext;
 use crate::state::alarms::AlarmState;
 use crate::state::outbox::{Outbox, OutboxError};
+
+/// How long capture waits at start for the broker's retained commands (README:
+/// Operations); a broker that refuses or cannot be reached ends the wait at once.
+const BROKER_WAIT: Duration = Duration::from_secs(2);
 use crate::telemetry::Stats;
 
 #[derive(Debug, Error)]
@@ -157,6 +161,7 @@ impl Pipeline {
         }
         let (cmd_tx, cmd_rx) = bounded::<Command>(64);
         let face_commands = cmd_tx.clone();
+        let (primed_tx, primed_rx) = bounded::<()>(1);
         let publisher = Publisher::start(
             PublishConfig::from_settings(settings),
             Topics::new(&settings.topic_root(), &classes),
@@ -166,8 +171,18 @@ impl Pipeline {
             meta.id.clone(),
             restored,
             cmd_tx,
+            primed_tx,
         )
         .map_err(StartError::Mqtt)?;
+        // The broker's retained commands (the coil being inspected, the line speed) come
+        // before the first frame, so it is stamped with them; a broker that is down or
+        // slow holds capture back at most BROKER_WAIT.
+        if primed_rx.recv_timeout(BROKER_WAIT).is_err() {
+            warn!(
+                wait_s = BROKER_WAIT.as_secs_f64(),
+                "The MQTT broker has not answered yet; capture starts without its retained commands."
+            );
+        }
         let faces = crate::plant::Faces::start(settings, stats.clone(), face_commands)
             .map_err(StartError::Config)?;
 

@@ -346,6 +346,9 @@ impl Publisher {
     }
 
     /// Starts the `mqtt` thread. `commands` receives `cmd/ack` requests for decide.
+    /// `primed` gets one message once the first connection has its subscriptions
+    /// acknowledged (the broker's retained commands, such as the coil, came first), or
+    /// once that first try failed.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: PublishConfig,
@@ -356,6 +359,7 @@ impl Publisher {
         model: String,
         initial_active: Vec<bool>,
         commands: Sender<Command>,
+        primed: Sender<()>,
     ) -> Result<Publisher, String> {
         // Fail early on a broken TLS or password setup: that needs the operator.
         cfg.options(&topics)?;
@@ -379,7 +383,9 @@ impl Publisher {
             );
             std::thread::Builder::new()
                 .name("mqtt".into())
-                .spawn(move || run_connection(cfg, topics, session, outbox, stats, commands, stop))
+                .spawn(move || {
+                    run_connection(cfg, topics, session, outbox, stats, commands, primed, stop)
+                })
                 .map_err(|e| e.to_string())?
         };
         let last_active = initial_active
@@ -556,6 +562,7 @@ pub fn sleep_unless(d: Duration, stop: &AtomicBool) {
 }
 
 /// The `mqtt` thread: one connection after another until stopped.
+#[allow(clippy::too_many_arguments)]
 fn run_connection(
     cfg: PublishConfig,
     topics: Topics,
@@ -563,8 +570,13 @@ fn run_connection(
     outbox: Arc<Mutex<Outbox>>,
     stats: Arc<Stats>,
     commands: Sender<Command>,
+    primed: Sender<()>,
     stop: Arc<AtomicBool>,
 ) {
+    // Subscriptions the broker has acknowledged on the first connection: when all four
+    // are, the retained commands of the first three (cmd/coil among them) have arrived
+    // (a broker sends a subscription's retained messages right after its SUBACK).
+    let mut subscribed = 0usize;
     let mut backoff = cfg.reconnect_min;
     let mut ever_connected = false;
     let mut last_error = String::new();
@@ -698,6 +710,12 @@ fn run_connection(
                         }
                     }
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    subscribed += 1;
+                    if subscribed == 4 {
+                        let _ = primed.try_send(());
+                    }
+                }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                     break;
                 }
@@ -731,6 +749,8 @@ fn run_connection(
             s.sent.clear();
         }
         stats.mqtt_connected.store(0, Relaxed);
+        // The first try at the broker is over, whatever its outcome: capture need not wait.
+        let _ = primed.try_send(());
         if stop.load(Relaxed) {
             break;
         }
