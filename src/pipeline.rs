@@ -45,11 +45,11 @@ use crate::stages::preprocess::Preprocessor;
 use crate::stages::StageContext;
 use crate::state::alarms::AlarmState;
 use crate::state::outbox::{Outbox, OutboxError};
+use crate::telemetry::Stats;
 
 /// How long capture waits at start for the broker's retained commands (README:
-/// Operations); a broker that refuses or cannot be reached ends the wait at once.
+/// Delivery); a broker that refuses or cannot be reached ends the wait at once.
 const BROKER_WAIT: Duration = Duration::from_secs(2);
-use crate::telemetry::Stats;
 
 #[derive(Debug, Error)]
 pub enum StartError {

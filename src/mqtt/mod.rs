@@ -573,9 +573,15 @@ fn run_connection(
     primed: Sender<()>,
     stop: Arc<AtomicBool>,
 ) {
-    // Subscriptions the broker has acknowledged on the first connection: when all four
-    // are, the retained commands of the first three (cmd/coil among them) have arrived
-    // (a broker sends a subscription's retained messages right after its SUBACK).
+    let subscriptions = [
+        (&topics.cmd_ack, QoS::AtLeastOnce),
+        (&topics.cmd_coil, QoS::AtLeastOnce),
+        (&topics.cmd_speed, QoS::AtMostOnce),
+        (&topics.cmd_encoder, QoS::AtMostOnce),
+    ];
+    // Subscriptions the broker has acknowledged: when all of the first connection's
+    // are, the retained commands of those before the last (cmd/coil among them) have
+    // arrived (a broker sends a subscription's retained messages right after its SUBACK).
     let mut subscribed = 0usize;
     let mut backoff = cfg.reconnect_min;
     let mut ever_connected = false;
@@ -618,12 +624,7 @@ fn run_connection(
                     s.asked.clear();
                     s.inflight.clear();
                     s.sent.clear();
-                    for (topic, qos) in [
-                        (&topics.cmd_ack, QoS::AtLeastOnce),
-                        (&topics.cmd_coil, QoS::AtLeastOnce),
-                        (&topics.cmd_speed, QoS::AtMostOnce),
-                        (&topics.cmd_encoder, QoS::AtMostOnce),
-                    ] {
+                    for &(topic, qos) in &subscriptions {
                         if let Err(e) = client.try_subscribe(topic, qos) {
                             warn!(error = %e, topic = %topic, "Could not subscribe.");
                         }
@@ -712,7 +713,7 @@ fn run_connection(
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     subscribed += 1;
-                    if subscribed == 4 {
+                    if subscribed == subscriptions.len() {
                         let _ = primed.try_send(());
                     }
                 }
