@@ -725,7 +725,10 @@ def main():
 
     pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
     mean, std = float(pixels.mean()), float(pixels.std())
-    model = Detector(a.design)
+    # Channels-last tensors let oneDNN's convolutions skip a reorder at every layer: a
+    # training step takes about three quarters of the time on a CPU (the weights and the
+    # export are the same).
+    model = Detector(a.design).to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad) - sum(
         p.numel() for p in model.image.parameters())
     macs_neu = count_macs(model, SIDE, SIDE)
@@ -752,7 +755,8 @@ def main():
         for x, heat, reg, weight, labels, ignore in batches(train, a.batch, rng, a.alpha, crops, a.clean_share,
                                                             a.pos_gauss, mosaic_share, a.mosaic_placed):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-                heat_logits, box, image_logits = model((x - a_mean) / a_std)
+                heat_logits, box, image_logits = model(((x - a_mean) / a_std).contiguous(
+                    memory_format=torch.channels_last))
             heat_logits, box, image_logits = heat_logits.float(), box.float(), image_logits.float()
             losses = (focal_loss(heat_logits, heat, ignore), 5.0 * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
@@ -777,7 +781,9 @@ def main():
     train_seconds = time.time() - t_start
 
     # Validation, once, at the end: nothing above looked at these images.
-    model = ema
+    model = ema.to(memory_format=torch.contiguous_format)
+    os.makedirs(a.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(a.out, "neu_det.pt"))  # first: the run's work, whatever follows
     metrics = validate(NormalisedNet(model, mean, std), val, val_crops)
     print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}), flush=True)
     print("confusion (rows true, columns predicted):", CLASSES + ["none"])
@@ -805,7 +811,6 @@ def main():
     # The exporter restores modes afterwards; make sure nothing below runs in training mode.
     model.eval()
     exported.eval()
-    torch.save(model.state_dict(), os.path.join(a.out, "neu_det.pt"))
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     meta = {
         "id": f"neu-det-{sha[:12]}",
