@@ -789,7 +789,6 @@ def main():
     print("confusion (rows true, columns predicted):", CLASSES + ["none"])
     print(np.array(metrics["confusion_matrix"]))
 
-    os.makedirs(a.out, exist_ok=True)
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
               "inner_val": a.inner_val,
