@@ -604,6 +604,12 @@ pub fn single_box_images(class: &str, n: usize) -> Vec<(image::GrayImage, [u32; 
     out
 }
 
+/// The strip's defect-free surface: the box-free crops of the held-out images of this
+/// class, a plain rolled surface like the one the laid patches and scratches images show
+/// (the crazing images' box-free area, the first surface in file order, is crazed texture
+/// on which the area output reports crazing areas).
+pub const STRIP_SURFACE: &str = "inclusion";
+
 /// A strip of defect-free surface (held-out crops), `STRIP_SIDE` across and long enough for
 /// `frames` frames, with NEU images of one box laid in: (class, column, the row the box
 /// is centred on). Returns the folder of its overlapping frames and each laid box on the
@@ -616,6 +622,13 @@ pub fn strip_frames(
     let val =
         inspectd::cli::eval::read_holdout(&repo.join("models/neu_det.split.json"), "val").unwrap();
     let samples = inspectd::cli::eval::list_samples(&neu(), Some(&val)).unwrap();
+    let samples: Vec<_> = samples
+        .into_iter()
+        .filter(|s| {
+            let stem = s.image.file_stem().unwrap().to_string_lossy();
+            stem.starts_with(STRIP_SURFACE)
+        })
+        .collect();
     let crops = inspectd::cli::eval::box_free_crops(&samples, 96).unwrap();
     let length = STRIP_SIDE + (frames - 1) * STRIP_ADVANCE;
     let (_, clean) = inspectd::cli::clean::clean_frames(&crops, 1, (STRIP_SIDE, length))
@@ -630,7 +643,7 @@ pub fn strip_frames(
             .entry(class)
             .or_insert_with(|| single_box_images(class, 1).pop().unwrap());
         let y = centre - (b[1] + b[3]) / 2;
-        image::imageops::replace(&mut strip, &*img, x as i64, y as i64);
+        lay_in(&mut strip, img, x, y);
         truth.push((class, shift(*b, x, y)));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -643,6 +656,35 @@ pub fn strip_frames(
     (dir, truth)
 }
 
+/// Lays `img` into `strip` at (x, y) as a defect lies on a strip, not as a pasted photo:
+/// its gray level moved to the strip's under it, and its border cross-faded over
+/// `FEATHER` px. A hard-edged dark square on bright texture has four straight edges a
+/// detector rightly reads as scratches; the laid images' boxes lie inside the fade.
+fn lay_in(strip: &mut image::GrayImage, img: &image::GrayImage, x: u32, y: u32) {
+    const FEATHER: f32 = 12.0;
+    let (w, h) = img.dimensions();
+    let mean = |f: &dyn Fn(u32, u32) -> u8| {
+        let mut sum = 0u64;
+        for j in 0..h {
+            for i in 0..w {
+                sum += f(i, j) as u64;
+            }
+        }
+        sum as f32 / (w * h) as f32
+    };
+    let under = mean(&|i, j| strip.get_pixel(x + i, y + j)[0]);
+    let shift = under - mean(&|i, j| img.get_pixel(i, j)[0]);
+    for j in 0..h {
+        for i in 0..w {
+            let edge = i.min(j).min(w - 1 - i).min(h - 1 - j) as f32 + 0.5;
+            let a = (edge / FEATHER).min(1.0);
+            let p = strip.get_pixel_mut(x + i, y + j);
+            let laid = (img.get_pixel(i, j)[0] as f32 + shift).clamp(0.0, 255.0);
+            p[0] = (a * laid + (1.0 - a) * p[0] as f32).round() as u8;
+        }
+    }
+}
+
 pub fn shift(r: [u32; 4], dx: u32, dy: u32) -> [f64; 4] {
     [
         (r[0] + dx) as f64,
@@ -650,4 +692,21 @@ pub fn shift(r: [u32; 4], dx: u32, dy: u32) -> [f64; 4] {
         (r[2] + dx) as f64,
         (r[3] + dy) as f64,
     ]
+}
+
+/// The shipped `[decide]` thresholds (boxes and areas, from `config/inspectd.toml`) as a
+/// `[decide]` section: replays whose premise is what a line sees run with what a line runs,
+/// not with the code's default of 0.5 for every class.
+pub fn shipped_decide() -> String {
+    let shipped = std::fs::read_to_string(repo().join("config/inspectd.toml")).unwrap();
+    let mut out = String::from("[decide]\n");
+    for key in ["thresholds = ", "area_thresholds = "] {
+        let line = shipped
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("config/inspectd.toml has no `{key}` line"));
+        out += line;
+        out.push('\n');
+    }
+    out
 }
