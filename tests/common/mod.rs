@@ -659,7 +659,8 @@ pub fn strip_frames(
 /// Lays `img` into `strip` at (x, y) as a defect lies on a strip, not as a pasted photo:
 /// its gray level moved to the strip's under it, and its border cross-faded over
 /// `FEATHER` px. A hard-edged dark square on bright texture has four straight edges a
-/// detector rightly reads as scratches; the laid images' boxes lie inside the fade.
+/// detector rightly reads as scratches. The fade reaches a laid box only where the box
+/// reaches its image's border (the scratch runs the image's full height).
 fn lay_in(strip: &mut image::GrayImage, img: &image::GrayImage, x: u32, y: u32) {
     const FEATHER: f32 = 12.0;
     let (w, h) = img.dimensions();
