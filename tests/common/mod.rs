@@ -664,17 +664,10 @@ pub fn strip_frames(
 fn lay_in(strip: &mut image::GrayImage, img: &image::GrayImage, x: u32, y: u32) {
     const FEATHER: f32 = 12.0;
     let (w, h) = img.dimensions();
-    let mean = |f: &dyn Fn(u32, u32) -> u8| {
-        let mut sum = 0u64;
-        for j in 0..h {
-            for i in 0..w {
-                sum += f(i, j) as u64;
-            }
-        }
-        sum as f32 / (w * h) as f32
-    };
-    let under = mean(&|i, j| strip.get_pixel(x + i, y + j)[0]);
-    let shift = under - mean(&|i, j| img.get_pixel(i, j)[0]);
+    let mean =
+        |im: &image::GrayImage| im.pixels().map(|p| p[0] as f32).sum::<f32>() / (w * h) as f32;
+    let under = image::imageops::crop_imm(&*strip, x, y, w, h).to_image();
+    let shift = mean(&under) - mean(img);
     for j in 0..h {
         for i in 0..w {
             let edge = i.min(j).min(w - 1 - i).min(h - 1 - j) as f32 + 0.5;
@@ -699,15 +692,15 @@ pub fn shift(r: [u32; 4], dx: u32, dy: u32) -> [f64; 4] {
 /// `[decide]` section: replays whose premise is what a line sees run with what a line runs,
 /// not with the code's default of 0.5 for every class.
 pub fn shipped_decide() -> String {
-    let shipped = std::fs::read_to_string(repo().join("config/inspectd.toml")).unwrap();
-    let mut out = String::from("[decide]\n");
-    for key in ["thresholds = ", "area_thresholds = "] {
-        let line = shipped
-            .lines()
-            .find(|l| l.starts_with(key))
-            .unwrap_or_else(|| panic!("config/inspectd.toml has no `{key}` line"));
-        out += line;
-        out.push('\n');
+    let text = std::fs::read_to_string(repo().join("config/inspectd.toml")).unwrap();
+    let shipped: toml::Table = toml::from_str(&text).unwrap();
+    let mut decide = toml::Table::new();
+    for key in ["thresholds", "area_thresholds"] {
+        let value = shipped["decide"].get(key);
+        let value = value.unwrap_or_else(|| panic!("config/inspectd.toml has no decide.{key}"));
+        decide.insert(key.into(), value.clone());
     }
-    out
+    let mut section = toml::Table::new();
+    section.insert("decide".into(), decide.into());
+    toml::to_string(&section).unwrap()
 }
