@@ -369,6 +369,10 @@ fn metrics_readiness_and_evidence_over_http() {
     assert_eq!(jpeg.header("content-type").as_deref(), Some("image/jpeg"));
     let img = image::load_from_memory(&jpeg.body).unwrap();
     assert_eq!((img.width(), img.height()), (200, 200));
+    // A frame no longer kept is not answered with another frame's pixels.
+    let gone = get(http, &format!("/frame.jpg?seq={}", seq + 1_000_000));
+    assert_eq!(gone.status, 404);
+    assert!(gone.text().contains("no longer kept"), "{}", gone.text());
 
     // Readiness follows the broker.
     broker.stop();
@@ -602,6 +606,21 @@ fn the_live_page_draws_boxes_in_a_real_browser() {
         browser.eval("document.getElementById('conn').textContent"),
         "live"
     );
+    // The verdict and the defect list describe the frame on the canvas.
+    let panel = browser.eval(
+        "(() => { const b = document.body.dataset; return [b.seq, b.boxes, \
+         document.getElementById('verdict').textContent, \
+         document.querySelectorAll('#defects tr').length]; })()",
+    );
+    let seq = panel[0].as_str().unwrap();
+    assert!(
+        panel[2]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("frame {seq}: ")),
+        "{panel}"
+    );
+    assert_eq!(panel[1].as_str().unwrap(), panel[3].to_string(), "{panel}");
     let alarms = browser.eval("document.getElementById('alarms').textContent");
     assert!(alarms.as_str().unwrap().contains("patches"), "{alarms}");
     let shot = browser.call(

@@ -364,12 +364,17 @@ struct FrameQuery {
 async fn frame(State(app): State<Arc<App>>, Query(q): Query<FrameQuery>) -> Response {
     let live = &app.stats.live;
     live.watch();
+    // A named frame is that frame or none: the page draws the event's boxes on it, and
+    // another frame's pixels under them would show defects where there are none.
     let snap = match q.seq {
-        Some(seq) => live.get(seq).or_else(|| live.latest()),
-        None => live.latest(),
+        Some(seq) => live.get(seq).ok_or_else(|| {
+            format!("frame {seq} is no longer kept (the live view keeps the newest few)")
+        }),
+        None => live.latest().ok_or_else(|| "no frame yet".to_string()),
     };
-    let Some(snap) = snap else {
-        return (StatusCode::NOT_FOUND, "no frame yet").into_response();
+    let snap = match snap {
+        Ok(snap) => snap,
+        Err(why) => return (StatusCode::NOT_FOUND, why).into_response(),
     };
     // JPEG encoding is CPU work: off the async thread.
     let encoded = tokio::task::spawn_blocking(move || {
