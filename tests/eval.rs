@@ -306,6 +306,23 @@ fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
     assert_eq!(c["frames"]["images"], 2);
     assert!((c["frames"]["megapixels"].as_f64().unwrap() - 2.0 * 1.31072).abs() < 1e-9);
     assert_eq!(c["dir"]["images"], crops.len());
+    // Escapes on the line: each image laid into one of the two clean frames.
+    let l = &r["laid"];
+    assert_eq!(l["frames"].as_u64(), Some(STEMS.len() as u64), "{l}");
+    assert_eq!(
+        (l["width"].as_u64(), l["height"].as_u64()),
+        (Some(1280), Some(1024))
+    );
+    for class in ["crazing", "scratches"] {
+        let e = l["escapes"][class].as_f64().unwrap();
+        let m = l["class_misses"][class].as_f64().unwrap();
+        assert!(e == 0.0 || e == 1.0, "{class}: {e}");
+        assert!(m >= e, "{class}: {l}");
+    }
+    assert!(
+        table.contains("laid into a 1280x1024 clean frame (6)"),
+        "{table}"
+    );
     assert!(
         table.contains("escapes (defective images reported ok)"),
         "{table}"

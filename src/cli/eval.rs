@@ -534,6 +534,24 @@ pub struct FrameErrors {
     pub images_with: std::collections::BTreeMap<String, u64>,
 }
 
+/// The first error where a line meets it: each labelled image laid into an assembled
+/// defect-free frame (its gray moved to the surface's, its border faded in), so the
+/// defect is a small part of a camera-sized frame of surface unlike its own image's.
+/// A laid image escapes when no reported defect (box or area) touches any of its boxes.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LaidErrors {
+    pub frames: usize,
+    pub width: u32,
+    pub height: u32,
+    /// Laid images holding at least one box that no reported defect touches.
+    pub escape_rate: f64,
+    /// Per class: of the laid images holding a box of it, the share none of whose boxes
+    /// a reported defect touches.
+    pub escapes: std::collections::BTreeMap<String, f64>,
+    /// Per class: the share none of whose boxes a defect of that class touches.
+    pub class_misses: std::collections::BTreeMap<String, f64>,
+}
+
 /// The line's second error on one set of defect-free images.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct CleanSet {
@@ -618,6 +636,10 @@ pub struct Report {
     pub frames: FrameErrors,
     /// False alarms on defect-free surface.
     pub clean: CleanReport,
+    /// Escapes with each image laid into an assembled clean frame (none without clean
+    /// frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub laid: Option<LaidErrors>,
     /// With `--max-escape`: per class, thresholds that hold it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_escape: Option<f64>,
@@ -793,6 +815,80 @@ fn escape_threshold(
     result(box_t.min(0.05), Some(0.30))
 }
 
+/// Lays image k (width, height, pixels, boxes) into clean frame k mod their count, at a
+/// place drawn at random (the same on every run), and counts the laid images none of
+/// whose boxes a reported defect touches.
+fn laid_escapes(
+    inspector: &mut Inspector,
+    images: &[(u32, u32, Vec<u8>, Vec<(usize, [u32; 4])>)],
+    surfaces: &[(usize, Vec<u8>)],
+    (fw, fh): (u32, u32),
+    classes: &[String],
+) -> Result<LaidErrors, EvalError> {
+    let n = classes.len();
+    let mut rng = crate::cli::clean::Rng::new(20261204);
+    let (mut with, mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
+    let (mut frames, mut escaped_any) = (0usize, 0u64);
+    let mut canvas = Vec::new();
+    for (k, (w, h, px, truth)) in images.iter().enumerate() {
+        let (w, h) = (*w, *h);
+        if w > fw || h > fh {
+            continue;
+        }
+        canvas.clear();
+        canvas.extend_from_slice(&surfaces[k % surfaces.len()].1);
+        let x = rng.below((fw - w + 1) as usize) as u32;
+        let y = rng.below((fh - h + 1) as usize) as u32;
+        crate::cli::clean::lay_in(&mut canvas, fw, px, w, h, x, y);
+        let frame = inspector
+            .inspect_pixels(fw, fh, &canvas)
+            .map_err(|e| EvalError::Image {
+                path: PathBuf::from(format!("labelled image {k} laid into a clean frame")),
+                source: e,
+            })?;
+        // A reported defect touches a box when their rectangles overlap.
+        let touches = |class: Option<usize>| {
+            truth.iter().any(|&(_, [x0, y0, x1, y1])| {
+                let (x0, y0, x1, y1) = (x0 + x, y0 + y, x1 + x, y1 + y);
+                frame.verdict.defects.iter().any(|d| {
+                    let [dx, dy, dw, dh] = d.bbox;
+                    class.is_none_or(|c| d.label == c)
+                        && dx < x1
+                        && x0 < dx + dw
+                        && dy < y1
+                        && y0 < dy + dh
+                })
+            })
+        };
+        let caught = touches(None);
+        frames += 1;
+        escaped_any += !caught as u64;
+        let mut held = vec![false; n];
+        for &(c, _) in truth {
+            held[c] = true;
+        }
+        for c in (0..n).filter(|&c| held[c]) {
+            with[c] += 1;
+            escaped[c] += !caught as u64;
+            missed[c] += !touches(Some(c)) as u64;
+        }
+    }
+    let by_class = |v: &[u64]| -> std::collections::BTreeMap<String, f64> {
+        (0..n)
+            .filter(|&c| with[c] > 0)
+            .map(|c| (classes[c].clone(), v[c] as f64 / with[c] as f64))
+            .collect()
+    };
+    Ok(LaidErrors {
+        frames,
+        width: fw,
+        height: fh,
+        escape_rate: escaped_any as f64 / frames.max(1) as f64,
+        escapes: by_class(&escaped),
+        class_misses: by_class(&missed),
+    })
+}
+
 /// Runs the evaluation. `progress` is called after each image.
 pub fn evaluate(
     inspector: &mut Inspector,
@@ -827,6 +923,8 @@ pub fn evaluate(
     let (mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n]);
     let (mut with_boxes, mut escaped_any) = (0u64, 0u64);
     let mut crops = Vec::new();
+    // Each image with its boxes (class, rect), to lay into clean frames afterwards.
+    let mut kept: Vec<(u32, u32, Vec<u8>, Vec<(usize, [u32; 4])>)> = Vec::new();
     for (k, s) in samples.iter().enumerate() {
         let boxes = read_voc(&s.annotation)?;
         truth.clear();
@@ -878,6 +976,9 @@ pub fn evaluate(
         }
         let t = Instant::now();
         let frame = inspector.inspect_pixels(w, h, &px).map_err(image_err)?;
+        if opts.clean_frames > 0 && !truth.is_empty() {
+            kept.push((w, h, px.clone(), truth.clone()));
+        }
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         stage_us[0] += frame.times.preprocess_us as u64;
         stage_us[1] += frame.times.classify_us as u64;
@@ -998,15 +1099,17 @@ pub fn evaluate(
     }
     let mut frame_tally = CleanTally::new(n);
     let (fw, fh) = opts.frame_size;
-    for (_, px) in clean_frames(&crops, opts.clean_frames, opts.frame_size) {
+    let surfaces = clean_frames(&crops, opts.clean_frames, opts.frame_size);
+    for (_, px) in &surfaces {
         measure(
             Path::new("assembled clean frame"),
             fw,
             fh,
-            &px,
+            px,
             &mut frame_tally,
         )?;
     }
+
     let dir = match &opts.clean_dir {
         Some(d) => {
             let mut tally = CleanTally::new(n);
@@ -1020,6 +1123,17 @@ pub fn evaluate(
             Some(tally.report(&classes))
         }
         None => None,
+    };
+    let laid = if surfaces.is_empty() || kept.is_empty() {
+        None
+    } else {
+        Some(laid_escapes(
+            inspector,
+            &kept,
+            &surfaces,
+            opts.frame_size,
+            &classes,
+        )?)
     };
     let clean = CleanReport {
         crop_side: opts.crop_side,
@@ -1120,6 +1234,7 @@ pub fn evaluate(
         boxfree_flagged_with_areas,
         frames,
         clean,
+        laid,
         max_escape: opts.max_escape,
         escape_thresholds,
         target_precision,
@@ -1198,6 +1313,22 @@ impl Report {
             "  no defect of the image's own class    {}",
             rates(&f.class_misses)
         );
+        if let Some(l) = &self.laid {
+            let _ = writeln!(
+                s,
+                "escapes, each image laid into a {}x{} clean frame ({})  {:.1}%: {}",
+                l.width,
+                l.height,
+                l.frames,
+                l.escape_rate * 100.0,
+                rates(&l.escapes)
+            );
+            let _ = writeln!(
+                s,
+                "  no defect of the image's own class on its boxes    {}",
+                rates(&l.class_misses)
+            );
+        }
         let c = &self.clean;
         let mut line = |what: String, set: &CleanSet| {
             let named: Vec<String> = set

@@ -656,27 +656,12 @@ pub fn strip_frames(
     (dir, truth)
 }
 
-/// Lays `img` into `strip` at (x, y) as a defect lies on a strip, not as a pasted photo:
-/// its gray level moved to the strip's under it, and its border cross-faded over
-/// `FEATHER` px. A hard-edged dark square on bright texture has four straight edges a
-/// detector rightly reads as scratches. The fade reaches a laid box only where the box
-/// reaches its image's border (the scratch runs the image's full height).
+/// Lays `img` into `strip` at (x, y) as a defect lies on a strip (eval's own way: its
+/// gray moved to the surface's, its border cross-faded).
 fn lay_in(strip: &mut image::GrayImage, img: &image::GrayImage, x: u32, y: u32) {
-    const FEATHER: f32 = 12.0;
+    let fw = strip.width();
     let (w, h) = img.dimensions();
-    let mean =
-        |im: &image::GrayImage| im.pixels().map(|p| p[0] as f32).sum::<f32>() / (w * h) as f32;
-    let under = image::imageops::crop_imm(&*strip, x, y, w, h).to_image();
-    let shift = mean(&under) - mean(img);
-    for j in 0..h {
-        for i in 0..w {
-            let edge = i.min(j).min(w - 1 - i).min(h - 1 - j) as f32 + 0.5;
-            let a = (edge / FEATHER).min(1.0);
-            let p = strip.get_pixel_mut(x + i, y + j);
-            let laid = (img.get_pixel(i, j)[0] as f32 + shift).clamp(0.0, 255.0);
-            p[0] = (a * laid + (1.0 - a) * p[0] as f32).round() as u8;
-        }
-    }
+    inspectd::cli::clean::lay_in(strip, fw, img.as_raw(), w, h, x, y);
 }
 
 pub fn shift(r: [u32; 4], dx: u32, dy: u32) -> [f64; 4] {
