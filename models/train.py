@@ -186,6 +186,50 @@ def mosaic(items, rng, seam=12, placed=False):
     return img, boxes, ignore, label
 
 
+def laid(items, crops, rng, feather=12.0):
+    """A window of a defect image laid into a defect-free input, as a defect lies on a
+    strip that is clean around it: a window (64 to 200 px a side) of a training image,
+    turned and mirrored, holding the centre of one of its boxes, is laid at a random
+    place on a negative (`negative`), its gray level moved to the mean of the surface
+    under it and its border cross-faded over `feather` px (as inspectd eval lays images).
+    Boxes are clipped to the window; a box of which less than half is left becomes
+    `ignore`. The image label is the window's share of the input for its class, the rest
+    `none`."""
+    it = items[rng.randrange(len(items))]
+    img, bxs = augment(it["img"], it["boxes"], rng, place=False)
+    h, w = img.shape
+    c0, x0, y0, x1, y1 = bxs[rng.randrange(len(bxs))]
+    ww, wh = rng.randint(min(64, w), w), rng.randint(min(64, h), h)
+    # The window's corner, so that the box's centre is inside it.
+    bcx, bcy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+    ox = rng.randint(max(0, bcx - ww + 1), min(w - ww, bcx))
+    oy = rng.randint(max(0, bcy - wh + 1), min(h - wh, bcy))
+    win = img[oy:oy + wh, ox:ox + ww]
+    canvas = negative(crops, rng)
+    px, py = rng.randrange(SIDE - ww + 1), rng.randrange(SIDE - wh + 1)
+    under = canvas[py:py + wh, px:px + ww]
+    edge = np.minimum.reduce([np.arange(ww)[None, :].repeat(wh, 0), np.arange(wh)[:, None].repeat(ww, 1),
+                              (ww - 1 - np.arange(ww))[None, :].repeat(wh, 0),
+                              (wh - 1 - np.arange(wh))[:, None].repeat(ww, 1)]).astype(np.float32) + 0.5
+    a = np.minimum(edge / feather, 1.0)
+    moved = np.clip(win + (under.mean() - win.mean()), 0, 255)
+    canvas[py:py + wh, px:px + ww] = a * moved + (1 - a) * under
+    boxes, ignore = [], []
+    for c, bx0, by0, bx1, by1 in bxs:
+        kx0, ky0, kx1, ky1 = max(bx0, ox), max(by0, oy), min(bx1, ox + ww), min(by1, oy + wh)
+        if kx1 - kx0 < 1 or ky1 - ky0 < 1:
+            continue
+        shifted = (kx0 - ox + px, ky0 - oy + py, kx1 - ox + px, ky1 - oy + py)
+        if (kx1 - kx0) * (ky1 - ky0) >= 0.5 * (bx1 - bx0) * (by1 - by0):
+            boxes.append([c, *shifted])
+        else:
+            ignore.append(shifted)
+    label = np.zeros(len(CLASSES) + 1, np.float32)
+    label[it["label"]] = ww * wh / (SIDE * SIDE)
+    label[NONE] = 1.0 - label[it["label"]]
+    return canvas.astype(np.float32), boxes, ignore, label
+
+
 def clean_crops(items):
     """Defect-free surface: per class of image, square crops wholly outside every box
     (CLEAN_MARGIN px from each), the largest sides first, not overlapping each other."""
@@ -584,7 +628,7 @@ def ignore_mask(regions, side):
 
 
 def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gauss=1.0, mosaic_share=0.0,
-            placed=False):
+            placed=False, laid_share=0.0):
     """Shuffled batches of augmented images (a `mosaic_share` of them as four-image
     mosaics) and, `clean_share` as many again, defect-free negatives (no heat anywhere,
     image label `none`). Image labels are class distributions (one-hot but for mosaics)."""
@@ -600,6 +644,8 @@ def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gaus
             if i < 0:
                 img, boxes = negative(crops, rng), []
                 label[NONE] = 1.0
+            elif laid_share > 0 and crops and rng.random() < laid_share:
+                img, boxes, ignore, label = laid(items, crops, rng)
             elif mosaic_share > 0 and rng.random() < mosaic_share:
                 img, boxes, ignore, label = mosaic(items, rng, placed=placed)
             else:
@@ -694,6 +740,8 @@ def main():
                     help="share of training images given as four-image mosaics (off for the last tenth of epochs)")
     ap.add_argument("--mosaic-placed", action="store_true",
                     help="a mosaic is 200 x 200, placed in the input like an image (edges repeated)")
+    ap.add_argument("--laid", type=float, default=0.0,
+                    help="share of training images given as a window laid into a defect-free input")
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast for the forward pass (weights, losses and the export stay float32)")
     ap.add_argument("--inner-val", action="store_true",
@@ -753,7 +801,8 @@ def main():
         # YOLO's "close mosaic": the last tenth of the epochs sees whole images only.
         mosaic_share = a.mosaic if epoch < a.epochs - max(a.epochs // 10, 1) else 0.0
         for x, heat, reg, weight, labels, ignore in batches(train, a.batch, rng, a.alpha, crops, a.clean_share,
-                                                            a.pos_gauss, mosaic_share, a.mosaic_placed):
+                                                            a.pos_gauss, mosaic_share, a.mosaic_placed,
+                                                            a.laid):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
                 heat_logits, box, image_logits = model(((x - a_mean) / a_std).contiguous(
                     memory_format=torch.channels_last))
@@ -791,7 +840,7 @@ def main():
 
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
-              "inner_val": a.inner_val,
+              "laid": a.laid, "inner_val": a.inner_val,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
