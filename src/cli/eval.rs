@@ -815,12 +815,21 @@ fn escape_threshold(
     result(box_t.min(0.05), Some(0.30))
 }
 
-/// Lays image k (width, height, pixels, boxes) into clean frame k mod their count, at a
+/// A labelled image kept to be laid into clean frames: its size, pixels and boxes
+/// (class, rect).
+struct Labelled {
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+    boxes: Vec<(usize, [u32; 4])>,
+}
+
+/// Lays image k into clean frame k mod their count, at a
 /// place drawn at random (the same on every run), and counts the laid images none of
 /// whose boxes a reported defect touches.
 fn laid_escapes(
     inspector: &mut Inspector,
-    images: &[(u32, u32, Vec<u8>, Vec<(usize, [u32; 4])>)],
+    images: &[Labelled],
     surfaces: &[(usize, Vec<u8>)],
     (fw, fh): (u32, u32),
     classes: &[String],
@@ -830,8 +839,8 @@ fn laid_escapes(
     let (mut with, mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
     let (mut frames, mut escaped_any) = (0usize, 0u64);
     let mut canvas = Vec::new();
-    for (k, (w, h, px, truth)) in images.iter().enumerate() {
-        let (w, h) = (*w, *h);
+    for (k, im) in images.iter().enumerate() {
+        let (w, h, px, truth) = (im.width, im.height, &im.pixels, &im.boxes);
         if w > fw || h > fh {
             continue;
         }
@@ -924,7 +933,7 @@ pub fn evaluate(
     let (mut with_boxes, mut escaped_any) = (0u64, 0u64);
     let mut crops = Vec::new();
     // Each image with its boxes (class, rect), to lay into clean frames afterwards.
-    let mut kept: Vec<(u32, u32, Vec<u8>, Vec<(usize, [u32; 4])>)> = Vec::new();
+    let mut kept: Vec<Labelled> = Vec::new();
     for (k, s) in samples.iter().enumerate() {
         let boxes = read_voc(&s.annotation)?;
         truth.clear();
@@ -977,7 +986,12 @@ pub fn evaluate(
         let t = Instant::now();
         let frame = inspector.inspect_pixels(w, h, &px).map_err(image_err)?;
         if opts.clean_frames > 0 && !truth.is_empty() {
-            kept.push((w, h, px.clone(), truth.clone()));
+            kept.push(Labelled {
+                width: w,
+                height: h,
+                pixels: px.clone(),
+                boxes: truth.clone(),
+            });
         }
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         stage_us[0] += frame.times.preprocess_us as u64;
