@@ -75,6 +75,11 @@ enum Cmd {
         /// clean crops and frames, as a [decide] block to paste.
         #[arg(long, value_parser = parse_share)]
         max_escape: Option<f64>,
+        /// With --max-escape: the budget also holds with each image laid into a clean
+        /// frame (a defect as a small part of a frame of clean strip), not only on the
+        /// images themselves.
+        #[arg(long, requires = "max_escape")]
+        max_escape_laid: bool,
         /// Which list of a JSON split file --holdout takes: "val" (held out) or "train".
         #[arg(long, default_value = "val")]
         list: String,
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
             json,
             target_precision,
             max_escape,
+            max_escape_laid,
             list,
             clean,
             crop,
@@ -164,6 +170,7 @@ fn main() -> ExitCode {
                 clean_frames,
                 frame_size: (1280, 1024),
                 clean_dir: clean,
+                max_escape_laid,
             };
             eval(
                 &dataset,

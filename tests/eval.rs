@@ -483,3 +483,70 @@ fn first_look_both_scores_the_line_with_and_without_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("neu_look.json"), "{err}");
 }
+
+/// `--max-escape-laid`: the escape budget holds on the images laid into clean frames
+/// too, a larger set of the same defects, so no class's box threshold can come out
+/// higher than with the images alone; without `--max-escape` it is refused.
+#[test]
+fn an_escape_budget_on_laid_images_never_raises_a_threshold() {
+    let dir = voc_folder(&STEMS);
+    let tuned = |laid: bool| {
+        let json = dir.path().join(format!("r{laid}.json"));
+        let mut args = vec![
+            "--json",
+            json.to_str().unwrap(),
+            "--clean-frames",
+            "2",
+            "--max-escape",
+            "0.0",
+        ];
+        if laid {
+            args.push("--max-escape-laid");
+        }
+        let out = eval(dir.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let by_class: std::collections::BTreeMap<String, (f64, f64)> = r["escape_thresholds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["class"].as_str().unwrap().to_string(),
+                    (
+                        t["threshold"].as_f64().unwrap(),
+                        t["class_miss"].as_f64().unwrap(),
+                    ),
+                )
+            })
+            .collect();
+        (by_class, r["laid"]["escape_rate"].as_f64().unwrap())
+    };
+    let (images, laid_escapes) = tuned(false);
+    let (both, _) = tuned(true);
+    assert_eq!(images.len(), 6);
+    assert_eq!(both.len(), 6);
+    for (class, (t, _)) in &images {
+        let (tl, miss) = both[class];
+        assert!(tl <= *t, "{class}: {tl} with the laid images, {t} without");
+        // The budget of 0 is held on images and laid images, or the thresholds are the
+        // lowest there are.
+        assert!(
+            miss == 0.0 || tl <= 0.05,
+            "{class}: misses {miss} at {tl} (laid escapes at the config's {laid_escapes})"
+        );
+    }
+
+    let out = eval(dir.path(), &["--max-escape-laid"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-escape"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

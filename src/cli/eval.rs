@@ -612,6 +612,8 @@ pub struct EvalOptions {
     pub frame_size: (u32, u32),
     /// A folder of defect-free images, each inspected whole.
     pub clean_dir: Option<PathBuf>,
+    /// `--max-escape`'s budget holds on the images laid into clean frames too.
+    pub max_escape_laid: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -833,8 +835,9 @@ fn laid_escapes(
     surfaces: &[(usize, Vec<u8>)],
     (fw, fh): (u32, u32),
     classes: &[String],
-) -> Result<LaidErrors, EvalError> {
+) -> Result<(LaidErrors, Vec<LaidPeaks>), EvalError> {
     let n = classes.len();
+    let mut all_peaks = Vec::with_capacity(images.len());
     let mut rng = crate::cli::clean::Rng::new(20261204);
     let (mut with, mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
     let (mut frames, mut escaped_any) = (0usize, 0u64);
@@ -870,6 +873,10 @@ fn laid_escapes(
             })
         };
         let caught = touches(None);
+        all_peaks.push(LaidPeaks {
+            held: (0..n).map(|c| truth.iter().any(|t| t.0 == c)).collect(),
+            peaks: peaks_on(frame, truth, (x, y), n),
+        });
         frames += 1;
         escaped_any += !caught as u64;
         let mut held = vec![false; n];
@@ -888,14 +895,65 @@ fn laid_escapes(
             .map(|c| (classes[c].clone(), v[c] as f64 / with[c] as f64))
             .collect()
     };
-    Ok(LaidErrors {
+    let errors = LaidErrors {
         frames,
         width: fw,
         height: fh,
         escape_rate: escaped_any as f64 / frames.max(1) as f64,
         escapes: by_class(&escaped),
         class_misses: by_class(&missed),
-    })
+    };
+    Ok((errors, all_peaks))
+}
+
+/// A laid image's classes and, per class, the surest box touching one of its boxes and
+/// the surest area cell over one (for `--max-escape-laid`).
+struct LaidPeaks {
+    held: Vec<bool>,
+    peaks: Vec<[f32; 2]>,
+}
+
+/// Per class: the surest detection whose box touches one of `truth`'s boxes (moved by
+/// `at`), and the surest area cell whose square touches one.
+fn peaks_on(frame: &Frame, truth: &[(usize, [u32; 4])], at: (u32, u32), n: usize) -> Vec<[f32; 2]> {
+    let boxes: Vec<[f32; 4]> = truth
+        .iter()
+        .map(|&(_, [x0, y0, x1, y1])| {
+            [x0 + at.0, y0 + at.1, x1 + at.0, y1 + at.1].map(|v| v as f32)
+        })
+        .collect();
+    let touches = |r: [f32; 4]| {
+        boxes
+            .iter()
+            .any(|b| r[0] < b[2] && b[0] < r[2] && r[1] < b[3] && b[1] < r[3])
+    };
+    let mut out = vec![[0f32; 2]; n];
+    for d in frame.detections.iter().filter(|d| touches(d.rect)) {
+        out[d.label][0] = out[d.label][0].max(d.score);
+    }
+    let g = frame.area_grid;
+    let cells = g.cols * g.rows;
+    if cells > 0 && frame.area.len() >= cells * n {
+        let (live_cols, live_rows) = g.live(frame.width, frame.height);
+        let s = g.stride as f32;
+        for (c, o) in out.iter_mut().enumerate() {
+            let map = &frame.area[c * cells..(c + 1) * cells];
+            for y in 0..live_rows {
+                for x in 0..live_cols {
+                    let cell = [
+                        x as f32 * s,
+                        y as f32 * s,
+                        (x + 1) as f32 * s,
+                        (y + 1) as f32 * s,
+                    ];
+                    if touches(cell) {
+                        o[1] = o[1].max(map[y * g.cols + x]);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Runs the evaluation. `progress` is called after each image.
@@ -1149,6 +1207,10 @@ pub fn evaluate(
             &classes,
         )?)
     };
+    let (laid, laid_peaks) = match laid {
+        Some((errors, peaks)) => (Some(errors), peaks),
+        None => (None, Vec::new()),
+    };
     let clean = CleanReport {
         crop_side: opts.crop_side,
         crops: crop_tally.report(&classes),
@@ -1161,12 +1223,15 @@ pub fn evaluate(
         Some(r) => (0..n)
             .filter(|&c| images_with[c] > 0)
             .map(|c| {
-                let mine: Vec<[f32; 2]> = holds
+                let mut mine: Vec<[f32; 2]> = holds
                     .iter()
                     .zip(&peaks)
                     .filter(|(h, _)| h[c])
                     .map(|(_, p)| p[c])
                     .collect();
+                if opts.max_escape_laid {
+                    mine.extend(laid_peaks.iter().filter(|l| l.held[c]).map(|l| l.peaks[c]));
+                }
                 let clean: Vec<[f32; 2]> = clean_peaks.iter().map(|p| p[c]).collect();
                 let box_t = precise
                     .get(c)
