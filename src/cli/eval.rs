@@ -14,11 +14,11 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::cli::clean::{clean_frames, cut_crops};
+use crate::cli::clean::{clean_frames, cut_crops, lay_in, Rng};
 use crate::cli::inspect::{InspectError, Inspector};
 use crate::frame::Frame;
 use crate::stages::capture::{is_image_file, load_gray};
-use crate::stages::decide::{snap_to_regions, whole_pixels};
+use crate::stages::decide::{overlap, snap_to_regions, whole_pixels};
 
 #[derive(Debug, Error)]
 pub enum EvalError {
@@ -670,19 +670,29 @@ pub struct Report {
 
 /// Per class: the surest box (heat peak) and the surest area cell inside the frame.
 fn class_peaks(frame: &Frame, n: usize) -> Vec<[f32; 2]> {
+    peaks_where(frame, n, |_| true)
+}
+
+/// Per class: the surest box and the surest area cell inside the frame whose rectangles
+/// (x0, y0, x1, y1 in frame pixels; a cell's is its square) `keep` accepts.
+fn peaks_where(frame: &Frame, n: usize, keep: impl Fn([f32; 4]) -> bool) -> Vec<[f32; 2]> {
     let mut out = vec![[0f32; 2]; n];
-    for d in &frame.detections {
+    for d in frame.detections.iter().filter(|d| keep(d.rect)) {
         out[d.label][0] = out[d.label][0].max(d.score);
     }
     let g = frame.area_grid;
     let cells = g.cols * g.rows;
     if cells > 0 && frame.area.len() >= cells * n {
         let (live_cols, live_rows) = g.live(frame.width, frame.height);
+        let s = g.stride as f32;
         for (c, o) in out.iter_mut().enumerate() {
             let map = &frame.area[c * cells..(c + 1) * cells];
             for y in 0..live_rows {
-                for v in &map[y * g.cols..y * g.cols + live_cols] {
-                    o[1] = o[1].max(*v);
+                for x in 0..live_cols {
+                    let (x0, y0) = (x as f32 * s, y as f32 * s);
+                    if keep([x0, y0, x0 + s, y0 + s]) {
+                        o[1] = o[1].max(map[y * g.cols + x]);
+                    }
                 }
             }
         }
@@ -838,7 +848,7 @@ fn laid_escapes(
 ) -> Result<(LaidErrors, Vec<LaidPeaks>), EvalError> {
     let n = classes.len();
     let mut all_peaks = Vec::with_capacity(images.len());
-    let mut rng = crate::cli::clean::Rng::new(20261204);
+    let mut rng = Rng::new(20261204);
     let (mut with, mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
     let (mut frames, mut escaped_any) = (0usize, 0u64);
     let mut canvas = Vec::new();
@@ -851,43 +861,37 @@ fn laid_escapes(
         canvas.extend_from_slice(&surfaces[k % surfaces.len()].1);
         let x = rng.below((fw - w + 1) as usize) as u32;
         let y = rng.below((fh - h + 1) as usize) as u32;
-        crate::cli::clean::lay_in(&mut canvas, fw, px, w, h, x, y);
+        lay_in(&mut canvas, fw, px, w, h, x, y);
         let frame = inspector
             .inspect_pixels(fw, fh, &canvas)
             .map_err(|e| EvalError::Image {
                 path: PathBuf::from(format!("labelled image {k} laid into a clean frame")),
                 source: e,
             })?;
-        // A reported defect touches a box when their rectangles overlap.
+        // A reported defect (of `class`, or of any) shares pixels with one of the boxes.
         let touches = |class: Option<usize>| {
             truth.iter().any(|&(_, [x0, y0, x1, y1])| {
-                let (x0, y0, x1, y1) = (x0 + x, y0 + y, x1 + x, y1 + y);
-                frame.verdict.defects.iter().any(|d| {
-                    let [dx, dy, dw, dh] = d.bbox;
-                    class.is_none_or(|c| d.label == c)
-                        && dx < x1
-                        && x0 < dx + dw
-                        && dy < y1
-                        && y0 < dy + dh
-                })
+                let laid = [x0 + x, y0 + y, x1 - x0, y1 - y0];
+                frame
+                    .verdict
+                    .defects
+                    .iter()
+                    .any(|d| class.is_none_or(|c| d.label == c) && overlap(d.bbox, laid) > 0)
             })
         };
         let caught = touches(None);
-        all_peaks.push(LaidPeaks {
-            held: (0..n).map(|c| truth.iter().any(|t| t.0 == c)).collect(),
-            peaks: peaks_on(frame, truth, (x, y), n),
-        });
         frames += 1;
         escaped_any += !caught as u64;
-        let mut held = vec![false; n];
-        for &(c, _) in truth {
-            held[c] = true;
-        }
+        let held: Vec<bool> = (0..n).map(|c| truth.iter().any(|t| t.0 == c)).collect();
         for c in (0..n).filter(|&c| held[c]) {
             with[c] += 1;
             escaped[c] += !caught as u64;
             missed[c] += !touches(Some(c)) as u64;
         }
+        all_peaks.push(LaidPeaks {
+            held,
+            peaks: peaks_on(frame, truth, (x, y), n),
+        });
     }
     let by_class = |v: &[u64]| -> std::collections::BTreeMap<String, f64> {
         (0..n)
@@ -922,38 +926,11 @@ fn peaks_on(frame: &Frame, truth: &[(usize, [u32; 4])], at: (u32, u32), n: usize
             [x0 + at.0, y0 + at.1, x1 + at.0, y1 + at.1].map(|v| v as f32)
         })
         .collect();
-    let touches = |r: [f32; 4]| {
+    peaks_where(frame, n, |r| {
         boxes
             .iter()
             .any(|b| r[0] < b[2] && b[0] < r[2] && r[1] < b[3] && b[1] < r[3])
-    };
-    let mut out = vec![[0f32; 2]; n];
-    for d in frame.detections.iter().filter(|d| touches(d.rect)) {
-        out[d.label][0] = out[d.label][0].max(d.score);
-    }
-    let g = frame.area_grid;
-    let cells = g.cols * g.rows;
-    if cells > 0 && frame.area.len() >= cells * n {
-        let (live_cols, live_rows) = g.live(frame.width, frame.height);
-        let s = g.stride as f32;
-        for (c, o) in out.iter_mut().enumerate() {
-            let map = &frame.area[c * cells..(c + 1) * cells];
-            for y in 0..live_rows {
-                for x in 0..live_cols {
-                    let cell = [
-                        x as f32 * s,
-                        y as f32 * s,
-                        (x + 1) as f32 * s,
-                        (y + 1) as f32 * s,
-                    ];
-                    if touches(cell) {
-                        o[1] = o[1].max(map[y * g.cols + x]);
-                    }
-                }
-            }
-        }
-    }
-    out
+    })
 }
 
 /// Runs the evaluation. `progress` is called after each image.
@@ -1047,7 +1024,7 @@ pub fn evaluate(
             kept.push(Labelled {
                 width: w,
                 height: h,
-                pixels: px.clone(),
+                pixels: px,
                 boxes: truth.clone(),
             });
         }
@@ -1181,7 +1158,6 @@ pub fn evaluate(
             &mut frame_tally,
         )?;
     }
-
     let dir = match &opts.clean_dir {
         Some(d) => {
             let mut tally = CleanTally::new(n);
@@ -1196,20 +1172,11 @@ pub fn evaluate(
         }
         None => None,
     };
-    let laid = if surfaces.is_empty() || kept.is_empty() {
-        None
+    let (laid, laid_peaks) = if surfaces.is_empty() || kept.is_empty() {
+        (None, Vec::new())
     } else {
-        Some(laid_escapes(
-            inspector,
-            &kept,
-            &surfaces,
-            opts.frame_size,
-            &classes,
-        )?)
-    };
-    let (laid, laid_peaks) = match laid {
-        Some((errors, peaks)) => (Some(errors), peaks),
-        None => (None, Vec::new()),
+        let (errors, peaks) = laid_escapes(inspector, &kept, &surfaces, opts.frame_size, &classes)?;
+        (Some(errors), peaks)
     };
     let clean = CleanReport {
         crop_side: opts.crop_side,

@@ -221,7 +221,7 @@ impl Decider {
 }
 
 /// Pixels two boxes (x, y, w, h) share.
-fn overlap(a: [u32; 4], b: [u32; 4]) -> u64 {
+pub(crate) fn overlap(a: [u32; 4], b: [u32; 4]) -> u64 {
     let w = (a[0] + a[2])
         .min(b[0] + b[2])
         .saturating_sub(a[0].max(b[0]));
