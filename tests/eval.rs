@@ -48,23 +48,33 @@ fn eval(dataset: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn eval_reports_accuracy_per_class_metrics_confusion_location_and_speed() {
-    let dir = voc_folder(&STEMS);
-    let json = dir.path().join("report.json");
-    let out = eval(dir.path(), &["--json", json.to_str().unwrap()]);
+/// `inspectd eval` that must succeed (its stderr shown when it does not).
+fn eval_ok(dataset: &Path, extra: &[&str]) -> std::process::Output {
+    let out = eval(dataset, extra);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// The report `--json` wrote.
+fn report(json: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn eval_reports_accuracy_per_class_metrics_confusion_location_and_speed() {
+    let dir = voc_folder(&STEMS);
+    let json = dir.path().join("report.json");
+    let out = eval_ok(dir.path(), &["--json", json.to_str().unwrap()]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("image-level accuracy") && table.contains("confusion matrix"),
         "{table}"
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = report(&json);
     assert_eq!(r["images"], 6);
     let cm: Vec<Vec<u64>> = serde_json::from_value(r["confusion_matrix"].clone()).unwrap();
     assert_eq!(cm.len(), 6);
@@ -118,12 +128,7 @@ fn eval_reports_accuracy_per_class_metrics_confusion_location_and_speed() {
 #[test]
 fn target_precision_prints_a_decide_block_the_config_accepts() {
     let dir = voc_folder(&STEMS);
-    let out = eval(dir.path(), &["--target-precision", "0.5"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = eval_ok(dir.path(), &["--target-precision", "0.5"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let block = &text[text.find("[decide]").expect("a [decide] block")..];
     // Pasted into the shipped config in place of its [decide] section, it is valid.
@@ -171,7 +176,7 @@ fn the_holdout_list_selects_images() {
     let list = dir.path().join("only.txt");
     std::fs::write(&list, "crazing_12\nscratches_13\n").unwrap();
     let json = dir.path().join("r.json");
-    let out = eval(
+    eval_ok(
         dir.path(),
         &[
             "--holdout",
@@ -180,13 +185,7 @@ fn the_holdout_list_selects_images() {
             json.to_str().unwrap(),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = report(&json);
     assert_eq!(r["images"], 2);
 }
 
@@ -253,7 +252,7 @@ fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
             .unwrap();
     }
     let json = dir.path().join("r.json");
-    let out = eval(
+    let out = eval_ok(
         dir.path(),
         &[
             "--json",
@@ -266,14 +265,8 @@ fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
             "0.0",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let table = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = report(&json);
     // Escapes: one image per class, so every rate is 0 or 1, and the overall rate is the
     // share of images reported ok.
     let f = &r["frames"];
@@ -413,7 +406,7 @@ fn with_the_shipped_thresholds_no_bundled_texture_defect_passes() {
 fn first_look_both_scores_the_line_with_and_without_it() {
     let dir = voc_folder(&STEMS);
     let json = dir.path().join("both.json");
-    let out = eval(
+    let out = eval_ok(
         dir.path(),
         &[
             "--json",
@@ -424,11 +417,6 @@ fn first_look_both_scores_the_line_with_and_without_it() {
             "both",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("first look            off            on"),
@@ -438,8 +426,7 @@ fn first_look_both_scores_the_line_with_and_without_it() {
         table.contains("share of pixels the detector ran on"),
         "{table}"
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = report(&json);
     let (off, on) = (&r["first_look_off"], &r["first_look_on"]);
     assert!(off.get("first_look").is_none(), "{off}");
     assert!(
@@ -503,14 +490,8 @@ fn an_escape_budget_on_laid_images_never_raises_a_threshold() {
         if laid {
             args.push("--max-escape-laid");
         }
-        let out = eval(dir.path(), &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        eval_ok(dir.path(), &args);
+        let r = report(&json);
         let by_class: std::collections::BTreeMap<String, (f64, f64)> = r["escape_thresholds"]
             .as_array()
             .unwrap()
