@@ -208,10 +208,9 @@ def laid(items, crops, rng, feather=12.0):
     canvas = negative(crops, rng)
     px, py = rng.randrange(SIDE - ww + 1), rng.randrange(SIDE - wh + 1)
     under = canvas[py:py + wh, px:px + ww]
-    edge = np.minimum.reduce([np.arange(ww)[None, :].repeat(wh, 0), np.arange(wh)[:, None].repeat(ww, 1),
-                              (ww - 1 - np.arange(ww))[None, :].repeat(wh, 0),
-                              (wh - 1 - np.arange(wh))[:, None].repeat(ww, 1)]).astype(np.float32) + 0.5
-    a = np.minimum(edge / feather, 1.0)
+    ex, ey = np.arange(ww), np.arange(wh)
+    edge = np.minimum(np.minimum(ey, wh - 1 - ey)[:, None], np.minimum(ex, ww - 1 - ex)[None, :]) + 0.5
+    a = np.minimum(edge.astype(np.float32) / feather, 1.0)
     moved = np.clip(win + (under.mean() - win.mean()), 0, 255)
     canvas[py:py + wh, px:px + ww] = a * moved + (1 - a) * under
     boxes, ignore = [], []
