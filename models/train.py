@@ -439,12 +439,18 @@ class Detector(nn.Module):
         p8 = F.relu(f8 + self.up16(p16))
         return self.head(p8), f32
 
-    def forward(self, x):
+    def forward(self, x, area_window=0):
         """x: normalised frames [N, 1, H, W]; returns heat logits, box distances (pixels)
-        and whole-image logits (the classes, then `none`)."""
+        and whole-image logits (the classes, then `none`); with `area_window`, also the
+        area logits: the image head on every window of that many 1/32 cells
+        ([N, classes + 1, H/32, W/32], what the exported `area` output computes)."""
         h, f32 = self.features(F.pixel_unshuffle(x, PATCH))
         box = torch.exp(self.box(h).clamp(-4.0, 4.5)) * STRIDE
-        return self.heat(h), box, self.image(f32.mean(dim=(2, 3)))
+        out = (self.heat(h), box, self.image(f32.mean(dim=(2, 3))))
+        if area_window:
+            pooled = F.avg_pool2d(f32, area_window, 1, area_window // 2, count_include_pad=False)
+            out += (self.image(pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),)
+        return out
 
 
 def focal_loss(logits, heat, ignore=None):
@@ -626,17 +632,48 @@ def ignore_mask(regions, side):
     return mask
 
 
+def area_targets(boxes, negative, window, side=SIDE, share=0.25):
+    """Per cell of the 1/32 grid, the class the area output should read through a window
+    of `window` cells centred on it: `none` everywhere on a negative; on a defect image,
+    the box's class where boxes cover at least `share` of the window, and -1 (no loss)
+    elsewhere, since NEU's boxes miss some of a defect (most of all crazing and rolled-in
+    scale, textures over the image) and the rest of a defect image is not sure to be
+    clean."""
+    g = side // 32
+    if negative:
+        return np.full((g, g), NONE, np.int64)
+    out = np.full((g, g), -1, np.int64)
+    half = window * 32 / 2
+    for i in range(g):
+        for j in range(g):
+            cx, cy = (j + 0.5) * 32, (i + 0.5) * 32
+            wx0, wy0 = max(cx - half, 0), max(cy - half, 0)
+            wx1, wy1 = min(cx + half, side), min(cy + half, side)
+            cover = np.zeros((int(wy1 - wy0), int(wx1 - wx0)), bool)
+            cls = -1
+            for c, x0, y0, x1, y1 in boxes:
+                kx0, ky0 = int(max(x0, wx0) - wx0), int(max(y0, wy0) - wy0)
+                kx1, ky1 = int(min(x1, wx1) - wx0), int(min(y1, wy1) - wy0)
+                if kx1 > kx0 and ky1 > ky0:
+                    cover[ky0:ky1, kx0:kx1] = True
+                    cls = c
+            if cls >= 0 and cover.mean() >= share:
+                out[i, j] = cls
+    return out
+
+
 def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gauss=1.0, mosaic_share=0.0,
-            placed=False, laid_share=0.0):
+            placed=False, laid_share=0.0, area_window=0):
     """Shuffled batches of augmented images (a `mosaic_share` of them as four-image
     mosaics) and, `clean_share` as many again, defect-free negatives (no heat anywhere,
-    image label `none`). Image labels are class distributions (one-hot but for mosaics)."""
+    image label `none`). Image labels are class distributions (one-hot but for mosaics).
+    With `area_window`, each input also gets its per-cell area targets (`area_targets`)."""
     order = list(range(len(items)))
     if crops:
         order += [-1] * int(round(clean_share * len(items)))
     rng.shuffle(order)
     for s in range(0, len(order) - batch_size + 1, batch_size):
-        imgs, heats, regs, weights, labels, ignores = [], [], [], [], [], []
+        imgs, heats, regs, weights, labels, ignores, areas = [], [], [], [], [], [], []
         for i in order[s:s + batch_size]:
             label = np.zeros(len(CLASSES) + 1, np.float32)
             ignore = []
@@ -657,9 +694,11 @@ def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gaus
             weights.append(weight)
             labels.append(label)
             ignores.append(ignore_mask(ignore, SIDE))
+            areas.append(area_targets(boxes, i < 0, area_window) if area_window else np.zeros((1, 1), np.int64))
         yield (torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(heats)),
                torch.from_numpy(np.stack(regs)), torch.from_numpy(np.stack(weights)),
-               torch.from_numpy(np.stack(labels)), torch.from_numpy(np.stack(ignores)))
+               torch.from_numpy(np.stack(labels)), torch.from_numpy(np.stack(ignores)),
+               torch.from_numpy(np.stack(areas)))
 
 
 def count_macs(model, side_h, side_w):
@@ -690,7 +729,7 @@ class Exported(nn.Module):
     weights as a 1 x 1 convolution; at the centre of a 224 x 224 input it is the image
     output itself), where a texture defect covers the surface."""
 
-    def __init__(self, net, mean, std):
+    def __init__(self, net, mean, std, area_window=7):
         super().__init__()
         self.net = net
         # conv(w, x * a + b) = conv(w * a, x) + b * sum(w): exact for a 1x1 convolution.
@@ -701,7 +740,7 @@ class Exported(nn.Module):
             self.stem.weight.copy_(stem.weight * a)
             self.stem.bias.copy_(b * stem.weight.sum(dim=(1, 2, 3)))
         lin = net.image
-        self.pool = nn.AvgPool2d(7, 1, 3, count_include_pad=False)
+        self.pool = nn.AvgPool2d(area_window, 1, area_window // 2, count_include_pad=False)
         self.area = nn.Conv2d(lin.in_features, lin.out_features, 1)
         with torch.no_grad():
             self.area.weight.copy_(lin.weight[:, :, None, None])
@@ -741,6 +780,9 @@ def main():
                     help="a mosaic is 200 x 200, placed in the input like an image (edges repeated)")
     ap.add_argument("--laid", type=float, default=0.0,
                     help="share of training images given as a window laid into a defect-free input")
+    ap.add_argument("--area-window", type=int, default=7, choices=[3, 5, 7],
+                    help="1/32 cells a side of the area output's window (7: 224 px, the image "
+                         "head's own view, trained through it; 3 or 5: trained per cell too)")
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast for the forward pass (weights, losses and the export stay float32)")
     ap.add_argument("--inner-val", action="store_true",
@@ -793,22 +835,30 @@ def main():
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
+    # The 7-cell window is the image head's own view of a 224 x 224 input: trained through
+    # the image loss. A smaller window gets a loss of its own, per cell.
+    area_window = a.area_window if a.area_window < 7 else 0
     step = 0
     for epoch in range(a.epochs):
         model.train()
-        sums = np.zeros(3)
+        sums = np.zeros(4)
         # YOLO's "close mosaic": the last tenth of the epochs sees whole images only.
         mosaic_share = a.mosaic if epoch < a.epochs - max(a.epochs // 10, 1) else 0.0
-        for x, heat, reg, weight, labels, ignore in batches(train, a.batch, rng, a.alpha, crops, a.clean_share,
-                                                            a.pos_gauss, mosaic_share, a.mosaic_placed,
-                                                            a.laid):
+        for x, heat, reg, weight, labels, ignore, area in batches(train, a.batch, rng, a.alpha, crops,
+                                                                  a.clean_share, a.pos_gauss, mosaic_share,
+                                                                  a.mosaic_placed, a.laid, area_window):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-                heat_logits, box, image_logits = model(((x - a_mean) / a_std).contiguous(
-                    memory_format=torch.channels_last))
-            heat_logits, box, image_logits = heat_logits.float(), box.float(), image_logits.float()
+                out = model(((x - a_mean) / a_std).contiguous(memory_format=torch.channels_last), area_window)
+            heat_logits, box, image_logits = out[0].float(), out[1].float(), out[2].float()
             losses = (focal_loss(heat_logits, heat, ignore), 5.0 * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
             loss = sum(losses)
+            if area_window and (area >= 0).any():
+                # The area output read through its own window, per cell; no cell of a defect
+                # image is taught `none` (area_targets).
+                area_loss = 0.2 * F.cross_entropy(out[3].float(), area, ignore_index=-1)
+                loss = loss + area_loss
+                sums[3] += area_loss.item()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -821,9 +871,10 @@ def main():
                         e.mul_(decay).add_(m, alpha=1 - decay)
                     else:
                         e.copy_(m)
-            sums += [v.item() for v in losses]
+            sums[:3] += [v.item() for v in losses]
         msg = (f"epoch {epoch + 1:3d}/{a.epochs}  heat {sums[0] / steps_per_epoch:.3f}  "
                f"giou {sums[1] / steps_per_epoch:.3f}  image {sums[2] / steps_per_epoch:.3f}  "
+               + (f"area {sums[3] / steps_per_epoch:.3f}  " if area_window else "") +
                f"{time.time() - t_start:.0f} s")
         print(msg, flush=True)
     train_seconds = time.time() - t_start
@@ -839,7 +890,7 @@ def main():
 
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
-              "laid": a.laid, "inner_val": a.inner_val,
+              "laid": a.laid, "area_window": a.area_window, "inner_val": a.inner_val,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
@@ -848,7 +899,7 @@ def main():
         json.dump(record, f, indent=1)
         f.write("\n")
     onnx_path = os.path.join(a.out, "neu_det.onnx")
-    exported = Exported(model, mean, std).eval()
+    exported = Exported(model, mean, std, a.area_window).eval()
     g = SIDE // PATCH
     torch.onnx.export(exported, torch.zeros(1, PATCH * PATCH, g, g), onnx_path, input_names=["patches"],
                       output_names=["heat", "box", "image", "area"],
@@ -871,6 +922,7 @@ def main():
         "trained": {"dataset": "NEU surface defect database, 1500-image copy", "seed": a.seed,
                     "split_seed": SPLIT_SEED, "epochs": a.epochs, "design": a.design,
                     "clean_share": a.clean_share, "mosaic": a.mosaic, "bf16": a.bf16,
+                    "area_window": a.area_window,
                     "train_images": len(train), "val_images": len(val),
                     "train_seconds": round(train_seconds, 1), "parameters": params,
                     "macs_per_1280x1024": macs_frame, "pixel_mean": mean, "pixel_std": std},
