@@ -80,6 +80,10 @@ enum Cmd {
         /// images themselves.
         #[arg(long, requires = "max_escape")]
         max_escape_laid: bool,
+        /// With --max-escape: box thresholds stay where --target-precision (or the
+        /// config) puts them; only the area thresholds hold the budget.
+        #[arg(long, requires = "max_escape")]
+        areas_only: bool,
         /// Which list of a JSON split file --holdout takes: "val" (held out) or "train".
         #[arg(long, default_value = "val")]
         list: String,
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
             target_precision,
             max_escape,
             max_escape_laid,
+            areas_only,
             list,
             clean,
             crop,
@@ -171,6 +176,7 @@ fn main() -> ExitCode {
                 frame_size: (1280, 1024),
                 clean_dir: clean,
                 max_escape_laid,
+                areas_only,
             };
             eval(
                 &dataset,

@@ -614,6 +614,9 @@ pub struct EvalOptions {
     pub clean_dir: Option<PathBuf>,
     /// `--max-escape`'s budget holds on the images laid into clean frames too.
     pub max_escape_laid: bool,
+    /// The budget is held by the area thresholds alone: box thresholds stay where
+    /// precision (or the config) puts them.
+    pub areas_only: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -786,13 +789,15 @@ fn clean_images(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
 /// of the class's images (`mine`: per image the surest box and area score of the class)
 /// would have none of its defects, the one flagging the fewest `clean` images, the
 /// highest between equals (none at all when boxes alone hold the budget). When no area
-/// threshold holds it, the box threshold is lowered until one does.
+/// threshold holds it, the box threshold is lowered until one does, unless `boxes_stay`:
+/// then the box threshold stays and the area threshold that misses least is taken.
 fn escape_threshold(
     class: &str,
     mine: &[[f32; 2]],
     clean: &[[f32; 2]],
     budget: f64,
     box_t: f32,
+    boxes_stay: bool,
 ) -> EscapeThreshold {
     let caught = |p: &[f32; 2], t: f32, a: Option<f32>| p[0] >= t || a.is_some_and(|a| p[1] >= a);
     let miss = |t: f32, a: Option<f32>| {
@@ -813,7 +818,8 @@ fn escape_threshold(
     // The box threshold, then lower ones in steps of 0.01 (counted in whole hundredths,
     // so no rounding creeps in), down to 0.05.
     let start = (box_t * 100.0).round() as i32;
-    let steps = std::iter::once(box_t).chain((5..start).rev().map(|k| k as f32 / 100.0));
+    let lower = if boxes_stay { 5..5 } else { 5..start };
+    let steps = std::iter::once(box_t).chain(lower.rev().map(|k| k as f32 / 100.0));
     for t in steps {
         let best = areas
             .iter()
@@ -824,6 +830,9 @@ fn escape_threshold(
         }
     }
     // Nothing holds the budget: the lowest thresholds, which miss least.
+    if boxes_stay {
+        return result(box_t, Some(0.30));
+    }
     result(box_t.min(0.05), Some(0.30))
 }
 
@@ -1205,7 +1214,7 @@ pub fn evaluate(
                     .copied()
                     .flatten()
                     .map_or(thresholds[c], |t| t.0);
-                escape_threshold(&classes[c], &mine, &clean, r, box_t)
+                escape_threshold(&classes[c], &mine, &clean, r, box_t, opts.areas_only)
             })
             .collect(),
         None => Vec::new(),
@@ -1736,20 +1745,28 @@ mod tests {
         let mine = [[0.9, 0.2], [0.7, 0.9], [0.6, 0.3], [0.1, 0.8]];
         // Clean surface: one area cell at 0.75, nothing above.
         let clean = [[0.0, 0.75], [0.2, 0.1]];
-        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5);
+        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5, false);
         assert_eq!((t.threshold, t.area_threshold), (0.5, Some(0.8)));
         assert_eq!((t.class_miss, t.clean_flagged, t.clean_images), (0.0, 0, 2));
         // A budget of one image in four: boxes alone do.
-        let t = escape_threshold("c", &mine, &clean, 0.25, 0.5);
+        let t = escape_threshold("c", &mine, &clean, 0.25, 0.5, false);
         assert_eq!(
             (t.threshold, t.area_threshold, t.class_miss),
             (0.5, None, 0.25)
         );
         // No area threshold saves the fourth image: the box threshold comes down to it.
         let mine = [[0.9, 0.0], [0.12, 0.0]];
-        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5);
+        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5, false);
         assert_eq!((t.area_threshold, t.class_miss), (None, 0.0));
         assert!((t.threshold - 0.12).abs() < 1e-6, "{}", t.threshold);
+        // Boxes kept where precision put them: the area threshold alone answers, and
+        // when none holds the budget it is the lowest (misses least), boxes unmoved.
+        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5, true);
+        assert_eq!((t.threshold, t.area_threshold), (0.5, Some(0.30)));
+        assert_eq!(t.class_miss, 0.5);
+        let mine = [[0.9, 0.2], [0.7, 0.9], [0.6, 0.3], [0.1, 0.8]];
+        let t = escape_threshold("c", &mine, &clean, 0.0, 0.5, true);
+        assert_eq!((t.threshold, t.area_threshold), (0.5, Some(0.8)));
     }
 
     #[test]
