@@ -473,23 +473,22 @@ fn first_look_both_scores_the_line_with_and_without_it() {
 
 /// `--max-escape-laid`: the escape budget holds on the images laid into clean frames
 /// too, a larger set of the same defects, so no class's box threshold can come out
-/// higher than with the images alone; without `--max-escape` it is refused.
+/// higher than with the images alone; with `--areas-only` the box thresholds do not move;
+/// without `--max-escape` either is refused.
 #[test]
 fn an_escape_budget_on_laid_images_never_raises_a_threshold() {
     let dir = voc_folder(&STEMS);
-    let tuned = |laid: bool| {
-        let json = dir.path().join(format!("r{laid}.json"));
+    let tuned = |budget: &str, extra: &[&str]| {
+        let json = dir.path().join(format!("r{budget}{}.json", extra.join("")));
         let mut args = vec![
             "--json",
             json.to_str().unwrap(),
             "--clean-frames",
             "2",
             "--max-escape",
-            "0.0",
+            budget,
         ];
-        if laid {
-            args.push("--max-escape-laid");
-        }
+        args.extend(extra);
         eval_ok(dir.path(), &args);
         let r = report(&json);
         let by_class: std::collections::BTreeMap<String, (f64, f64)> = r["escape_thresholds"]
@@ -508,8 +507,8 @@ fn an_escape_budget_on_laid_images_never_raises_a_threshold() {
             .collect();
         (by_class, r["laid"]["escape_rate"].as_f64().unwrap())
     };
-    let (images, laid_escapes) = tuned(false);
-    let (both, _) = tuned(true);
+    let (images, laid_escapes) = tuned("0.0", &[]);
+    let (both, _) = tuned("0.0", &["--max-escape-laid"]);
     assert_eq!(images.len(), 6);
     assert_eq!(both.len(), 6);
     for (class, (t, _)) in &images {
@@ -523,11 +522,22 @@ fn an_escape_budget_on_laid_images_never_raises_a_threshold() {
         );
     }
 
-    let out = eval(dir.path(), &["--max-escape-laid"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--max-escape"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `--areas-only`: the box thresholds stay where a budget that always holds leaves
+    // them (the config's); only the area thresholds answer for the laid images.
+    let (kept, _) = tuned("1.0", &[]);
+    let (areas, _) = tuned("0.0", &["--max-escape-laid", "--areas-only"]);
+    assert_eq!(areas.len(), 6);
+    for (class, (t, _)) in &kept {
+        assert_eq!(areas[class].0, *t, "{class}: box threshold moved");
+    }
+
+    for flag in ["--max-escape-laid", "--areas-only"] {
+        let out = eval(dir.path(), &[flag]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--max-escape"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
