@@ -815,11 +815,11 @@ fn escape_threshold(
         clean_flagged: flagged(t, a),
         clean_images: clean.len() as u64,
     };
-    // The box threshold, then lower ones in steps of 0.01 (counted in whole hundredths,
-    // so no rounding creeps in), down to 0.05.
+    // The box threshold, then (unless boxes stay) lower ones in steps of 0.01 (counted in
+    // whole hundredths, so no rounding creeps in), down to 0.05.
     let start = (box_t * 100.0).round() as i32;
-    let lower = if boxes_stay { 5..5 } else { 5..start };
-    let steps = std::iter::once(box_t).chain(lower.rev().map(|k| k as f32 / 100.0));
+    let floor = if boxes_stay { start } else { 5 };
+    let steps = std::iter::once(box_t).chain((floor..start).rev().map(|k| k as f32 / 100.0));
     for t in steps {
         let best = areas
             .iter()
@@ -829,11 +829,9 @@ fn escape_threshold(
             return result(t, a);
         }
     }
-    // Nothing holds the budget: the lowest thresholds, which miss least.
-    if boxes_stay {
-        return result(box_t, Some(0.30));
-    }
-    result(box_t.min(0.05), Some(0.30))
+    // Nothing holds the budget: the lowest thresholds allowed, which miss least.
+    let lowest_box = if boxes_stay { box_t } else { box_t.min(0.05) };
+    result(lowest_box, Some(0.30))
 }
 
 /// A labelled image kept to be laid into clean frames: its size, pixels and boxes
