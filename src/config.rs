@@ -409,6 +409,10 @@ pub struct ModelConfig {
     /// low so its precision/recall curves are complete.
     #[serde(default = "default_min_score")]
     pub min_score: f64,
+    /// Two detections of one class whose boxes overlap by more than this (intersection
+    /// over union, 0 to 1) mark one defect: the surer is kept. 1 keeps every peak.
+    #[serde(default = "default_nms_iou")]
+    pub nms_iou: f64,
     /// Most detections kept per frame, best first (1 to 10000).
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
@@ -742,6 +746,9 @@ fn default_max_region_area() -> u32 {
 fn default_min_score() -> f64 {
     0.05
 }
+fn default_nms_iou() -> f64 {
+    0.5
+}
 fn default_max_detections() -> usize {
     100
 }
@@ -857,6 +864,7 @@ impl ModelConfig {
         Self {
             path,
             min_score: default_min_score(),
+            nms_iou: default_nms_iou(),
             max_detections: default_max_detections(),
             workers: 0,
             threads: 1,
@@ -1243,6 +1251,12 @@ impl Settings {
             p.push(format!(
                 "model.min_score: {} is not a score (0 to 1)",
                 self.model.min_score
+            ));
+        }
+        if !(self.model.nms_iou > 0.0 && self.model.nms_iou <= 1.0) {
+            p.push(format!(
+                "model.nms_iou: {} is not an overlap (above 0, at most 1; 1 keeps every peak)",
+                self.model.nms_iou
             ));
         }
         if self.model.workers > 64 {
@@ -1794,6 +1808,28 @@ port = 1883
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert_eq!(err.problems.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn the_overlap_that_makes_one_defect_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
+        assert_eq!(s.model.nms_iou, 0.5, "the default");
+        for (bad, needle) in [
+            ("0", "model.nms_iou: 0 is not an overlap"),
+            ("1.5", "model.nms_iou: 1.5 is not an overlap"),
+            ("nan", "model.nms_iou: NaN is not an overlap"),
+        ] {
+            let body = GOOD.replace(
+                "path = \"m.onnx\"",
+                &format!("path = \"m.onnx\"\nnms_iou = {bad}"),
+            );
+            let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+            assert!(err.to_string().contains(needle), "{bad}: {err}");
+        }
+        let body = GOOD.replace("path = \"m.onnx\"", "path = \"m.onnx\"\nnms_iou = 1");
+        let s = Settings::load_with_env(&write(dir.path(), &body), []).unwrap();
+        assert_eq!(s.model.nms_iou, 1.0, "1 keeps every peak");
     }
 
     #[test]

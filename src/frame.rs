@@ -28,6 +28,19 @@ pub struct Detection {
     pub rect: [f32; 4],
 }
 
+/// Intersection over union of two boxes (x0, y0, x1, y1); 0 when both are empty.
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
 /// One defect reported for a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Defect {

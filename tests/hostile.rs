@@ -93,6 +93,7 @@ fn toml_key() -> impl Strategy<Value = String> {
             "min_region_area",
             "max_region_area",
             "min_score",
+            "nms_iou",
             "max_detections",
             "workers",
             "default_threshold",

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::cli::clean::{clean_frames, cut_crops, lay_in, Rng};
 use crate::cli::inspect::{InspectError, Inspector};
-use crate::frame::Frame;
+use crate::frame::{iou, Frame};
 use crate::stages::capture::{is_image_file, load_gray};
 use crate::stages::decide::{overlap, snap_to_regions, whole_pixels};
 
@@ -253,18 +253,6 @@ pub struct Scored {
     pub score: f32,
     /// x0, y0, x1, y1 in pixels.
     pub rect: [f32; 4],
-}
-
-pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
 }
 
 /// Greedy matching as detectors are scored (PASCAL VOC, COCO): detections of one class

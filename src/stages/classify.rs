@@ -5,7 +5,8 @@
 //! a grid of `stride`-pixel cells, a heat map per class (the probability that a defect's
 //! centre lies in the cell) and four distances from the cell's centre to the edges of
 //! that defect's box. A defect is a cell whose heat is the largest of its 3x3
-//! neighbourhood (so one defect gives one peak, and no separate suppression is needed).
+//! neighbourhood; of peaks of one class whose boxes overlap by more than `model.nms_iou`,
+//! the surest is kept (a texture's heat can peak several times over one defect).
 //!
 //! [`Classifier::new`] checks the model against its metadata and optimises it once for
 //! the frame size it is given; a frame of another size (a replayed folder of mixed
@@ -25,7 +26,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::ModelConfig;
-use crate::frame::{AreaGrid, Detection, Frame, PooledFrame};
+use crate::frame::{iou, AreaGrid, Detection, Frame, PooledFrame};
 use crate::stages::look::{FirstLook, Plan, Window};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
@@ -245,6 +246,8 @@ pub struct Classifier {
     loaded: Arc<Loaded>,
     plans: Vec<SizedPlan>,
     min_score: f32,
+    /// `model.nms_iou`: above this overlap, two detections of one class are one defect.
+    nms_iou: f32,
     max_detections: usize,
     /// `model.threads` > 1: the thread pool one frame's matrix products are split over.
     executor: Option<Executor>,
@@ -285,6 +288,7 @@ impl Classifier {
             }),
             plans: Vec::new(),
             min_score: cfg.min_score as f32,
+            nms_iou: cfg.nms_iou as f32,
             max_detections: cfg.max_detections,
             executor: (cfg.threads > 1)
                 .then(|| Executor::multithread_with_name(cfg.threads, "classify-mm")),
@@ -328,6 +332,7 @@ impl Classifier {
             loaded: self.loaded.clone(),
             plans,
             min_score: self.min_score,
+            nms_iou: self.nms_iou,
             max_detections: self.max_detections,
             // Each worker its own pool, so two workers never wait on each other's.
             executor: self
@@ -395,7 +400,8 @@ impl Classifier {
     }
 
     /// Runs the model on the frame: fills `frame.detections` (every peak at or above
-    /// `model.min_score`, best first, at most `model.max_detections`) and
+    /// `model.min_score` that no surer one of its class overlaps by more than
+    /// `model.nms_iou`, best first, at most `model.max_detections`) and
     /// `frame.class_scores` (each class's highest heat inside the frame).
     pub fn classify(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
         match self.executor.clone() {
@@ -411,6 +417,7 @@ impl Classifier {
         } else {
             self.classify_whole(frame)?;
         }
+        suppress_overlaps(&mut frame.detections, self.nms_iou);
         frame.detections.truncate(self.max_detections);
         Ok(())
     }
@@ -802,6 +809,28 @@ pub fn decode(
     out.sort_unstable_by(|a, b| b.score.total_cmp(&a.score));
 }
 
+/// Drops each detection that a surer one of the same class overlaps by more than
+/// `max_iou` (intersection over union), in place; `detections` is sorted best first, as
+/// [`decode`] leaves it. A texture defect's heat often has several peaks, each reading
+/// nearly the same box: one defect, one box. `max_iou` of 1 keeps every peak.
+pub fn suppress_overlaps(detections: &mut Vec<Detection>, max_iou: f32) {
+    if max_iou >= 1.0 {
+        return;
+    }
+    let mut kept = 0;
+    for i in 0..detections.len() {
+        let d = detections[i];
+        let covered = detections[..kept]
+            .iter()
+            .any(|k| k.label == d.label && iou(k.rect, d.rect) > max_iou);
+        if !covered {
+            detections[kept] = d;
+            kept += 1;
+        }
+    }
+    detections.truncate(kept);
+}
+
 /// True when no 8-neighbour inside the frame has more heat than `v` (a 3x3 max filter
 /// keeps the cell). Padding cells do not count: they repeat the frame's edge.
 #[inline]
@@ -1083,7 +1112,7 @@ mod tests {
                 gated
                     .detections
                     .iter()
-                    .any(|g| g.label == d.label && crate::cli::eval::iou(g.rect, d.rect) >= 0.5)
+                    .any(|g| g.label == d.label && iou(g.rect, d.rect) >= 0.5)
             })
             .count();
         assert!(kept * 10 >= strong.len() * 9, "{kept} of {}", strong.len());
@@ -1203,6 +1232,32 @@ mod tests {
         );
         assert_eq!(out[1].score, 0.7);
         assert_eq!(scores, vec![0.9]);
+    }
+
+    #[test]
+    fn of_overlapping_boxes_of_one_class_the_surest_stays() {
+        let d = |label, score, rect| Detection { label, score, rect };
+        let sorted = vec![
+            d(0, 0.9, [0.0, 0.0, 100.0, 100.0]),
+            // IoU 0.81 with the first: the same crazed area, peaking twice.
+            d(0, 0.8, [0.0, 0.0, 90.0, 90.0]),
+            // Another class on the same spot is another defect.
+            d(1, 0.7, [0.0, 0.0, 90.0, 90.0]),
+            // IoU 1/3 with the first: a neighbour, not the same defect.
+            d(0, 0.6, [50.0, 0.0, 150.0, 100.0]),
+            // Overlaps the dropped 0.8 box only: dropped boxes suppress nothing.
+            d(0, 0.5, [0.0, 80.0, 90.0, 170.0]),
+        ];
+        let mut out = sorted.clone();
+        suppress_overlaps(&mut out, 0.5);
+        let scores: Vec<f32> = out.iter().map(|d| d.score).collect();
+        assert_eq!(scores, vec![0.9, 0.7, 0.6, 0.5]);
+        let mut out = sorted.clone();
+        suppress_overlaps(&mut out, 0.9);
+        assert_eq!(out.len(), 5, "0.81 is not above 0.9");
+        let mut out = sorted.clone();
+        suppress_overlaps(&mut out, 1.0);
+        assert_eq!(out, sorted, "1 keeps every peak");
     }
 
     #[test]
