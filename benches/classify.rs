@@ -82,6 +82,21 @@ fn bench(c: &mut Criterion) {
             "model.threads = {threads}: 1280x1024 frame {wall:.1} ms wall (median), {cpu_ms:.1} ms CPU per frame"
         );
     }
+    // model.nms_iou: what suppressing a class's overlapping peaks costs a frame.
+    let every_peak = ModelConfig {
+        nms_iou: 1.0,
+        ..ModelConfig::with_path(model.clone())
+    };
+    let mut all = Classifier::new(&every_peak, Some((line.width, line.height))).unwrap();
+    all.classify(&mut line).unwrap();
+    let all_peaks = line.detections.len();
+    let all_ms = support::median_ms(20, || all.classify(&mut line).unwrap());
+    det.classify(&mut line).unwrap();
+    println!(
+        "model.nms_iou = 1 (every peak kept): {all_ms:.1} ms per 1280x1024 frame, {all_peaks} detections; \
+         0.5 (shipped): {line_ms:.1} ms, {} detections",
+        line.detections.len()
+    );
     println!(
         "tract, one thread, detector: 200x200 image {neu_ms:.2} ms; 1280x1024 frame {line_ms:.1} ms \
          ({} detections)",

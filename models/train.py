@@ -784,9 +784,10 @@ def main():
                     help="a mosaic is 200 x 200, placed in the input like an image (edges repeated)")
     ap.add_argument("--laid", type=float, default=0.0,
                     help="share of training images given as a window laid into a defect-free input")
-    ap.add_argument("--area-window", type=int, default=7, choices=[3, 5, 7],
-                    help="1/32 cells a side of the area output's window (7: 224 px, the image "
-                         "head's own view, trained through it; 3 or 5: trained per cell too)")
+    ap.add_argument("--area-window", type=int, default=3, choices=[3, 5, 7],
+                    help="1/32 cells a side of the area output's window (3: 96 px, the shipped "
+                         "model, trained per cell too; 7: 224 px, the image head's own view, "
+                         "the models before)")
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast for the forward pass (weights, losses and the export stay float32)")
     ap.add_argument("--inner-val", action="store_true",
