@@ -1261,6 +1261,50 @@ mod tests {
     }
 
     #[test]
+    fn the_classifier_keeps_one_box_where_a_texture_peaks_twice() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let overlapping = |dets: &[Detection]| {
+            let mut n = 0;
+            for (i, a) in dets.iter().enumerate() {
+                n += dets[i + 1..]
+                    .iter()
+                    .filter(|b| b.label == a.label && iou(a.rect, b.rect) > 0.5)
+                    .count();
+            }
+            n
+        };
+        let (mut every, mut kept) = (0, 0);
+        for name in [
+            "crazing_1",
+            "crazing_12",
+            "rolled-in_scale_10",
+            "patches_12",
+        ] {
+            let (w, h, px) =
+                crate::stages::capture::load_gray(&root.join(format!("models/samples/{name}.png")))
+                    .unwrap();
+            for (nms_iou, pairs) in [(1.0, &mut every), (0.5, &mut kept)] {
+                let cfg = ModelConfig {
+                    nms_iou,
+                    ..ModelConfig::with_path(root.join("models/neu_det.onnx"))
+                };
+                let mut c = Classifier::new(&cfg, Some((w, h))).unwrap();
+                let mut f = Frame::default();
+                f.reset(1, w, h);
+                f.pixels.copy_from_slice(&px);
+                c.classify(&mut f).unwrap();
+                assert!(!f.detections.is_empty(), "{name}");
+                *pairs += overlapping(&f.detections);
+            }
+        }
+        assert!(
+            every > 0,
+            "these textures peak more than once on one defect"
+        );
+        assert_eq!(kept, 0, "model.nms_iou = 0.5 leaves no such pair");
+    }
+
+    #[test]
     fn padding_cells_and_low_scores_are_not_defects_and_boxes_stay_in_the_frame() {
         let heat = [0.1, 0.95, 0.0, 0.0];
         let boxes = vec![100f32; 4 * 4];
