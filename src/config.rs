@@ -410,7 +410,8 @@ pub struct ModelConfig {
     #[serde(default = "default_min_score")]
     pub min_score: f64,
     /// Two detections of one class whose boxes overlap by more than this (intersection
-    /// over union, 0 to 1) mark one defect: the surer is kept. 1 keeps every peak.
+    /// over union, above 0 and at most 1) mark one defect: the surer is kept. 1 keeps
+    /// every peak.
     #[serde(default = "default_nms_iou")]
     pub nms_iou: f64,
     /// Most detections kept per frame, best first (1 to 10000).

@@ -129,7 +129,7 @@ fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
                 &mut dets,
                 &mut scores,
             );
-            inspectd::stages::classify::suppress_overlaps(&mut dets, 0.5);
+            inspectd::stages::classify::keep_distinct(&mut dets, 0.5, 100);
         }
     });
     assert!(!dets.is_empty());

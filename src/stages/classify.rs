@@ -417,8 +417,7 @@ impl Classifier {
         } else {
             self.classify_whole(frame)?;
         }
-        suppress_overlaps(&mut frame.detections, self.nms_iou);
-        frame.detections.truncate(self.max_detections);
+        keep_distinct(&mut frame.detections, self.nms_iou, self.max_detections);
         Ok(())
     }
 
@@ -809,16 +808,21 @@ pub fn decode(
     out.sort_unstable_by(|a, b| b.score.total_cmp(&a.score));
 }
 
-/// Drops each detection that a surer one of the same class overlaps by more than
-/// `max_iou` (intersection over union), in place; `detections` is sorted best first, as
-/// [`decode`] leaves it. A texture defect's heat often has several peaks, each reading
-/// nearly the same box: one defect, one box. `max_iou` of 1 keeps every peak.
-pub fn suppress_overlaps(detections: &mut Vec<Detection>, max_iou: f32) {
+/// Keeps, in place, the best `limit` detections that no surer one of the same class
+/// overlaps by more than `max_iou` (intersection over union); `detections` is sorted
+/// best first, as [`decode`] leaves it, so the scan stops once `limit` are kept. A
+/// texture defect's heat often has several peaks, each reading nearly the same box: one
+/// defect, one box. `max_iou` of 1 keeps every peak.
+pub fn keep_distinct(detections: &mut Vec<Detection>, max_iou: f32, limit: usize) {
     if max_iou >= 1.0 {
+        detections.truncate(limit);
         return;
     }
     let mut kept = 0;
     for i in 0..detections.len() {
+        if kept == limit {
+            break;
+        }
         let d = detections[i];
         let covered = detections[..kept]
             .iter()
@@ -1249,14 +1253,14 @@ mod tests {
             d(0, 0.5, [0.0, 80.0, 90.0, 170.0]),
         ];
         let mut out = sorted.clone();
-        suppress_overlaps(&mut out, 0.5);
+        keep_distinct(&mut out, 0.5, usize::MAX);
         let scores: Vec<f32> = out.iter().map(|d| d.score).collect();
         assert_eq!(scores, vec![0.9, 0.7, 0.6, 0.5]);
         let mut out = sorted.clone();
-        suppress_overlaps(&mut out, 0.9);
+        keep_distinct(&mut out, 0.9, usize::MAX);
         assert_eq!(out.len(), 5, "0.81 is not above 0.9");
         let mut out = sorted.clone();
-        suppress_overlaps(&mut out, 1.0);
+        keep_distinct(&mut out, 1.0, usize::MAX);
         assert_eq!(out, sorted, "1 keeps every peak");
     }
 
@@ -1273,6 +1277,14 @@ mod tests {
             }
             n
         };
+        let classifier = |nms_iou| {
+            let cfg = ModelConfig {
+                nms_iou,
+                ..ModelConfig::with_path(root.join("models/neu_det.onnx"))
+            };
+            Classifier::new(&cfg, Some((200, 200))).unwrap()
+        };
+        let (mut every_peak, mut distinct) = (classifier(1.0), classifier(0.5));
         let (mut every, mut kept) = (0, 0);
         for name in [
             "crazing_1",
@@ -1283,12 +1295,7 @@ mod tests {
             let (w, h, px) =
                 crate::stages::capture::load_gray(&root.join(format!("models/samples/{name}.png")))
                     .unwrap();
-            for (nms_iou, pairs) in [(1.0, &mut every), (0.5, &mut kept)] {
-                let cfg = ModelConfig {
-                    nms_iou,
-                    ..ModelConfig::with_path(root.join("models/neu_det.onnx"))
-                };
-                let mut c = Classifier::new(&cfg, Some((w, h))).unwrap();
+            for (c, pairs) in [(&mut every_peak, &mut every), (&mut distinct, &mut kept)] {
                 let mut f = Frame::default();
                 f.reset(1, w, h);
                 f.pixels.copy_from_slice(&px);
