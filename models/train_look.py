@@ -191,6 +191,7 @@ def main():
                     help="share of negatives that are surfaces of 96 px crops only, as clean frames are assembled")
     ap.add_argument("--c16", type=int, default=32, help="channels at 1/16")
     ap.add_argument("--c32", type=int, default=96, help="channels at 1/32")
+    ap.add_argument("--pool", type=int, default=3, help="cells averaged around each cell before the output (odd)")
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export the design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
     ap.add_argument("--seed", type=int, default=1)
@@ -207,7 +208,7 @@ def main():
     crops, val_crops = T.clean_crops(train), T.clean_crops(val)
     pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
     mean, std = float(pixels.mean()), float(pixels.std())
-    net = Look(c16=a.c16, c32=a.c32)
+    net = Look(c16=a.c16, c32=a.c32, pool=a.pool)
     macs = T.count_macs(net, 1024, 1280)
     if a.time_only:
         g = T.SIDE // T.PATCH
@@ -255,7 +256,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, f"neu_look.metrics.s{a.seed}.json"), "w") as f:
         json.dump({"seed": a.seed, "epochs": a.epochs, "clean_share": a.clean_share, "laid_share": a.laid_share,
-                   "line_share": a.line_share, "c16": a.c16, "c32": a.c32, "macs_1280x1024": macs,
+                   "line_share": a.line_share, "c16": a.c16, "c32": a.c32, "pool": a.pool, "macs_1280x1024": macs,
                    "train_seconds": round(train_seconds, 1), **metrics}, f, indent=1)
         f.write("\n")
     exported = Exported(net, mean, std).eval()
@@ -271,7 +272,7 @@ def main():
             "output": {"look": "look", "stride": CELL},
             "trained": {"dataset": "NEU surface defect database, 1500-image copy", "seed": a.seed,
                         "split_seed": T.SPLIT_SEED, "epochs": a.epochs, "clean_share": a.clean_share,
-                        "laid_share": a.laid_share, "line_share": a.line_share, "c16": a.c16, "c32": a.c32,
+                        "laid_share": a.laid_share, "line_share": a.line_share, "c16": a.c16, "c32": a.c32, "pool": a.pool,
                         "train_images": len(train), "train_seconds": round(train_seconds, 1),
                         "macs_per_1280x1024": macs, "pixel_mean": mean, "pixel_std": std}}
     with open(os.path.join(a.out, "neu_look.json"), "w") as f:
