@@ -44,7 +44,7 @@ class Look(nn.Module):
     1/16 and 1/32 with a 3 x 3 at 1/16 and two at 1/32 (a receptive field of about 200 px:
     a texture is judged on its own, not against the rest of the frame), a 1 x 1 output."""
 
-    def __init__(self, c8=16, c16=32, c32=96, pool=3):
+    def __init__(self, c8=16, c16=32, c32=48, pool=3):
         super().__init__()
 
         def cbr(cin, cout, k, s, p=0):
@@ -181,16 +181,16 @@ def validate(net, val, val_crops):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=os.path.join(T.HERE, "..", "..", "shared", "datasets", "neu"))
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=120)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--clean-share", type=float, default=1.0)
-    ap.add_argument("--laid-share", type=float, default=0.0,
+    ap.add_argument("--laid-share", type=float, default=0.3,
                     help="share of training images laid into clean surface as a window (train.py's laid)")
-    ap.add_argument("--line-share", type=float, default=0.0,
+    ap.add_argument("--line-share", type=float, default=0.5,
                     help="share of negatives that are surfaces of 96 px crops only, as clean frames are assembled")
     ap.add_argument("--c16", type=int, default=32, help="channels at 1/16")
-    ap.add_argument("--c32", type=int, default=96, help="channels at 1/32")
+    ap.add_argument("--c32", type=int, default=48, help="channels at 1/32")
     ap.add_argument("--pool", type=int, default=3, help="cells averaged around each cell before the output (odd)")
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export the design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
