@@ -161,13 +161,11 @@ def validate(net, val, val_crops):
             if m.any():
                 box_best.append(float(p[m].max()))
     rng = random.Random(7)
-    for _ in range(60):
-        x = torch.from_numpy(T.negative(val_crops, rng))[None, None]
-        clean.append(torch.sigmoid(net(x))[0, 0].numpy().ravel())
     line = []
-    for _ in range(60):
-        x = torch.from_numpy(line_negative(val_crops, rng))[None, None]
-        line.append(torch.sigmoid(net(x))[0, 0].numpy().ravel())
+    for make, probs in ((T.negative, clean), (line_negative, line)):
+        for _ in range(60):
+            x = torch.from_numpy(make(val_crops, rng))[None, None]
+            probs.append(torch.sigmoid(net(x))[0, 0].numpy().ravel())
     clean, line = np.concatenate(clean), np.concatenate(line)
     box_best = np.array(box_best)
     out = {"boxes": len(box_best), "clean_cells": int(clean.size), "at": {}}

@@ -2,6 +2,8 @@
 //! watches preprocess, decide and our part of classify over 200 camera-sized frames.
 //! tract's own allocations (inside the model run) are counted separately and reported.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -64,14 +66,7 @@ fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
     )
     .unwrap();
     // The shipped thresholds: boxes, area defects and one box per defect all run.
-    let shipped = inspectd::config::Settings::load_with_env(
-        &repo.join("config/inspectd.toml"),
-        [(
-            "INSPECTD__MODEL__PATH".to_string(),
-            repo.join("models/neu_det.onnx").display().to_string(),
-        )],
-    )
-    .unwrap();
+    let shipped = common::shipped_settings();
     assert!(!shipped.decide.area_thresholds.is_empty());
     let mut decider = Decider::new(&shipped.decide, classifier.labels()).unwrap();
     let mut frame = Frame::default();

@@ -600,16 +600,7 @@ fn with_the_first_look_every_frame_is_published_in_order_and_clean_strip_is_skip
     }
     let st = station(images.path(), broker.port, false, 0.0, (5, 3, 1, false), "");
     // The shipped config's first look: on, at its threshold.
-    let shipped = inspectd::config::Settings::load_with_env(
-        &repo.join("config/inspectd.toml"),
-        [(
-            "INSPECTD__MODEL__PATH".to_string(),
-            repo.join("models/neu_det.onnx").display().to_string(),
-        )],
-    )
-    .unwrap()
-    .model
-    .first_look;
+    let shipped = shipped_settings().model.first_look;
     assert!(
         shipped.enabled,
         "config/inspectd.toml turns the first look on"

@@ -25,6 +25,18 @@ pub fn neu() -> PathBuf {
     repo().join("../shared/datasets/neu")
 }
 
+/// The shipped `config/inspectd.toml`, its model taken from this checkout's `models/`.
+pub fn shipped_settings() -> inspectd::config::Settings {
+    inspectd::config::Settings::load_with_env(
+        &repo().join("config/inspectd.toml"),
+        [(
+            "INSPECTD__MODEL__PATH".to_string(),
+            repo().join("models/neu_det.onnx").display().to_string(),
+        )],
+    )
+    .expect("config/inspectd.toml loads")
+}
+
 pub fn neu_image(stem: &str) -> PathBuf {
     neu().join("IMAGES").join(format!("{stem}.png"))
 }
