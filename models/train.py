@@ -102,10 +102,26 @@ def pad_to(img, side, ox=0, oy=0):
     return np.pad(img, ((oy, side - h - oy), (ox, side - w - ox)), mode="edge")
 
 
-def augment(img, boxes, rng, place=True):
-    """Turns, flips, a shift inside the padded canvas, lighting drift. Steel texture has no
-    orientation the classes depend on; the line's lamp and gain drift. With `place` off,
-    the image stays at its own size (for a mosaic)."""
+def rescaled(img, boxes, rng, share, lo, hi):
+    """With probability `share`, the image and its boxes scaled by a factor drawn from
+    [lo, hi] (bilinear; at most the canvas): the same defect at another size, which the
+    fixed camera of NEU never shows but a line's other pitch or lens does."""
+    if share <= 0 or rng.random() >= share:
+        return img, boxes
+    h, w = img.shape
+    s = min(rng.uniform(lo, hi), SIDE / w, SIDE / h)
+    nw, nh = max(16, round(w * s)), max(16, round(h * s))
+    img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((nw, nh), Image.BILINEAR))
+    fx, fy = nw / w, nh / h
+    return img, [[c, x0 * fx, y0 * fy, x1 * fx, y1 * fy] for c, x0, y0, x1, y1 in boxes]
+
+
+def augment(img, boxes, rng, place=True, scale=(0.0, 1.0, 1.0)):
+    """Turns, flips, a shift inside the padded canvas, lighting drift, and with `scale`
+    (share, lo, hi) a change of size. Steel texture has no orientation the classes depend
+    on; the line's lamp and gain drift. With `place` off, the image stays at its own size
+    (for a mosaic)."""
+    img, boxes = rescaled(img, boxes, rng, *scale)
     h, w = img.shape
     boxes = [list(b) for b in boxes]
     for _ in range(rng.randrange(4)):  # 90 degrees counter-clockwise
@@ -666,7 +682,7 @@ def area_targets(boxes, negative, window, side=SIDE, share=0.25):
 
 
 def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gauss=1.0, mosaic_share=0.0,
-            placed=False, laid_share=0.0, area_window=0):
+            placed=False, laid_share=0.0, area_window=0, scale=(0.0, 1.0, 1.0)):
     """Shuffled batches of augmented images (a `mosaic_share` of them as four-image
     mosaics) and, `clean_share` as many again, defect-free negatives (no heat anywhere,
     image label `none`). Image labels are class distributions (one-hot but for mosaics).
@@ -688,7 +704,7 @@ def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gaus
             elif mosaic_share > 0 and rng.random() < mosaic_share:
                 img, boxes, ignore, label = mosaic(items, rng, placed=placed)
             else:
-                img, boxes = augment(items[i]["img"], items[i]["boxes"], rng)
+                img, boxes = augment(items[i]["img"], items[i]["boxes"], rng, scale=scale)
                 label[items[i]["label"]] = 1.0
             heat, reg, weight = targets(boxes, SIDE, alpha, pos_gauss)
             imgs.append(img.astype(np.float32))
@@ -784,6 +800,10 @@ def main():
                     help="a mosaic is 200 x 200, placed in the input like an image (edges repeated)")
     ap.add_argument("--laid", type=float, default=0.0,
                     help="share of training images given as a window laid into a defect-free input")
+    ap.add_argument("--scale", type=float, default=0.0,
+                    help="share of training images shown at another size (off for the last tenth of epochs)")
+    ap.add_argument("--scale-range", type=float, nargs=2, default=(0.7, 1.12), metavar=("LO", "HI"),
+                    help="the factors a rescaled image is drawn from (at most the 224 px input)")
     ap.add_argument("--area-window", type=int, default=3, choices=[3, 5, 7],
                     help="1/32 cells a side of the area output's window (3: 96 px, the shipped "
                          "model, trained per cell too; 7: 224 px, the image head's own view, "
@@ -848,10 +868,13 @@ def main():
         model.train()
         sums = np.zeros(4)
         # YOLO's "close mosaic": the last tenth of the epochs sees whole images only.
-        mosaic_share = a.mosaic if epoch < a.epochs - max(a.epochs // 10, 1) else 0.0
+        late = epoch >= a.epochs - max(a.epochs // 10, 1)
+        mosaic_share = 0.0 if late else a.mosaic
+        # Sizes likewise: the last tenth sees the camera's own scale only.
+        scale = (0.0 if late else a.scale, *a.scale_range)
         for x, heat, reg, weight, labels, ignore, area in batches(train, a.batch, rng, a.alpha, crops,
                                                                   a.clean_share, a.pos_gauss, mosaic_share,
-                                                                  a.mosaic_placed, a.laid, area_window):
+                                                                  a.mosaic_placed, a.laid, area_window, scale):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
                 out = model(((x - a_mean) / a_std).contiguous(memory_format=torch.channels_last), area_window)
             heat_logits, box, image_logits = out[0].float(), out[1].float(), out[2].float()
@@ -895,7 +918,8 @@ def main():
 
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
-              "laid": a.laid, "area_window": a.area_window, "inner_val": a.inner_val,
+              "laid": a.laid, "scale": a.scale, "scale_range": list(a.scale_range),
+              "area_window": a.area_window, "inner_val": a.inner_val,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
