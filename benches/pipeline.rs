@@ -137,6 +137,11 @@ fn bench(c: &mut Criterion) {
     let replay = format!("loop = false\nfps = 0\nqueue = {FRAMES}");
     let settings = config(dir.path(), "replay", &images, port, &replay);
     println!("CPU: {}; model {}", support::cpu_model(), model().display());
+    if std::env::var("INSPECTD_BENCH_ONLY").as_deref() == Ok("first-look") {
+        // The line's workloads alone (about a third of the whole run).
+        first_look(dir.path(), port, &replay);
+        return;
+    }
 
     let mut g = c.benchmark_group("pipeline_1280x1024_to_mqtt");
     g.sample_size(10);
@@ -306,16 +311,23 @@ fn first_look(dir: &Path, port: u16, replay: &str) {
         }
     };
     let whole = dir.join("neu_det_whole.onnx");
+    // Off; on looking at every frame (`whole_streak = 0`); on as shipped.
+    let streak = shipped.model.first_look.whole_streak;
+    let looks = [(false, streak), (true, 0), (true, streak)];
     for (name, folder, target) in workloads {
         let mut ours = Vec::new();
-        for on in [false, true] {
-            let tag = format!("{}-{on}", folder.file_name().unwrap().to_string_lossy());
+        for (on, whole_streak) in looks {
+            let tag = format!(
+                "{}-{on}-{whole_streak}",
+                folder.file_name().unwrap().to_string_lossy()
+            );
             let mut s = config(dir, &tag, &folder, port, replay);
             s.decide = shipped.decide.clone();
             s.alarm = shipped.alarm.clone();
             s.model.workers = 1;
             s.model.first_look = shipped.model.first_look.clone();
             s.model.first_look.enabled = on;
+            s.model.first_look.whole_streak = whole_streak;
             let one_dir = dir.join(format!("{tag}-one"));
             std::fs::create_dir_all(&one_dir).unwrap();
             std::fs::copy(folder.join("000.png"), one_dir.join("000.png")).unwrap();
@@ -331,7 +343,11 @@ fn first_look(dir: &Path, port: u16, replay: &str) {
             println!(
                 "first look {}, {name}: {:.1} frames per CPU-second, detector on {:.1} % of the pixels, \
                  first look p50 {:.1} ms; {}",
-                if on { "on " } else { "off" },
+                match (on, whole_streak) {
+                    (false, _) => "off".to_string(),
+                    (true, 0) => "on, looking at every frame (whole_streak 0)".to_string(),
+                    (true, n) => format!("on (shipped, whole_streak {n})"),
+                },
                 ours[ours.len() - 1],
                 100.0 * share,
                 stats.first_look.since_start().1,
@@ -341,9 +357,10 @@ fn first_look(dir: &Path, port: u16, replay: &str) {
         match pyref(&folder, &whole, port) {
             Some(theirs) => println!(
                 "{name}: pyref_pipeline.py --whole --read-each {theirs:.1} frames per CPU-second; inspectd / \
-                 Python: first look off {:.2}x, on {:.2}x{}",
+                 Python: first look off {:.2}x, on looking at every frame {:.2}x, on as shipped {:.2}x{}",
                 ours[0] / theirs,
                 ours[1] / theirs,
+                ours[2] / theirs,
                 target.map(|t| format!(" (target >= {t}x)")).unwrap_or_else(|| " (target: no worse than off)".into())
             ),
             None => println!("{name}: pyref_pipeline.py not run (see above)"),

@@ -460,6 +460,12 @@ pub struct FirstLookConfig {
     /// the detector runs on the whole frame instead (it is cheaper then).
     #[serde(default = "default_look_max_share")]
     pub max_share: f64,
+    /// After this many frames in a row that the first look sent whole to the detector
+    /// (a stretch full of defects), the look is skipped and the detector runs whole,
+    /// looking again at every `whole_streak`-th frame, until a look finds a frame it can
+    /// spare. The detector only ever runs on more, never less. 0: look at every frame.
+    #[serde(default = "default_look_whole_streak")]
+    pub whole_streak: u32,
 }
 
 fn default_look_threshold() -> f64 {
@@ -474,6 +480,9 @@ fn default_look_margin() -> u32 {
 fn default_look_max_share() -> f64 {
     0.6
 }
+fn default_look_whole_streak() -> u32 {
+    4
+}
 
 impl Default for FirstLookConfig {
     fn default() -> Self {
@@ -484,6 +493,7 @@ impl Default for FirstLookConfig {
             tile: default_look_tile(),
             margin: default_look_margin(),
             max_share: default_look_max_share(),
+            whole_streak: default_look_whole_streak(),
         }
     }
 }
@@ -1299,6 +1309,12 @@ impl Settings {
                 look.max_share
             ));
         }
+        if look.whole_streak > 10_000 {
+            p.push(format!(
+                "model.first_look.whole_streak: {} frames is more than 10000 (0 looks at every frame)",
+                look.whole_streak
+            ));
+        }
         if let Some(st) = &self.strip {
             for (key, v) in [
                 ("mm_per_px_cd", st.mm_per_px_cd),
@@ -1831,6 +1847,23 @@ port = 1883
         let body = GOOD.replace("path = \"m.onnx\"", "path = \"m.onnx\"\nnms_iou = 1");
         let s = Settings::load_with_env(&write(dir.path(), &body), []).unwrap();
         assert_eq!(s.model.nms_iou, 1.0, "1 keeps every peak");
+    }
+
+    #[test]
+    fn the_first_looks_whole_streak_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
+        assert_eq!(s.model.first_look.whole_streak, 4, "the default");
+        let body = GOOD.to_string() + "[model.first_look]\nwhole_streak = 20000\n";
+        let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("model.first_look.whole_streak: 20000 frames is more than 10000"),
+            "{err}"
+        );
+        let body = GOOD.to_string() + "[model.first_look]\nwhole_streak = 0\n";
+        let s = Settings::load_with_env(&write(dir.path(), &body), []).unwrap();
+        assert_eq!(s.model.first_look.whole_streak, 0, "0 looks at every frame");
     }
 
     #[test]

@@ -38,9 +38,9 @@ enum Cmd {
         /// Take the model, preprocess and thresholds from this config.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The ONNX model (without --config); default: models/neu_det.onnx under the
-        /// working directory (a checkout), else the installed
-        /// /usr/share/inspectd/models/neu_det.onnx.
+        /// The ONNX model; with --config it replaces the config's model.path. Default:
+        /// the config's, else models/neu_det.onnx under the working directory (a
+        /// checkout), else the installed /usr/share/inspectd/models/neu_det.onnx.
         #[arg(long)]
         model: Option<PathBuf>,
         /// One JSON object per line instead of text.
@@ -58,9 +58,9 @@ enum Cmd {
         /// Take the model, preprocess and thresholds from this config.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The ONNX model (without --config); default: models/neu_det.onnx under the
-        /// working directory (a checkout), else the installed
-        /// /usr/share/inspectd/models/neu_det.onnx.
+        /// The ONNX model; with --config it replaces the config's model.path. Default:
+        /// the config's, else models/neu_det.onnx under the working directory (a
+        /// checkout), else the installed /usr/share/inspectd/models/neu_det.onnx.
         #[arg(long)]
         model: Option<PathBuf>,
         /// Also write the report as JSON to this file.
@@ -293,7 +293,13 @@ fn stage_configs(
 ) -> Result<(PreprocessConfig, ModelConfig, DecideConfig), String> {
     match config {
         Some(c) => {
-            let s = Settings::load(c).map_err(|e| e.to_string())?;
+            // --model beside --config replaces the config's model.path, as
+            // INSPECTD__MODEL__PATH would (a checkout's models/ with the shipped config).
+            let mut env: Vec<(String, String)> = std::env::vars().collect();
+            if let Some(m) = model {
+                env.push(("INSPECTD__MODEL__PATH".into(), m.display().to_string()));
+            }
+            let s = Settings::load_with_env(c, env).map_err(|e| e.to_string())?;
             Ok((s.preprocess, s.model, s.decide))
         }
         None => Ok((
@@ -325,6 +331,9 @@ fn inspector_with(
     if let Some(on) = look {
         model.first_look.enabled = on;
     }
+    // Each image is judged on its own, so the first look reads every one: skipping it
+    // in a stretch of frames it sends whole is for a camera's stream.
+    model.first_look.whole_streak = 0;
     Inspector::new(&pre, &model, &decide).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(1)

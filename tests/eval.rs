@@ -400,6 +400,41 @@ fn with_the_shipped_thresholds_no_bundled_texture_defect_passes() {
         let defects = v["defects"].as_array().unwrap();
         assert!(defects.iter().any(|d| d["class"] == class), "{image}: {v}");
     }
+    // In a checkout the shipped config names the installed model: `--model` beside it
+    // takes the checkout's (the first look's beside it) and gives the same verdicts;
+    // without it, the missing file is named.
+    let run = |model: Option<&Path>| {
+        let mut c = Command::new(bin());
+        c.args(["classify", "--json", "--config"])
+            .arg(repo().join("config/inspectd.toml"));
+        if let Some(m) = model {
+            c.arg("--model").arg(m);
+        }
+        c.args(&samples).output().unwrap()
+    };
+    let out = run(Some(&repo().join("models/neu_det.onnx")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(again.len(), lines.len());
+    for (a, b) in again.iter().zip(&lines) {
+        assert_eq!((&a["ok"], &a["defects"]), (&b["ok"], &b["defects"]));
+    }
+    if !Path::new("/usr/share/inspectd/models/neu_det.onnx").exists() {
+        let out = run(None);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("model.path: /usr/share/inspectd/models/neu_det.onnx does not exist"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

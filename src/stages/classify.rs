@@ -384,7 +384,8 @@ impl Classifier {
             ctx.stats.frame_pixels.fetch_add(pixels, Relaxed);
             let looked = (frame.looked as f64 * pixels as f64).round() as u64;
             ctx.stats.detector_pixels.fetch_add(looked, Relaxed);
-            if self.look.is_some() {
+            // Frames the first look skipped (`whole_streak`) carry no look time.
+            if self.look.is_some() && frame.times.look_us > 0 {
                 ctx.stats.first_look.record_us(frame.times.look_us as u64);
             }
             if let Some(w) = mine {
@@ -427,6 +428,10 @@ impl Classifier {
         let meta = &self.loaded.meta;
         let (pw, ph) = padded(meta, w, h);
         let look = self.look.as_mut().expect("checked by the caller");
+        frame.times.look_us = 0;
+        if look.skip() {
+            return self.classify_whole(frame);
+        }
         let t = Instant::now();
         let plan = look.look(&frame.pixels, (w, h), (pw, ph))?;
         frame.times.look_us = t.elapsed().as_micros() as u32;
@@ -1073,6 +1078,7 @@ mod tests {
             tile,
             margin,
             max_share,
+            whole_streak: 0,
             path: None,
         }
     }
@@ -1137,6 +1143,38 @@ mod tests {
         assert_eq!(f.looked, 1.0);
         assert!(c.look.as_ref().unwrap().windows.is_empty());
         assert!(!f.detections.is_empty());
+    }
+
+    #[test]
+    fn a_stretch_the_look_sends_whole_is_looked_at_one_frame_in_n() {
+        // Everything flagged: each look sends the frame whole. After three of those, the
+        // look runs on one frame in three; the detector finds the same every time.
+        let (mut f, mut c) = line_frame_and(Some(crate::config::FirstLookConfig {
+            whole_streak: 3,
+            ..look(0.0, 256, 64, 0.6)
+        }));
+        let mut looked = Vec::new();
+        let mut first = None;
+        for _ in 0..9 {
+            c.classify(&mut f).unwrap();
+            looked.push(f.times.look_us > 0);
+            assert_eq!(f.looked, 1.0);
+            let found: Vec<_> = f.detections.iter().map(|d| (d.label, d.rect)).collect();
+            assert_eq!(first.get_or_insert_with(|| found.clone()), &found);
+        }
+        let t = true;
+        assert_eq!(looked, [t, t, t, false, false, t, false, false, t]);
+        // A frame the look can spare ends the stretch: with nothing flagged it looks at
+        // every frame.
+        let (mut f, mut c) = line_frame_and(Some(crate::config::FirstLookConfig {
+            whole_streak: 1,
+            ..look(1.0, 256, 64, 0.6)
+        }));
+        for _ in 0..3 {
+            c.classify(&mut f).unwrap();
+            assert!(f.times.look_us > 0);
+            assert_eq!(f.looked, 0.0);
+        }
     }
 
     #[test]

@@ -72,6 +72,15 @@ pub struct FirstLook {
     /// The last frame's cell probabilities (`cols x rows`).
     cells: Vec<f32>,
     pub windows: Vec<Window>,
+    /// Frames in a row the look sent whole, and frames skipped since it last looked.
+    streak: Streak,
+}
+
+/// `whole_streak`: when the look keeps sending frames whole, it is not worth its cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct Streak {
+    whole: u32,
+    skipped: u32,
 }
 
 impl FirstLook {
@@ -122,6 +131,7 @@ impl FirstLook {
             cfg: cfg.clone(),
             cells: Vec::new(),
             windows: Vec::new(),
+            streak: Streak::default(),
         };
         look.sized_for(32, 32)?;
         Ok(look)
@@ -160,7 +170,25 @@ impl FirstLook {
             cfg: self.cfg.clone(),
             cells: Vec::new(),
             windows: Vec::new(),
+            streak: Streak::default(),
         })
+    }
+
+    /// Whether to skip the look for the next frame and run the detector whole: after
+    /// `whole_streak` frames in a row it sent whole, it looks at one frame in
+    /// `whole_streak` only (see [`FirstLookConfig::whole_streak`]).
+    pub fn skip(&mut self) -> bool {
+        let n = self.cfg.whole_streak;
+        if n == 0 || self.streak.whole < n {
+            return false;
+        }
+        if self.streak.skipped + 1 < n {
+            self.streak.skipped += 1;
+            true
+        } else {
+            self.streak.skipped = 0;
+            false
+        }
     }
 
     /// Optimises the first look for a frame padded to `pw` x `ph` (start-up, so that the
@@ -238,7 +266,7 @@ impl FirstLook {
             .extend_from_slice(view.as_slice::<f32>().map_err(run_err)?);
         let (cols, rows) = (pw / stride, ph / stride);
         let live = (w.div_ceil(stride).min(cols), h.div_ceil(stride).min(rows));
-        Ok(plan_windows(
+        let plan = plan_windows(
             &self.cells,
             cols,
             live,
@@ -246,7 +274,12 @@ impl FirstLook {
             (pw, ph),
             &self.cfg,
             &mut self.windows,
-        ))
+        );
+        self.streak.whole = match plan {
+            Plan::Whole => self.streak.whole.saturating_add(1),
+            Plan::Windows => 0,
+        };
+        Ok(plan)
     }
 }
 
