@@ -435,7 +435,7 @@ impl Classifier {
         let t = Instant::now();
         let plan = look.look(&frame.pixels, (w, h), (pw, ph))?;
         frame.times.look_us = t.elapsed().as_micros() as u32;
-        if plan == Plan::Whole {
+        if plan != Plan::Windows {
             return self.classify_whole(frame);
         }
         let classes = meta.labels.len();
@@ -1147,8 +1147,9 @@ mod tests {
 
     #[test]
     fn a_stretch_the_look_sends_whole_is_looked_at_one_frame_in_n() {
-        // Everything flagged: each look sends the frame whole. After three of those, the
-        // look runs on one frame in three; the detector finds the same every time.
+        // Everything flagged: each look sends the frame whole, having saved nothing.
+        // After three of those, the look runs on one frame in three; the detector finds
+        // the same every time.
         let (mut f, mut c) = line_frame_and(Some(crate::config::FirstLookConfig {
             whole_streak: 3,
             ..look(0.0, 256, 64, 0.6)

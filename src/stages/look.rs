@@ -50,6 +50,9 @@ pub struct Window {
 pub enum Plan {
     /// The detector runs on the whole frame.
     Whole,
+    /// Every tile was flagged: the detector runs on the whole frame, and the look saved
+    /// nothing (`whole_streak` counts these).
+    Everywhere,
     /// The detector runs on these windows (none: the frame is clean).
     Windows,
 }
@@ -175,7 +178,7 @@ impl FirstLook {
     }
 
     /// Whether to skip the look for the next frame and run the detector whole: after
-    /// `whole_streak` frames in a row it sent whole, it looks at one frame in
+    /// `whole_streak` frames in a row it flagged all over, it looks at one frame in
     /// `whole_streak` only (see [`FirstLookConfig::whole_streak`]).
     pub fn skip(&mut self) -> bool {
         let n = self.cfg.whole_streak;
@@ -276,8 +279,8 @@ impl FirstLook {
             &mut self.windows,
         );
         self.streak.whole = match plan {
-            Plan::Whole => self.streak.whole.saturating_add(1),
-            Plan::Windows => 0,
+            Plan::Everywhere => self.streak.whole.saturating_add(1),
+            Plan::Whole | Plan::Windows => 0,
         };
         Ok(plan)
     }
@@ -287,7 +290,7 @@ impl FirstLook {
 /// it): the tiles of `cfg.tile` px those cells touch, each widened by `cfg.margin` and
 /// kept inside the padded frame. [`Plan::Whole`] when the frame is no larger than one
 /// window and something was flagged, or when the windows would cover more than
-/// `cfg.max_share` of the frame.
+/// `cfg.max_share` of the frame ([`Plan::Everywhere`] when that is every tile).
 pub fn plan_windows(
     cells: &[f32],
     cols: usize,
@@ -340,8 +343,13 @@ pub fn plan_windows(
     }
     let covered = out.len() * side.min(pw) * side.min(ph);
     if covered as f64 > cfg.max_share * (pw * ph) as f64 {
+        let everywhere = out.len() == tiles_x * tiles_y;
         out.clear();
-        return Plan::Whole;
+        return if everywhere {
+            Plan::Everywhere
+        } else {
+            Plan::Whole
+        };
     }
     Plan::Windows
 }
@@ -418,7 +426,18 @@ mod tests {
     fn a_frame_flagged_all_over_runs_whole() {
         let hot: Vec<_> = (0..40).flat_map(|x| (0..32).map(move |y| (x, y))).collect();
         let mut out = Vec::new();
-        assert_eq!(plan(&cells(&hot), &mut out), Plan::Whole);
+        assert_eq!(plan(&cells(&hot), &mut out), Plan::Everywhere);
+        assert!(out.is_empty());
+        // The middle of one tile in two (a checkerboard of 256 px tiles): more than
+        // max_share in windows, so whole, but not everywhere.
+        let half: Vec<_> = hot
+            .iter()
+            .copied()
+            .filter(|&(x, y)| {
+                (x / 8 + y / 8) % 2 == 0 && (2..6).contains(&(x % 8)) && (2..6).contains(&(y % 8))
+            })
+            .collect();
+        assert_eq!(plan(&cells(&half), &mut out), Plan::Whole);
         assert!(out.is_empty());
         // A small frame (one NEU image): whole when anything is flagged, else nothing.
         let small = |c: &[f32], out: &mut Vec<Window>| {
