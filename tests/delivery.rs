@@ -230,6 +230,20 @@ fn a_broker_that_forgot_everything_gets_the_retained_truth_back_and_results_are_
         "{}",
         daemon.log_text()
     );
+    // The retained truth goes out after the ConnAck, in order (status, alarm/active, each
+    // class; scratches is the last class): once a probe has seen scratches' topic come by,
+    // live or retained, the broker holds all of it. (A subscriber that joined before the
+    // republish would get it live, without the retain flag: MQTT 3.1.1.)
+    let probe = Subscriber::start(broker.port, &format!("{}/#", st.root), false);
+    let scratches = format!("{}/alarm/scratches/active", st.root);
+    assert!(
+        probe.wait_for(Duration::from_secs(10), |m| m
+            .iter()
+            .any(|m| m.topic == scratches && m.payload == "1")),
+        "{}",
+        daemon.log_text()
+    );
+    drop(probe);
     // A newcomer on the restarted (empty) broker learns the truth from inspectd.
     let late = Subscriber::start(broker.port, &format!("{}/#", st.root), false);
     let retained = |topic: String, payload: &'static str| {
