@@ -373,21 +373,28 @@ fn with_the_shipped_thresholds_no_bundled_texture_defect_passes() {
             ])
             .map(|s| repo().join(format!("models/samples/{s}.png")))
             .collect();
-    let out = Command::new(bin())
-        .args(["classify", "--json", "--config"])
-        .arg(&config)
-        .args(&samples)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // `classify --json` with a config (and a model beside it): the process's output.
+    let run = |config: &Path, model: Option<&Path>| {
+        let mut c = Command::new(bin());
+        c.args(["classify", "--json", "--config"]).arg(config);
+        if let Some(m) = model {
+            c.arg("--model").arg(m);
+        }
+        c.args(&samples).output().unwrap()
+    };
+    // Its verdicts, one per image, when it succeeds.
+    let verdicts = |out: std::process::Output| -> Vec<serde_json::Value> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let lines = verdicts(run(&config, None));
     assert_eq!(lines.len(), samples.len());
     for v in &lines {
         let image = v["image"].as_str().unwrap();
@@ -403,31 +410,14 @@ fn with_the_shipped_thresholds_no_bundled_texture_defect_passes() {
     // In a checkout the shipped config names the installed model: `--model` beside it
     // takes the checkout's (the first look's beside it) and gives the same verdicts;
     // without it, the missing file is named.
-    let run = |model: Option<&Path>| {
-        let mut c = Command::new(bin());
-        c.args(["classify", "--json", "--config"])
-            .arg(repo().join("config/inspectd.toml"));
-        if let Some(m) = model {
-            c.arg("--model").arg(m);
-        }
-        c.args(&samples).output().unwrap()
-    };
-    let out = run(Some(&repo().join("models/neu_det.onnx")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let again: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let as_shipped = repo().join("config/inspectd.toml");
+    let again = verdicts(run(&as_shipped, Some(&repo().join("models/neu_det.onnx"))));
     assert_eq!(again.len(), lines.len());
     for (a, b) in again.iter().zip(&lines) {
         assert_eq!((&a["ok"], &a["defects"]), (&b["ok"], &b["defects"]));
     }
     if !Path::new("/usr/share/inspectd/models/neu_det.onnx").exists() {
-        let out = run(None);
+        let out = run(&as_shipped, None);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(

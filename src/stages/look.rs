@@ -75,11 +75,12 @@ pub struct FirstLook {
     /// The last frame's cell probabilities (`cols x rows`).
     cells: Vec<f32>,
     pub windows: Vec<Window>,
-    /// Frames in a row the look sent whole, and frames skipped since it last looked.
+    /// Frames in a row the look flagged every tile of, and frames skipped since it last
+    /// looked.
     streak: Streak,
 }
 
-/// `whole_streak`: when the look keeps sending frames whole, it is not worth its cost.
+/// `whole_streak`: when the look keeps flagging every tile, it is not worth its cost.
 #[derive(Debug, Default, Clone, Copy)]
 struct Streak {
     whole: u32,
