@@ -469,15 +469,23 @@ class Detector(nn.Module):
         return out
 
 
-def focal_loss(logits, heat, ignore=None):
+def focal_loss(logits, heat, ignore=None, quality=None):
     """CenterNet's focal loss; cells where `ignore` is 1 (a defect cut off by a mosaic's
-    seam) count neither as positives nor as negatives."""
+    seam) count neither as positives nor as negatives. With `quality` (per cell, 0 to 1,
+    no gradient: the IoU of the box the cell predicts with the box it is taught), a peak
+    is taught that IoU instead of 1 (GFL's quality focal loss): of a class's peaks, those
+    whose boxes fit rank higher."""
     p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     pos = heat.eq(1.0).float()
     neg = 1.0 - pos
     if ignore is not None:
         neg = neg * (1.0 - ignore[:, None])
-    pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos).sum()
+    if quality is None:
+        pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos).sum()
+    else:
+        q = quality[:, None].expand_as(p)
+        bce = q * torch.log(p) + (1 - q) * torch.log(1 - p)
+        pos_loss = -(bce * (q - p).abs() ** 2 * pos).sum()
     neg_loss = -(torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * neg).sum()
     return (pos_loss + neg_loss) / pos.sum().clamp(min=1.0)
 
@@ -487,7 +495,9 @@ def cell_centres(g, device=None):
     return c.view(1, g), c.view(g, 1)  # x along columns, y along rows
 
 
-def giou_loss(box, reg, weight):
+def box_ious(box, reg):
+    """Per cell, the IoU and GIoU of the box it predicts (distances to the edges) with the
+    box it is taught (`reg`, x0 y0 x1 y1)."""
     g = box.shape[-1]
     cx, cy = cell_centres(g)
     px0, py0, px1, py1 = cx - box[:, 0], cy - box[:, 1], cx + box[:, 2], cy + box[:, 3]
@@ -498,7 +508,11 @@ def giou_loss(box, reg, weight):
     union = (px1 - px0) * (py1 - py0) + (tx1 - tx0) * (ty1 - ty0) - inter
     iou = inter / union.clamp(min=1e-6)
     hull = (torch.max(px1, tx1) - torch.min(px0, tx0)) * (torch.max(py1, ty1) - torch.min(py0, ty0))
-    giou = iou - (hull - union) / hull.clamp(min=1e-6)
+    return iou, iou - (hull - union) / hull.clamp(min=1e-6)
+
+
+def giou_loss(box, reg, weight):
+    giou = box_ious(box, reg)[1]
     return ((1 - giou) * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
@@ -794,6 +808,8 @@ def main():
                     help="defect-free negatives per epoch, as a share of the training images")
     ap.add_argument("--pos-gauss", type=float, default=1.0,
                     help="cells inside a box where its Gaussian reaches this are positives too (1: the peak only)")
+    ap.add_argument("--iou-heat", action="store_true",
+                    help="a peak is taught the IoU of its box with the defect's (GFL's quality focal loss), not 1")
     ap.add_argument("--mosaic", type=float, default=0.0,
                     help="share of training images given as four-image mosaics (off for the last tenth of epochs)")
     ap.add_argument("--mosaic-placed", action="store_true",
@@ -878,7 +894,8 @@ def main():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
                 out = model(((x - a_mean) / a_std).contiguous(memory_format=torch.channels_last), area_window)
             heat_logits, box, image_logits = out[0].float(), out[1].float(), out[2].float()
-            losses = (focal_loss(heat_logits, heat, ignore), 5.0 * giou_loss(box, reg, weight),
+            quality = box_ious(box.detach(), reg)[0].clamp(0, 1) if a.iou_heat else None
+            losses = (focal_loss(heat_logits, heat, ignore, quality), 5.0 * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
             loss = sum(losses)
             if area_window and (area >= 0).any():
@@ -918,7 +935,7 @@ def main():
 
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
-              "laid": a.laid, "scale": a.scale, "scale_range": list(a.scale_range),
+              "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range),
               "area_window": a.area_window, "inner_val": a.inner_val,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
