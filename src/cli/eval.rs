@@ -778,7 +778,8 @@ fn clean_images(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
 /// would have none of its defects, the one flagging the fewest `clean` images, the
 /// highest between equals (none at all when boxes alone hold the budget). When no area
 /// threshold holds it, the box threshold is lowered until one does, unless `boxes_stay`:
-/// then the box threshold stays and the area threshold that misses least is taken.
+/// then the box threshold stays and, of the area thresholds that miss least, the one
+/// flagging the fewest clean images (none at all when no area saves an image).
 fn escape_threshold(
     class: &str,
     mine: &[[f32; 2]],
@@ -817,9 +818,19 @@ fn escape_threshold(
             return result(t, a);
         }
     }
-    // Nothing holds the budget: the lowest thresholds allowed, which miss least.
+    // Nothing holds the budget: the lowest box threshold allowed and, of the area
+    // thresholds that miss least there, the one flagging the fewest clean images (none,
+    // then the highest, between equals): an area that saves no image adds only alarms.
     let lowest_box = if boxes_stay { box_t } else { box_t.min(0.05) };
-    result(lowest_box, Some(0.30))
+    let missed = |a: Option<f32>| mine.iter().filter(|p| !caught(p, lowest_box, a)).count();
+    let least = areas.iter().map(|&a| missed(a)).min().unwrap_or(0);
+    let a = areas
+        .iter()
+        .filter(|&&a| missed(a) == least)
+        .min_by_key(|&&a| flagged(lowest_box, a))
+        .copied()
+        .flatten();
+    result(lowest_box, a)
 }
 
 /// A labelled image kept to be laid into clean frames: its size, pixels and boxes
@@ -1745,11 +1756,19 @@ mod tests {
         let t = escape_threshold("c", &mine, &clean, 0.0, 0.5, false);
         assert_eq!((t.area_threshold, t.class_miss), (None, 0.0));
         assert!((t.threshold - 0.12).abs() < 1e-6, "{}", t.threshold);
-        // Boxes kept where precision put them: the area threshold alone answers, and
-        // when none holds the budget it is the lowest (misses least), boxes unmoved.
+        // Boxes kept where precision put them: the area threshold alone answers. When
+        // none holds the budget and no area saves an image, no area threshold is set
+        // (it would only add alarms), boxes unmoved.
         let t = escape_threshold("c", &mine, &clean, 0.0, 0.5, true);
-        assert_eq!((t.threshold, t.area_threshold), (0.5, Some(0.30)));
+        assert_eq!((t.threshold, t.area_threshold), (0.5, None));
         assert_eq!(t.class_miss, 0.5);
+        // When an area saves some but not all: the highest area threshold that misses
+        // least, and no lower (0.6 saves the same image as 0.3 but flags no clean cell).
+        let some = [[0.9, 0.0], [0.1, 0.65], [0.1, 0.2]];
+        let clean = [[0.0, 0.5], [0.0, 0.1]];
+        let t = escape_threshold("c", &some, &clean, 0.0, 0.5, true);
+        assert_eq!((t.threshold, t.area_threshold), (0.5, Some(0.65)));
+        assert_eq!((t.clean_flagged, t.class_miss), (0, 1.0 / 3.0));
         let mine = [[0.9, 0.2], [0.7, 0.9], [0.6, 0.3], [0.1, 0.8]];
         let t = escape_threshold("c", &mine, &clean, 0.0, 0.5, true);
         assert_eq!((t.threshold, t.area_threshold), (0.5, Some(0.8)));
