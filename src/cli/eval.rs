@@ -809,28 +809,30 @@ fn escape_threshold(
     let start = (box_t * 100.0).round() as i32;
     let floor = if boxes_stay { start } else { 5 };
     let steps = std::iter::once(box_t).chain((floor..start).rev().map(|k| k as f32 / 100.0));
-    for t in steps {
-        let best = areas
+    // Of the area thresholds that let at most `limit` of the class's images pass at box
+    // threshold t, the one flagging the fewest clean images (none, then the highest,
+    // between equals: `areas` is in that order and `min_by_key` keeps the first).
+    let fewest_alarms = |t: f32, limit: f64| {
+        areas
             .iter()
-            .filter(|&&a| miss(t, a) <= budget)
-            .min_by_key(|&&a| flagged(t, a));
-        if let Some(&a) = best {
+            .copied()
+            .filter(|&a| miss(t, a) <= limit)
+            .min_by_key(|&a| flagged(t, a))
+    };
+    for t in steps {
+        if let Some(a) = fewest_alarms(t, budget) {
             return result(t, a);
         }
     }
     // Nothing holds the budget: the lowest box threshold allowed and, of the area
-    // thresholds that miss least there, the one flagging the fewest clean images (none,
-    // then the highest, between equals): an area that saves no image adds only alarms.
+    // thresholds that miss least there, the one flagging the fewest clean images: an area
+    // that saves no image adds only alarms.
     let lowest_box = if boxes_stay { box_t } else { box_t.min(0.05) };
-    let missed = |a: Option<f32>| mine.iter().filter(|p| !caught(p, lowest_box, a)).count();
-    let least = areas.iter().map(|&a| missed(a)).min().unwrap_or(0);
-    let a = areas
+    let least = areas
         .iter()
-        .filter(|&&a| missed(a) == least)
-        .min_by_key(|&&a| flagged(lowest_box, a))
-        .copied()
-        .flatten();
-    result(lowest_box, a)
+        .map(|&a| miss(lowest_box, a))
+        .fold(f64::INFINITY, f64::min);
+    result(lowest_box, fewest_alarms(lowest_box, least).flatten())
 }
 
 /// A labelled image kept to be laid into clean frames: its size, pixels and boxes
@@ -1763,7 +1765,7 @@ mod tests {
         assert_eq!((t.threshold, t.area_threshold), (0.5, None));
         assert_eq!(t.class_miss, 0.5);
         // When an area saves some but not all: the highest area threshold that misses
-        // least, and no lower (0.6 saves the same image as 0.3 but flags no clean cell).
+        // least, and no lower (0.65 saves the same image as 0.30 but flags no clean cell).
         let some = [[0.9, 0.0], [0.1, 0.65], [0.1, 0.2]];
         let clean = [[0.0, 0.5], [0.0, 0.1]];
         let t = escape_threshold("c", &some, &clean, 0.0, 0.5, true);
