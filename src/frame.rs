@@ -98,14 +98,32 @@ pub struct AreaGrid {
 }
 
 impl AreaGrid {
-    /// The columns and rows of cells that start inside a `width` x `height` frame (the
-    /// rest see only padding).
+    /// The columns and rows of cells that lie at least half inside a `width` x `height`
+    /// frame (at least one of each, if the frame has pixels). A cell mostly past the edge
+    /// sees mostly padding (the frame's last row and column repeated, streaks to the
+    /// model): on a 200 x 200 image its last 32 px column holds 8 real pixels, and it was
+    /// reported as 8 px strips of "defect". The last live cell's neighbour covers those
+    /// pixels in its window; `cell_span` stretches the last live cell to the edge.
     pub fn live(&self, width: u32, height: u32) -> (usize, usize) {
         let s = self.stride.max(1) as usize;
+        let half_in = |n: u32| ((n as usize + s / 2) / s).max(usize::from(n > 0));
         (
-            (width as usize).div_ceil(s).min(self.cols),
-            (height as usize).div_ceil(s).min(self.rows),
+            half_in(width).min(self.cols),
+            half_in(height).min(self.rows),
         )
+    }
+
+    /// The pixels `[start, end)` that cells `lo..=hi` of one axis cover in a frame `n`
+    /// pixels long: the last live cell reaches the frame's edge, whatever part of a
+    /// cell lies past it.
+    pub fn cell_span(&self, lo: usize, hi: usize, live: usize, n: u32) -> (u32, u32) {
+        let s = self.stride as usize;
+        let end = if hi + 1 >= live {
+            n
+        } else {
+            ((hi + 1) * s) as u32
+        };
+        (((lo * s) as u32).min(n), end.min(n))
     }
 }
 

@@ -665,7 +665,8 @@ fn class_peaks(frame: &Frame, n: usize) -> Vec<[f32; 2]> {
 }
 
 /// Per class: the surest box and the surest area cell inside the frame whose rectangles
-/// (x0, y0, x1, y1 in frame pixels; a cell's is its square) `keep` accepts.
+/// (x0, y0, x1, y1 in frame pixels; a cell's is its square, the last live one stretched
+/// to the frame's edge) `keep` accepts.
 fn peaks_where(frame: &Frame, n: usize, keep: impl Fn([f32; 4]) -> bool) -> Vec<[f32; 2]> {
     let mut out = vec![[0f32; 2]; n];
     for d in frame.detections.iter().filter(|d| keep(d.rect)) {
@@ -675,13 +676,13 @@ fn peaks_where(frame: &Frame, n: usize, keep: impl Fn([f32; 4]) -> bool) -> Vec<
     let cells = g.cols * g.rows;
     if cells > 0 && frame.area.len() >= cells * n {
         let (live_cols, live_rows) = g.live(frame.width, frame.height);
-        let s = g.stride as f32;
         for (c, o) in out.iter_mut().enumerate() {
             let map = &frame.area[c * cells..(c + 1) * cells];
             for y in 0..live_rows {
+                let (y0, y1) = g.cell_span(y, y, live_rows, frame.height);
                 for x in 0..live_cols {
-                    let (x0, y0) = (x as f32 * s, y as f32 * s);
-                    if keep([x0, y0, x0 + s, y0 + s]) {
+                    let (x0, x1) = g.cell_span(x, x, live_cols, frame.width);
+                    if keep([x0 as f32, y0 as f32, x1 as f32, y1 as f32]) {
                         o[1] = o[1].max(map[y * g.cols + x]);
                     }
                 }

@@ -162,7 +162,6 @@ impl Decider {
         if cells == 0 || frame.area.len() < cells * self.labels.len() {
             return;
         }
-        let s = g.stride as usize;
         let (live_cols, live_rows) = g.live(frame.width, frame.height);
         for (c, t) in self.area_thresholds.iter().enumerate() {
             let Some(t) = *t else { continue };
@@ -196,10 +195,8 @@ impl Decider {
                         }
                     }
                 }
-                let x0 = (lo[0] * s) as u32;
-                let y0 = (lo[1] * s) as u32;
-                let x1 = (((hi[0] + 1) * s) as u32).min(frame.width);
-                let y1 = (((hi[1] + 1) * s) as u32).min(frame.height);
+                let (x0, x1) = g.cell_span(lo[0], hi[0], live_cols, frame.width);
+                let (y0, y1) = g.cell_span(lo[1], hi[1], live_rows, frame.height);
                 let bbox = [x0, y0, x1 - x0, y1 - y0];
                 let v = &mut frame.verdict;
                 if v.defects
@@ -1132,6 +1129,52 @@ mod tests {
         };
         let err = Decider::new(&bad, &labels()).err().unwrap();
         assert!(err.contains("decide.area_thresholds.rust"), "{err}");
+    }
+
+    #[test]
+    fn area_cells_mostly_past_the_frame_edge_are_not_reported_and_the_last_live_one_reaches_it() {
+        let cfg = DecideConfig {
+            area_thresholds: [("crazing".to_string(), 0.5)].into_iter().collect(),
+            ..DecideConfig::default()
+        };
+        let mut d = Decider::new(&cfg, &labels()).unwrap();
+        // A 200 x 200 image (NEU's size) padded to 224: 7 x 7 cells of 32 px, the last
+        // column and row holding 8 real pixels each.
+        let mut f = Frame::default();
+        f.reset(1, 200, 200);
+        f.area_grid = crate::frame::AreaGrid {
+            cols: 7,
+            rows: 7,
+            stride: 32,
+        };
+        let at = |x: usize, y: usize| y * 7 + x;
+        let mut crazing = vec![0.1f32; 49];
+        crazing[at(6, 1)] = 0.9; // the padded column only
+        crazing[at(2, 6)] = 0.9; // the padded row only
+        f.area = crazing.clone();
+        f.area.extend([0.0; 49]);
+        d.decide(&mut f);
+        assert!(
+            f.verdict.ok,
+            "cells mostly in padding say nothing: {:?}",
+            f.verdict.defects
+        );
+        // The last live column and row reach the frame's edge: [160, 200) and [160, 200).
+        crazing[at(5, 5)] = 0.8;
+        f.area = crazing;
+        f.area.extend([0.0; 49]);
+        d.decide(&mut f);
+        let boxes: Vec<_> = f.verdict.defects.iter().map(|d| d.bbox).collect();
+        assert_eq!(boxes, vec![[160, 160, 40, 40]]);
+        // A frame smaller than half a cell still has one live cell.
+        let g = crate::frame::AreaGrid {
+            cols: 1,
+            rows: 1,
+            stride: 32,
+        };
+        assert_eq!(g.live(10, 10), (1, 1));
+        assert_eq!(g.live(0, 10), (0, 1));
+        assert_eq!(g.cell_span(0, 0, 1, 10), (0, 10));
     }
 
     #[test]
