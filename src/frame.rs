@@ -101,9 +101,9 @@ impl AreaGrid {
     /// The columns and rows of cells that lie at least half inside a `width` x `height`
     /// frame (at least one of each, if the frame has pixels). A cell mostly past the edge
     /// sees mostly padding (the frame's last row and column repeated, streaks to the
-    /// model): on a 200 x 200 image its last 32 px column holds 8 real pixels, and it was
-    /// reported as 8 px strips of "defect". The last live cell's neighbour covers those
-    /// pixels in its window; `cell_span` stretches the last live cell to the edge.
+    /// model): on a 200 x 200 image its last 32 px column holds 8 real pixels. The last
+    /// live cell's window (it reaches past the cell) sees those pixels, and `cell_span`
+    /// stretches that cell to the edge.
     pub fn live(&self, width: u32, height: u32) -> (usize, usize) {
         let s = self.stride.max(1) as usize;
         let half_in = |n: u32| ((n as usize + s / 2) / s).max(usize::from(n > 0));
