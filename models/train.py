@@ -116,6 +116,21 @@ def rescaled(img, boxes, rng, share, lo, hi):
     return img, [[c, x0 * fx, y0 * fy, x1 * fx, y1 * fy] for c, x0, y0, x1, y1 in boxes]
 
 
+# `--level-share`: the share of training inputs whose mean gray is first moved to a level
+# drawn from LEVELS. NEU's classes differ in brightness (pitted surface's images average
+# 176, scratches' 95), so a net can learn brightness as a class cue; on a line the
+# strip's brightness is the lamp's, and a scratch on bright strip is still a scratch.
+LEVEL_SHARE, LEVELS = 0.0, (50.0, 210.0)
+
+
+def lighting(img, rng):
+    """The line's lamp and gain drift (gain 0.8-1.2, offset +-20 gray levels), after, for
+    `LEVEL_SHARE` of the inputs, a move of the whole image to another mean level."""
+    if LEVEL_SHARE > 0 and rng.random() < LEVEL_SHARE:
+        img = img + (rng.uniform(*LEVELS) - float(img.mean()))
+    return np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255)
+
+
 def augment(img, boxes, rng, place=True, scale=(0.0, 1.0, 1.0)):
     """Turns, flips, a shift inside the padded canvas, lighting drift, and with `scale`
     (share, lo, hi) a change of size. Steel texture has no orientation the classes depend
@@ -140,7 +155,7 @@ def augment(img, boxes, rng, place=True, scale=(0.0, 1.0, 1.0)):
     else:
         ox, oy = 0, 0
         img = np.ascontiguousarray(img).astype(np.float32)
-    img = np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255)
+    img = lighting(img, rng)
     boxes = [[c, x0 + ox, y0 + oy, x1 + ox, y1 + oy] for c, x0, y0, x1, y1 in boxes]
     return img, boxes
 
@@ -319,7 +334,7 @@ def negative(crops, rng):
     else:
         side = pool[rng.randrange(len(pool))].shape[0]
         img = surface([c for c in pool if c.shape[0] == side], SIDE, rng)
-    return np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255).astype(np.float32)
+    return lighting(img, rng).astype(np.float32)
 
 
 def targets(boxes, side, alpha, pos_gauss=1.0):
@@ -830,6 +845,8 @@ def main():
                     help="1/32 cells a side of the area output's window (3: 96 px, the shipped "
                          "model, trained per cell too; 7: 224 px, the image head's own view, "
                          "the models before)")
+    ap.add_argument("--level-share", type=float, default=0.0,
+                    help="share of inputs moved to a random mean gray level (50-210) before the lighting drift")
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast for the forward pass (weights, losses and the export stay float32)")
     ap.add_argument("--inner-val", action="store_true",
@@ -838,6 +855,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
     a = ap.parse_args()
+    global LEVEL_SHARE
+    LEVEL_SHARE = a.level_share
 
     t_start = time.time()
     torch.manual_seed(a.seed)
@@ -941,7 +960,7 @@ def main():
 
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
-              "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range),
+              "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share,
               "area_window": a.area_window, "inner_val": a.inner_val,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),

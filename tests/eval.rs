@@ -312,6 +312,49 @@ fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
         assert!(e == 0.0 || e == 1.0, "{class}: {e}");
         assert!(m >= e, "{class}: {l}");
     }
+    // By surface: each image lies on one frame, of one surface (the class its crops came
+    // from); one image per class here, so every cell is one image, 0 or 1.
+    let by_surface = l["by_surface"].as_object().unwrap();
+    assert!((1..=2).contains(&by_surface.len()), "{l}");
+    let cells: Vec<(&String, &String, f64)> = by_surface
+        .iter()
+        .flat_map(|(surface, row)| {
+            let row = row.as_object().unwrap();
+            row.iter()
+                .map(move |(c, e)| (surface, c, e.as_f64().unwrap()))
+        })
+        .collect();
+    assert_eq!(cells.len(), STEMS.len(), "{l}");
+    assert!(cells.iter().all(|c| c.2 == 0.0 || c.2 == 1.0), "{l}");
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    assert_eq!(
+        mean(cells.iter().map(|c| c.2).collect()),
+        l["escape_rate"].as_f64().unwrap(),
+        "{l}"
+    );
+    let own = |same: bool| {
+        mean(
+            cells
+                .iter()
+                .filter(|c| (c.0 == c.1) == same)
+                .map(|c| c.2)
+                .collect(),
+        )
+    };
+    assert_eq!(
+        own(true),
+        l["own_surface_escape_rate"].as_f64().unwrap(),
+        "{l}"
+    );
+    assert_eq!(
+        own(false),
+        l["other_surface_escape_rate"].as_f64().unwrap(),
+        "{l}"
+    );
+    assert!(
+        table.contains("laid into its own class's surface / another's"),
+        "{table}"
+    );
     assert!(
         table.contains("laid into a 1280x1024 clean frame (6)"),
         "{table}"

@@ -538,6 +538,14 @@ pub struct LaidErrors {
     pub escapes: std::collections::BTreeMap<String, f64>,
     /// Per class: the share none of whose boxes a defect of that class touches.
     pub class_misses: std::collections::BTreeMap<String, f64>,
+    /// Escapes of the images laid into a frame of their own class's surface (NEU's
+    /// box-free surface of a crazed image is often crazed too: unlabelled) ...
+    pub own_surface_escape_rate: f64,
+    /// ... and of those laid into another class's surface.
+    pub other_surface_escape_rate: f64,
+    /// Per surface (the class of the images its crops were cut from), per class of the
+    /// laid image: the share that escapes.
+    pub by_surface: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
 /// The line's second error on one set of defect-free images.
@@ -860,14 +868,18 @@ fn laid_escapes(
     let mut rng = Rng::new(20261204);
     let (mut with, mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
     let (mut frames, mut escaped_any) = (0usize, 0u64);
+    // [own surface, another's]: (laid, escaped); per (surface, class): (laid, escaped).
+    let mut own_other = [(0u64, 0u64); 2];
+    let mut cells = vec![(0u64, 0u64); n * n];
     let mut canvas = Vec::new();
     for (k, im) in images.iter().enumerate() {
         let (w, h, px, truth) = (im.width, im.height, &im.pixels, &im.boxes);
         if w > fw || h > fh {
             continue;
         }
+        let (surface, pixels) = &surfaces[k % surfaces.len()];
         canvas.clear();
-        canvas.extend_from_slice(&surfaces[k % surfaces.len()].1);
+        canvas.extend_from_slice(pixels);
         let x = rng.below((fw - w + 1) as usize) as u32;
         let y = rng.below((fh - h + 1) as usize) as u32;
         lay_in(&mut canvas, fw, px, w, h, x, y);
@@ -896,7 +908,13 @@ fn laid_escapes(
             with[c] += 1;
             escaped[c] += !caught as u64;
             missed[c] += !touches(Some(c)) as u64;
+            if *surface < n {
+                let cell = &mut cells[surface * n + c];
+                *cell = (cell.0 + 1, cell.1 + !caught as u64);
+            }
         }
+        let own = &mut own_other[!held.get(*surface).copied().unwrap_or(false) as usize];
+        *own = (own.0 + 1, own.1 + !caught as u64);
         all_peaks.push(LaidPeaks {
             held,
             peaks: peaks_on(frame, truth, (x, y), n),
@@ -915,6 +933,21 @@ fn laid_escapes(
         escape_rate: escaped_any as f64 / frames.max(1) as f64,
         escapes: by_class(&escaped),
         class_misses: by_class(&missed),
+        own_surface_escape_rate: own_other[0].1 as f64 / own_other[0].0.max(1) as f64,
+        other_surface_escape_rate: own_other[1].1 as f64 / own_other[1].0.max(1) as f64,
+        by_surface: (0..n)
+            .filter(|&g| cells[g * n..(g + 1) * n].iter().any(|c| c.0 > 0))
+            .map(|g| {
+                let row = (0..n)
+                    .filter(|&c| cells[g * n + c].0 > 0)
+                    .map(|c| {
+                        let (laid, esc) = cells[g * n + c];
+                        (classes[c].clone(), esc as f64 / laid as f64)
+                    })
+                    .collect();
+                (classes[g].clone(), row)
+            })
+            .collect(),
     };
     Ok((errors, all_peaks))
 }
@@ -1383,6 +1416,15 @@ impl Report {
                 "  no defect of the image's own class on its boxes    {}",
                 rates(&l.class_misses)
             );
+            let _ = writeln!(
+                s,
+                "  laid into its own class's surface / another's    {:.1}% / {:.1}%",
+                l.own_surface_escape_rate * 100.0,
+                l.other_surface_escape_rate * 100.0
+            );
+            for (surface, row) in &l.by_surface {
+                let _ = writeln!(s, "  on {surface} surface    {}", rates(row));
+            }
         }
         let c = &self.clean;
         let mut line = |what: String, set: &CleanSet| {
