@@ -868,9 +868,7 @@ fn laid_escapes(
     let mut rng = Rng::new(20261204);
     let (mut with, mut escaped, mut missed) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
     let (mut frames, mut escaped_any) = (0usize, 0u64);
-    // [own surface, another's]: (laid, escaped); per (surface, class): (laid, escaped).
-    let mut own_other = [(0u64, 0u64); 2];
-    let mut cells = vec![(0u64, 0u64); n * n];
+    let mut by_surface = SurfaceTally::new(n);
     let mut canvas = Vec::new();
     for (k, im) in images.iter().enumerate() {
         let (w, h, px, truth) = (im.width, im.height, &im.pixels, &im.boxes);
@@ -908,13 +906,8 @@ fn laid_escapes(
             with[c] += 1;
             escaped[c] += !caught as u64;
             missed[c] += !touches(Some(c)) as u64;
-            if *surface < n {
-                let cell = &mut cells[surface * n + c];
-                *cell = (cell.0 + 1, cell.1 + !caught as u64);
-            }
         }
-        let own = &mut own_other[!held.get(*surface).copied().unwrap_or(false) as usize];
-        *own = (own.0 + 1, own.1 + !caught as u64);
+        by_surface.add(*surface, &held, caught);
         all_peaks.push(LaidPeaks {
             held,
             peaks: peaks_on(frame, truth, (x, y), n),
@@ -926,30 +919,68 @@ fn laid_escapes(
             .map(|c| (classes[c].clone(), v[c] as f64 / with[c] as f64))
             .collect()
     };
-    let errors = LaidErrors {
+    let mut errors = LaidErrors {
         frames,
         width: fw,
         height: fh,
         escape_rate: escaped_any as f64 / frames.max(1) as f64,
         escapes: by_class(&escaped),
         class_misses: by_class(&missed),
-        own_surface_escape_rate: own_other[0].1 as f64 / own_other[0].0.max(1) as f64,
-        other_surface_escape_rate: own_other[1].1 as f64 / own_other[1].0.max(1) as f64,
-        by_surface: (0..n)
-            .filter(|&g| cells[g * n..(g + 1) * n].iter().any(|c| c.0 > 0))
+        ..LaidErrors::default()
+    };
+    by_surface.report(classes, &mut errors);
+    Ok((errors, all_peaks))
+}
+
+/// Laid images counted by the surface they lie on (the class whose images the frame's
+/// crops were cut from): on their own class's surface or another's, and per surface and
+/// class of the laid image.
+struct SurfaceTally {
+    n: usize,
+    /// [own surface, another's]: (laid, escaped).
+    own_other: [(u64, u64); 2],
+    /// Per (surface, class): (laid, escaped).
+    cells: Vec<(u64, u64)>,
+}
+
+impl SurfaceTally {
+    fn new(n: usize) -> SurfaceTally {
+        SurfaceTally {
+            n,
+            own_other: [(0, 0); 2],
+            cells: vec![(0, 0); n * n],
+        }
+    }
+
+    /// One laid image: the frame's surface, the classes it holds, whether it was caught.
+    fn add(&mut self, surface: usize, held: &[bool], caught: bool) {
+        let escaped = !caught as u64;
+        if surface < self.n {
+            for c in (0..self.n).filter(|&c| held[c]) {
+                let cell = &mut self.cells[surface * self.n + c];
+                *cell = (cell.0 + 1, cell.1 + escaped);
+            }
+        }
+        let own = &mut self.own_other[!held.get(surface).copied().unwrap_or(false) as usize];
+        *own = (own.0 + 1, own.1 + escaped);
+    }
+
+    fn report(&self, classes: &[String], out: &mut LaidErrors) {
+        let n = self.n;
+        let rate = |(laid, esc): (u64, u64)| esc as f64 / laid.max(1) as f64;
+        out.own_surface_escape_rate = rate(self.own_other[0]);
+        out.other_surface_escape_rate = rate(self.own_other[1]);
+        out.by_surface = (0..n)
+            .filter(|&g| self.cells[g * n..(g + 1) * n].iter().any(|c| c.0 > 0))
             .map(|g| {
                 let row = (0..n)
-                    .filter(|&c| cells[g * n + c].0 > 0)
-                    .map(|c| {
-                        let (laid, esc) = cells[g * n + c];
-                        (classes[c].clone(), esc as f64 / laid as f64)
-                    })
+                    .filter(|&c| self.cells[g * n + c].0 > 0)
+                    .map(|c| (classes[c].clone(), rate(self.cells[g * n + c])))
                     .collect();
                 (classes[g].clone(), row)
             })
-            .collect(),
-    };
-    Ok((errors, all_peaks))
+            .collect();
+    }
 }
 
 /// A laid image's classes and, per class, the surest box touching one of its boxes and
@@ -1705,6 +1736,36 @@ mod tests {
 
     fn det(image: usize, score: f32, rect: [f32; 4]) -> Scored {
         Scored { image, score, rect }
+    }
+
+    #[test]
+    fn laid_escapes_are_split_by_the_surface_each_image_lies_on() {
+        let classes: Vec<String> = ["crazing", "inclusion", "pitted_surface"]
+            .map(String::from)
+            .to_vec();
+        let mut t = SurfaceTally::new(3);
+        // On crazing surface: a crazed image caught, one escaped, an inclusion escaped.
+        t.add(0, &[true, false, false], true);
+        t.add(0, &[true, false, false], false);
+        t.add(0, &[false, true, false], false);
+        // On pitted surface: an inclusion image escaped, one caught; an image holding
+        // both inclusion and pitted surface (its own class's surface) caught.
+        t.add(2, &[false, true, false], false);
+        t.add(2, &[false, true, false], true);
+        t.add(2, &[false, true, true], true);
+        let mut out = LaidErrors::default();
+        t.report(&classes, &mut out);
+        // Own surface: 3 images, 1 escaped; another's: 3 images, 2 escaped.
+        assert_eq!(out.own_surface_escape_rate, 1.0 / 3.0);
+        assert_eq!(out.other_surface_escape_rate, 2.0 / 3.0);
+        let crazing = &out.by_surface["crazing"];
+        assert_eq!(crazing["crazing"], 0.5);
+        assert_eq!(crazing["inclusion"], 1.0);
+        assert!(!crazing.contains_key("pitted_surface"), "none laid there");
+        let pitted = &out.by_surface["pitted_surface"];
+        assert_eq!(pitted["inclusion"], 1.0 / 3.0);
+        assert_eq!(pitted["pitted_surface"], 0.0);
+        assert!(!out.by_surface.contains_key("inclusion"), "no frame of it");
     }
 
     #[test]
