@@ -538,8 +538,9 @@ pub struct LaidErrors {
     pub escapes: std::collections::BTreeMap<String, f64>,
     /// Per class: the share none of whose boxes a defect of that class touches.
     pub class_misses: std::collections::BTreeMap<String, f64>,
-    /// Escapes of the images laid into a frame of their own class's surface (NEU's
-    /// box-free surface of a crazed image is often crazed too: unlabelled) ...
+    /// Escapes of the images laid into a frame of their own class's surface (a defect
+    /// lost in surface that may look like it: NEU's box-free surface around a crazed
+    /// image can be crazed too, unlabelled) ...
     pub own_surface_escape_rate: f64,
     /// ... and of those laid into another class's surface.
     pub other_surface_escape_rate: f64,
