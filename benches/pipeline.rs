@@ -21,6 +21,8 @@
 //! worst-case frame. The defect-free frames are assembled from 96 x 96 crops of the
 //! box-free area of the held-out NEU images (`models/neu_det.split.json`), the way
 //! `inspectd eval` assembles its clean frames: crops of one surface, cross-faded.
+//! (b) runs again one surface at a time (the class whose images the crops came from),
+//! each against Python on the same frames.
 
 mod support;
 
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inspectd::cli::eval::{box_free_crops, list_samples, read_holdout};
+use inspectd::cli::eval::{box_free_crops, list_samples, read_holdout, surfaces};
 use inspectd::config::Settings;
 use inspectd::pipeline::Pipeline;
 use inspectd::telemetry::{Histogram, Stats};
@@ -256,6 +258,7 @@ fn first_look(dir: &Path, port: u16, replay: &str) {
     let neu = repo.join("../shared/datasets/neu");
     let split = repo.join("models/neu_det.split.json");
     let samples = read_holdout(&split, "val").and_then(|v| list_samples(&neu, Some(&v)));
+    let names = samples.as_ref().map(|s| surfaces(s)).unwrap_or_default();
     let crops = samples.and_then(|s| box_free_crops(&s, 96));
     let crops = match crops {
         Ok(c) if !c.is_empty() => c,
@@ -318,41 +321,15 @@ fn first_look(dir: &Path, port: u16, replay: &str) {
     for (name, folder, target) in workloads {
         let mut ours = Vec::new();
         for (on, whole_streak) in looks {
-            let tag = format!(
-                "{}-{on}-{whole_streak}",
-                folder.file_name().unwrap().to_string_lossy()
-            );
-            let mut s = config(dir, &tag, &folder, port, replay);
-            s.decide = shipped.decide.clone();
-            s.alarm = shipped.alarm.clone();
-            s.model.workers = 1;
-            s.model.first_look = shipped.model.first_look.clone();
-            s.model.first_look.enabled = on;
-            s.model.first_look.whole_streak = whole_streak;
-            let one_dir = dir.join(format!("{tag}-one"));
-            std::fs::create_dir_all(&one_dir).unwrap();
-            std::fs::copy(folder.join("000.png"), one_dir.join("000.png")).unwrap();
-            let mut s1 = config(dir, &format!("{tag}-one"), &one_dir, port, replay);
-            s1.decide = s.decide.clone();
-            s1.model = s.model.clone();
-            let (stats, _, cpu) = run(&s, None);
-            let (_, _, cpu1) = run(&s1, None);
-            let n = stats.frames_published.load(Relaxed) as f64;
-            let share = stats.detector_pixels.load(Relaxed) as f64
-                / stats.frame_pixels.load(Relaxed).max(1) as f64;
-            ours.push((n - 1.0) / (cpu - cpu1));
+            let (rate, line) = line_rate(dir, port, replay, &shipped, &folder, on, whole_streak);
+            ours.push(rate);
             println!(
-                "first look {}, {name}: {:.1} frames per CPU-second, detector on {:.1} % of the pixels, \
-                 first look p50 {:.1} ms; {}",
+                "first look {}, {name}: {line}",
                 match (on, whole_streak) {
                     (false, _) => "off".to_string(),
                     (true, 0) => "on, looking at every frame (whole_streak 0)".to_string(),
                     (true, n) => format!("on (shipped, whole_streak {n})"),
                 },
-                ours[ours.len() - 1],
-                100.0 * share,
-                stats.first_look.since_start().1,
-                stats_line(&stats)
             );
         }
         match pyref(&folder, &whole, port) {
@@ -367,6 +344,72 @@ fn first_look(dir: &Path, port: u16, replay: &str) {
             None => println!("{name}: pyref_pipeline.py not run (see above)"),
         }
     }
+    // (b) again, one surface at a time: a line makes one kind of strip, and what the
+    // first look lets the detector skip depends on the surface. Each surface's frames
+    // (twelve, each read five times), first look on as shipped, against Python on them.
+    for (g, surface) in names.iter().enumerate() {
+        let mine: Vec<usize> = (0..clean.len()).filter(|&k| clean[k].0 == g).collect();
+        if mine.is_empty() {
+            println!("(b) on {surface} surface: no frame (its images give no 96 px crop)");
+            continue;
+        }
+        let folder = write(&format!("wl-surface-{g}"), &|i| Some(mine[i % mine.len()]));
+        let (ours, line) = line_rate(dir, port, replay, &shipped, &folder, true, streak);
+        let theirs = pyref(&folder, &whole, port);
+        println!(
+            "(b) on {surface} surface, first look on as shipped: {line}; {}",
+            match theirs {
+                Some(t) => format!(
+                    "pyref_pipeline.py {t:.1} frames per CPU-second, inspectd / Python {:.2}x",
+                    ours / t
+                ),
+                None => "pyref_pipeline.py not run (see above)".into(),
+            }
+        );
+    }
+}
+
+/// One line workload through the daemon: frames per CPU-second (a one-frame run
+/// subtracted) and a line saying what the detector and the first look did.
+fn line_rate(
+    dir: &Path,
+    port: u16,
+    replay: &str,
+    shipped: &Settings,
+    folder: &Path,
+    on: bool,
+    whole_streak: u32,
+) -> (f64, String) {
+    let tag = format!(
+        "{}-{on}-{whole_streak}",
+        folder.file_name().unwrap().to_string_lossy()
+    );
+    let mut s = config(dir, &tag, folder, port, replay);
+    s.decide = shipped.decide.clone();
+    s.alarm = shipped.alarm.clone();
+    s.model.workers = 1;
+    s.model.first_look = shipped.model.first_look.clone();
+    s.model.first_look.enabled = on;
+    s.model.first_look.whole_streak = whole_streak;
+    let one_dir = dir.join(format!("{tag}-one"));
+    std::fs::create_dir_all(&one_dir).unwrap();
+    std::fs::copy(folder.join("000.png"), one_dir.join("000.png")).unwrap();
+    let mut s1 = config(dir, &format!("{tag}-one"), &one_dir, port, replay);
+    s1.decide = s.decide.clone();
+    s1.model = s.model.clone();
+    let (stats, _, cpu) = run(&s, None);
+    let (_, _, cpu1) = run(&s1, None);
+    let n = stats.frames_published.load(Relaxed) as f64;
+    let share =
+        stats.detector_pixels.load(Relaxed) as f64 / stats.frame_pixels.load(Relaxed).max(1) as f64;
+    let rate = (n - 1.0) / (cpu - cpu1);
+    let line = format!(
+        "{rate:.1} frames per CPU-second, detector on {:.1} % of the pixels, first look p50 {:.1} ms; {}",
+        100.0 * share,
+        stats.first_look.since_start().1,
+        stats_line(&stats)
+    );
+    (rate, line)
 }
 
 /// `pyref_pipeline.py --whole --read-each` on a folder: frames per CPU-second (a one-frame

@@ -299,6 +299,29 @@ fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
     assert_eq!(c["frames"]["images"], 2);
     assert!((c["frames"]["megapixels"].as_f64().unwrap() - 2.0 * 1.31072).abs() < 1e-9);
     assert_eq!(c["dir"]["images"], crops.len());
+    // The frames per surface: each frame counted once, under the class its crops came
+    // from, and together they are the frames' own figures.
+    let per = c["frames_by_surface"].as_object().unwrap();
+    assert!((1..=2).contains(&per.len()), "{c}");
+    let sum = |key: &str| -> f64 { per.values().map(|s| s[key].as_f64().unwrap()).sum() };
+    assert_eq!(sum("images"), 2.0, "{c}");
+    for key in ["flagged_area", "flagged_rate", "detector_share"] {
+        let weighted: f64 = per
+            .values()
+            .map(|s| s[key].as_f64().unwrap() * s["images"].as_f64().unwrap() / 2.0)
+            .sum();
+        let whole = c["frames"][key].as_f64().unwrap();
+        assert!(
+            (weighted - whole).abs() < 1e-9,
+            "{key}: {weighted} vs {whole}"
+        );
+    }
+    for surface in per.keys() {
+        assert!(
+            STEMS.iter().any(|s| s.starts_with(surface.as_str())),
+            "{surface}"
+        );
+    }
     // Escapes on the line: each image laid into one of the two clean frames.
     let l = &r["laid"];
     assert_eq!(l["frames"].as_u64(), Some(STEMS.len() as u64), "{l}");
@@ -364,6 +387,12 @@ fn eval_scores_escapes_and_false_alarms_on_defect_free_surface() {
         "{table}"
     );
     assert!(table.contains("assembled clean frames"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" surface: ") && l.contains("the detector on")),
+        "{table}"
+    );
     // --max-escape 0: every class's image keeps a defect of its class.
     let tuned = r["escape_thresholds"].as_array().unwrap();
     assert_eq!(tuned.len(), 6, "{table}");

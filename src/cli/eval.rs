@@ -175,33 +175,47 @@ pub fn list_samples(dir: &Path, only: Option<&BTreeSet<String>>) -> Result<Vec<S
     Ok(out)
 }
 
+/// A sample's surface: its file name's prefix (NEU's class).
+fn surface_of(s: &Sample) -> String {
+    let stem = s
+        .image
+        .file_stem()
+        .and_then(|x| x.to_str())
+        .unwrap_or_default();
+    stem.rsplit_once('_')
+        .map(|(p, _)| p)
+        .unwrap_or(stem)
+        .to_string()
+}
+
+/// The surfaces of `samples`, in the order [`box_free_crops`] numbers its groups.
+pub fn surfaces(samples: &[Sample]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in samples {
+        let p = surface_of(s);
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Defect-free `side` x `side` crops of the box-free area of `samples`, grouped by the
-/// images' file-name prefix (NEU's class: one surface per group), in the order eval cuts
-/// them: for building defect-free frames outside eval (the pipeline bench).
+/// images' file-name prefix (NEU's class: one surface per group, named by [`surfaces`]),
+/// in the order eval cuts them: for building defect-free frames outside eval (the
+/// pipeline bench).
 pub fn box_free_crops(
     samples: &[Sample],
     side: u32,
 ) -> Result<Vec<crate::cli::clean::Crop>, EvalError> {
-    let mut prefixes: Vec<String> = Vec::new();
+    let names = surfaces(samples);
     let mut out = Vec::new();
     for s in samples {
-        let stem = s
-            .image
-            .file_stem()
-            .and_then(|x| x.to_str())
-            .unwrap_or_default();
-        let prefix = stem
-            .rsplit_once('_')
-            .map(|(p, _)| p)
-            .unwrap_or(stem)
-            .to_string();
-        let group = match prefixes.iter().position(|p| *p == prefix) {
-            Some(g) => g,
-            None => {
-                prefixes.push(prefix);
-                prefixes.len() - 1
-            }
-        };
+        let surface = surface_of(s);
+        let group = names
+            .iter()
+            .position(|p| *p == surface)
+            .expect("every sample's surface is named");
         let rects: Vec<[u32; 4]> = read_voc(&s.annotation)?.iter().map(|b| b.rect).collect();
         let (w, h, px) = load_gray(&s.image).map_err(|e| EvalError::Image {
             path: s.image.clone(),
@@ -575,6 +589,9 @@ pub struct CleanReport {
     #[serde(flatten)]
     pub crops: CleanSet,
     pub frames: CleanSet,
+    /// The assembled frames again, per surface (the class whose images their crops were
+    /// cut from): which strip the false alarms and the detector's work come from.
+    pub frames_by_surface: std::collections::BTreeMap<String, CleanSet>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<CleanSet>,
 }
@@ -1198,14 +1215,16 @@ pub fn evaluate(
     };
     // The second error: clean crops, frames assembled from them, and --clean DIR.
     let mut clean_peaks = Vec::new();
-    let mut measure = |name: &Path, w: u32, h: u32, px: &[u8], set: &mut CleanTally| {
+    let mut measure = |name: &Path, w: u32, h: u32, px: &[u8], sets: &mut [&mut CleanTally]| {
         let frame = inspector
             .inspect_pixels(w, h, px)
             .map_err(|e| EvalError::Image {
                 path: name.to_path_buf(),
                 source: e,
             })?;
-        set.add(frame, &mut flagged);
+        for set in sets.iter_mut() {
+            set.add(frame, &mut flagged);
+        }
         clean_peaks.push(class_peaks(frame, n));
         Ok::<(), EvalError>(())
     };
@@ -1217,19 +1236,21 @@ pub fn evaluate(
             side,
             side,
             &c.pixels,
-            &mut crop_tally,
+            &mut [&mut crop_tally],
         )?;
     }
     let mut frame_tally = CleanTally::new(n);
     let (fw, fh) = opts.frame_size;
     let surfaces = clean_frames(&crops, opts.clean_frames, opts.frame_size);
-    for (_, px) in &surfaces {
+    let mut surface_tallies: Vec<CleanTally> = (0..n).map(|_| CleanTally::new(n)).collect();
+    for (g, px) in &surfaces {
+        let own = &mut surface_tallies[(*g).min(n - 1)];
         measure(
             Path::new("assembled clean frame"),
             fw,
             fh,
             px,
-            &mut frame_tally,
+            &mut [&mut frame_tally, own],
         )?;
     }
     let dir = match &opts.clean_dir {
@@ -1240,7 +1261,7 @@ pub fn evaluate(
                     path: path.clone(),
                     source: e.into(),
                 })?;
-                measure(&path, w, h, &px, &mut tally)?;
+                measure(&path, w, h, &px, &mut [&mut tally])?;
             }
             Some(tally.report(&classes))
         }
@@ -1256,6 +1277,12 @@ pub fn evaluate(
         crop_side: opts.crop_side,
         crops: crop_tally.report(&classes),
         frames: frame_tally.report(&classes),
+        frames_by_surface: classes
+            .iter()
+            .zip(&surface_tallies)
+            .filter(|(_, t)| t.images > 0)
+            .map(|(c, t)| (c.clone(), t.report(&classes)))
+            .collect(),
         dir,
     };
     // Box thresholds for --max-escape: from --target-precision, else the config's.
@@ -1459,7 +1486,7 @@ impl Report {
             }
         }
         let c = &self.clean;
-        let mut line = |what: String, set: &CleanSet| {
+        let line = |s: &mut String, what: String, set: &CleanSet| {
             let named: Vec<String> = set
                 .defects
                 .iter()
@@ -1476,6 +1503,7 @@ impl Report {
             );
         };
         line(
+            &mut s,
             format!(
                 "{} box-free {}x{} crops",
                 c.crops.images, c.crop_side, c.crop_side
@@ -1483,11 +1511,23 @@ impl Report {
             &c.crops,
         );
         line(
+            &mut s,
             format!("{} assembled clean frames", c.frames.images),
             &c.frames,
         );
+        for (surface, set) in &c.frames_by_surface {
+            let _ = writeln!(
+                s,
+                "  {} of {surface} surface: {:.2}% of the area, {:.1}% flagged, the detector on \
+                 {:.1}% of the pixels",
+                set.images,
+                set.flagged_area * 100.0,
+                set.flagged_rate * 100.0,
+                set.detector_share * 100.0
+            );
+        }
         if let Some(d) = &c.dir {
-            line(format!("{} --clean images", d.images), d);
+            line(&mut s, format!("{} --clean images", d.images), d);
         }
         for (name, u) in &self.preprocess {
             let _ = writeln!(
