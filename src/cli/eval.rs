@@ -758,6 +758,18 @@ impl CleanTally {
         self.looked += frame.looked as f64;
     }
 
+    /// Adds another tally's counts to this one.
+    fn absorb(&mut self, other: &CleanTally) {
+        self.images += other.images;
+        self.pixels += other.pixels;
+        self.flagged_pixels += other.flagged_pixels;
+        self.flagged_images += other.flagged_images;
+        for (d, o) in self.defects.iter_mut().zip(&other.defects) {
+            *d += o;
+        }
+        self.looked += other.looked;
+    }
+
     fn report(&self, classes: &[String]) -> CleanSet {
         let mpx = self.pixels as f64 / 1e6;
         CleanSet {
@@ -1076,13 +1088,8 @@ pub fn evaluate(
             };
             truth.push((c, b.rect));
         }
-        let stem = s
-            .image
-            .file_stem()
-            .and_then(|x| x.to_str())
-            .unwrap_or_default();
-        let prefix = stem.rsplit_once('_').map(|(p, _)| p).unwrap_or(stem);
-        let label = match class_index(prefix) {
+        let prefix = surface_of(s);
+        let label = match class_index(&prefix) {
             Some(c) => c,
             None => {
                 if boxes.is_empty() {
@@ -1215,16 +1222,14 @@ pub fn evaluate(
     };
     // The second error: clean crops, frames assembled from them, and --clean DIR.
     let mut clean_peaks = Vec::new();
-    let mut measure = |name: &Path, w: u32, h: u32, px: &[u8], sets: &mut [&mut CleanTally]| {
+    let mut measure = |name: &Path, w: u32, h: u32, px: &[u8], set: &mut CleanTally| {
         let frame = inspector
             .inspect_pixels(w, h, px)
             .map_err(|e| EvalError::Image {
                 path: name.to_path_buf(),
                 source: e,
             })?;
-        for set in sets.iter_mut() {
-            set.add(frame, &mut flagged);
-        }
+        set.add(frame, &mut flagged);
         clean_peaks.push(class_peaks(frame, n));
         Ok::<(), EvalError>(())
     };
@@ -1236,22 +1241,26 @@ pub fn evaluate(
             side,
             side,
             &c.pixels,
-            &mut [&mut crop_tally],
+            &mut crop_tally,
         )?;
     }
-    let mut frame_tally = CleanTally::new(n);
+    // Each frame is tallied under its surface (a crop's group is its image's class);
+    // the frames' own figures are the surfaces' together.
     let (fw, fh) = opts.frame_size;
     let surfaces = clean_frames(&crops, opts.clean_frames, opts.frame_size);
     let mut surface_tallies: Vec<CleanTally> = (0..n).map(|_| CleanTally::new(n)).collect();
     for (g, px) in &surfaces {
-        let own = &mut surface_tallies[(*g).min(n - 1)];
         measure(
             Path::new("assembled clean frame"),
             fw,
             fh,
             px,
-            &mut [&mut frame_tally, own],
+            &mut surface_tallies[*g],
         )?;
+    }
+    let mut frame_tally = CleanTally::new(n);
+    for t in &surface_tallies {
+        frame_tally.absorb(t);
     }
     let dir = match &opts.clean_dir {
         Some(d) => {
@@ -1261,7 +1270,7 @@ pub fn evaluate(
                     path: path.clone(),
                     source: e.into(),
                 })?;
-                measure(&path, w, h, &px, &mut [&mut tally])?;
+                measure(&path, w, h, &px, &mut tally)?;
             }
             Some(tally.report(&classes))
         }
