@@ -107,10 +107,62 @@ def line_negative(crops, rng, side=96):
     return np.clip(img * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20), 0, 255).astype(np.float32)
 
 
-def batches(items, crops, batch_size, rng, clean_share, laid_share=0.0, line_share=0.0):
+class Teacher:
+    """The shipped detector as the look's teacher (`--teacher`): a cell's target is how
+    close the detector comes there to reporting a defect at the line's thresholds, not
+    where a labelled box lies. The look is a gate in front of this detector: a cell the
+    detector would report nothing on is clean for the line, whatever its texture (the
+    box-free surface of crazing and rolled-in scale images looks like their defects, and
+    a look taught the boxes flags it all).
+
+    Per 32 px cell, its ratio: the highest, over the classes, of the heat of its 8 px
+    cells divided by that class's box threshold, and of the area output there divided by
+    that class's area threshold (the detector reports from 1). The target is 1 from
+    `band[1]` up, 0 below `band[0]`, and ignored between: a cell near a threshold is
+    neither taught to be flagged nor to be passed."""
+
+    def __init__(self, onnx_path, config_path, band=(0.5, 0.8)):
+        self.band = band
+        import tomllib
+
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+        meta = json.load(open(os.path.splitext(onnx_path)[0] + ".json"))
+        self.labels, out = meta["labels"], meta["output"]
+        self.names = [out["heat"], out["box"], out["area"]]
+        decide = tomllib.load(open(config_path, "rb"))["decide"]
+        default = decide.get("default_threshold", 0.5)
+        self.box_thr = np.array([decide.get("thresholds", {}).get(c, default) for c in self.labels], np.float32)
+        areas = decide.get("area_thresholds", {})
+        # A class without an area threshold reports no area: its area output never counts.
+        self.area_thr = np.array([areas.get(c, np.inf) for c in self.labels], np.float32)
+        self.stride = out["stride"]
+
+    def targets(self, img):
+        """img: raw gray [side, side] (a multiple of 32); the cells' targets [1, side/32, side/32]."""
+        side = img.shape[0]
+        patches = F.pixel_unshuffle(torch.from_numpy(img)[None, None], T.PATCH).numpy()
+        heat, _, area = self.sess.run(self.names, {"patches": patches})
+        g, k = side // CELL, CELL // self.stride
+        ratio = (heat[0] / self.box_thr[:, None, None]).max(axis=0)
+        # A defect is reported at its heat peak (its box may reach past the tile: the
+        # detector's window has a margin), so a cell's target is its own 8 px cells' best.
+        t = ratio[:g * k, :g * k].reshape(g, k, g, k).max(axis=(1, 3))
+        a = (area[0, :len(self.labels)] / self.area_thr[:, None, None]).max(axis=0)
+        np.maximum(t, a[:g, :g], out=t)
+        out = np.where(t >= self.band[1], 1.0, np.where(t < self.band[0], 0.0, -1.0))
+        return out.astype(np.float32)[None]
+
+
+def batches(items, crops, batch_size, rng, clean_share, laid_share=0.0, line_share=0.0, teacher=None):
     """Training images (a `laid_share` of them as a window of the image laid into clean
     surface: `train.py`'s `laid`) and `clean_share` as many defect-free negatives (a
-    `line_share` of them surfaces of 96 px crops only, as clean frames are assembled)."""
+    `line_share` of them surfaces of 96 px crops only, as clean frames are assembled).
+    With a `teacher`, every input's targets are the detector's (Teacher), not the boxes'."""
     order = list(range(len(items))) + [-1] * int(round(clean_share * len(items)))
     rng.shuffle(order)
     for s in range(0, len(order) - batch_size + 1, batch_size):
@@ -126,6 +178,10 @@ def batches(items, crops, batch_size, rng, clean_share, laid_share=0.0, line_sha
                 img, boxes, ignore, _ = T.laid(items, crops, rng)
             else:
                 img, boxes = T.augment(items[i]["img"], items[i]["boxes"], rng)
+            if teacher is not None:
+                imgs.append(img)
+                tgts.append(teacher.targets(img))
+                continue
             t = cell_targets(boxes, T.SIDE)
             # A cell only a clipped box's remnant touches is neither defect nor clean.
             for x0, y0, x1, y1 in ignore:
@@ -192,6 +248,12 @@ def main():
     ap.add_argument("--pool", type=int, default=3, help="cells averaged around each cell before the output (odd)")
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export the design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
+    ap.add_argument("--teacher", metavar="ONNX",
+                    help="learn where this detector would report a defect (at --teacher-config's [decide] "
+                         "thresholds), not where the labelled boxes lie")
+    ap.add_argument("--teacher-band", type=float, nargs=2, default=(0.5, 0.8), metavar=("LO", "HI"),
+                    help="a cell is clean below LO x the threshold, a defect from HI x, ignored between")
+    ap.add_argument("--teacher-config", default=os.path.join(T.HERE, "..", "config", "inspectd.toml"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=T.HERE)
@@ -219,6 +281,14 @@ def main():
     print(f"{len(train)} training images, {len(val)} held out; first look: "
           f"{sum(p.numel() for p in net.parameters())} parameters, {macs / 1e6:.0f} M multiply-adds per 1280x1024",
           flush=True)
+    teacher = Teacher(a.teacher, a.teacher_config, tuple(a.teacher_band)) if a.teacher else None
+    # What the targets came from: the labelled boxes, or a detector and its thresholds.
+    teacher_id = None
+    if teacher is not None:
+        teacher_id = {"model": json.load(open(os.path.splitext(a.teacher)[0] + ".json"))["id"],
+                      "band": list(teacher.band),
+                      "thresholds": dict(zip(teacher.labels, teacher.box_thr.tolist())),
+                      "area_thresholds": {c: float(v) for c, v in zip(teacher.labels, teacher.area_thr) if np.isfinite(v)}}
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
     steps = int(len(train) * (1 + a.clean_share)) // a.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * steps, pct_start=0.1)
@@ -230,7 +300,7 @@ def main():
     for epoch in range(a.epochs):
         net.train()
         total = 0.0
-        for x, t in batches(train, crops, a.batch, rng, a.clean_share, a.laid_share, a.line_share):
+        for x, t in batches(train, crops, a.batch, rng, a.clean_share, a.laid_share, a.line_share, teacher):
             loss = focal(net((x - a_mean) / a_std), t)
             opt.zero_grad()
             loss.backward()
@@ -255,6 +325,7 @@ def main():
     with open(os.path.join(a.out, f"neu_look.metrics.s{a.seed}.json"), "w") as f:
         json.dump({"seed": a.seed, "epochs": a.epochs, "clean_share": a.clean_share, "laid_share": a.laid_share,
                    "line_share": a.line_share, "c16": a.c16, "c32": a.c32, "pool": a.pool, "macs_1280x1024": macs,
+                   "teacher": teacher_id,
                    "train_seconds": round(train_seconds, 1), **metrics}, f, indent=1)
         f.write("\n")
     exported = Exported(net, mean, std).eval()
@@ -271,7 +342,7 @@ def main():
             "trained": {"dataset": "NEU surface defect database, 1500-image copy", "seed": a.seed,
                         "split_seed": T.SPLIT_SEED, "epochs": a.epochs, "clean_share": a.clean_share,
                         "laid_share": a.laid_share, "line_share": a.line_share, "c16": a.c16, "c32": a.c32, "pool": a.pool,
-                        "train_images": len(train), "train_seconds": round(train_seconds, 1),
+                        "teacher": teacher_id, "train_images": len(train), "train_seconds": round(train_seconds, 1),
                         "macs_per_1280x1024": macs, "pixel_mean": mean, "pixel_std": std}}
     with open(os.path.join(a.out, "neu_look.json"), "w") as f:
         json.dump(meta, f, indent=2)
