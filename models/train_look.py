@@ -130,7 +130,14 @@ class Teacher:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+        # The detector's file takes one frame; the teacher runs a batch at once (the graph
+        # has no shape that depends on the batch).
+        import onnx
+
+        graph = onnx.load(onnx_path)
+        for v in list(graph.graph.input) + list(graph.graph.output):
+            v.type.tensor_type.shape.dim[0].dim_param = "n"
+        self.sess = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         meta = json.load(open(os.path.splitext(onnx_path)[0] + ".json"))
         self.labels, out = meta["labels"], meta["output"]
         self.names = [out["heat"], out["box"], out["area"]]
@@ -142,20 +149,21 @@ class Teacher:
         self.area_thr = np.array([areas.get(c, np.inf) for c in self.labels], np.float32)
         self.stride = out["stride"]
 
-    def targets(self, img):
-        """img: raw gray [side, side] (a multiple of 32); the cells' targets [1, side/32, side/32]."""
-        side = img.shape[0]
-        patches = F.pixel_unshuffle(torch.from_numpy(img)[None, None], T.PATCH).numpy()
+    def targets(self, imgs):
+        """imgs: raw gray [n, side, side] (side a multiple of 32); the cells' targets
+        [n, 1, side/32, side/32]."""
+        side = imgs.shape[1]
+        patches = F.pixel_unshuffle(torch.from_numpy(imgs)[:, None], T.PATCH).numpy()
         heat, _, area = self.sess.run(self.names, {"patches": patches})
-        g, k = side // CELL, CELL // self.stride
-        ratio = (heat[0] / self.box_thr[:, None, None]).max(axis=0)
+        n, g, k = imgs.shape[0], side // CELL, CELL // self.stride
+        ratio = (heat / self.box_thr[None, :, None, None]).max(axis=1)
         # A defect is reported at its heat peak (its box may reach past the tile: the
         # detector's window has a margin), so a cell's target is its own 8 px cells' best.
-        t = ratio[:g * k, :g * k].reshape(g, k, g, k).max(axis=(1, 3))
-        a = (area[0, :len(self.labels)] / self.area_thr[:, None, None]).max(axis=0)
-        np.maximum(t, a[:g, :g], out=t)
+        t = ratio[:, :g * k, :g * k].reshape(n, g, k, g, k).max(axis=(2, 4))
+        a = (area[:, :len(self.labels)] / self.area_thr[None, :, None, None]).max(axis=1)
+        np.maximum(t, a[:, :g, :g], out=t)
         out = np.where(t >= self.band[1], 1.0, np.where(t < self.band[0], 0.0, -1.0))
-        return out.astype(np.float32)[None]
+        return out.astype(np.float32)[:, None]
 
 
 def batches(items, crops, batch_size, rng, clean_share, laid_share=0.0, line_share=0.0, teacher=None):
@@ -180,7 +188,6 @@ def batches(items, crops, batch_size, rng, clean_share, laid_share=0.0, line_sha
                 img, boxes = T.augment(items[i]["img"], items[i]["boxes"], rng)
             if teacher is not None:
                 imgs.append(img)
-                tgts.append(teacher.targets(img))
                 continue
             t = cell_targets(boxes, T.SIDE)
             # A cell only a clipped box's remnant touches is neither defect nor clean.
@@ -189,7 +196,9 @@ def batches(items, crops, batch_size, rng, clean_share, laid_share=0.0, line_sha
                 t[(m > 0) & (t == 0)] = -1.0
             imgs.append(img)
             tgts.append(t)
-        yield torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(tgts))
+        imgs = np.stack(imgs)
+        tgts = teacher.targets(imgs) if teacher is not None else np.stack(tgts)
+        yield torch.from_numpy(imgs)[:, None], torch.from_numpy(tgts)
 
 
 def focal(logits, target, gamma=2.0, alpha=0.5):
