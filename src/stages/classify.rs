@@ -874,12 +874,26 @@ pub(crate) fn fill_window(
     dst: &mut [f32],
 ) {
     let (gw, gh) = (pw / patch, ph / patch);
+    // Patches that lie wholly inside the frame's columns: read straight, one pass over
+    // the row per pixel row (the rest repeat the last column, as the padding does).
+    let inside = (w.saturating_sub(ox) / patch).min(gw);
     for py in 0..ph {
         let row = &px[(oy + py).min(h - 1) * w..][..w];
         let (y, dy) = (py / patch, py % patch);
+        let planes = &mut dst[dy * patch * gh * gw..][..patch * gh * gw];
+        let straight = if inside > 0 {
+            &row[ox..ox + inside * patch]
+        } else {
+            &[][..]
+        };
+        for (x, chunk) in straight.chunks_exact(patch).enumerate() {
+            for (dx, &v) in chunk.iter().enumerate() {
+                planes[(dx * gh + y) * gw + x] = v as f32 * a + b;
+            }
+        }
         for dx in 0..patch {
-            let plane = &mut dst[((dy * patch + dx) * gh + y) * gw..][..gw];
-            for (x, o) in plane.iter_mut().enumerate() {
+            let plane = &mut planes[(dx * gh + y) * gw..][..gw];
+            for (x, o) in plane.iter_mut().enumerate().skip(inside) {
                 *o = row[(ox + x * patch + dx).min(w - 1)] as f32 * a + b;
             }
         }
@@ -1239,6 +1253,38 @@ mod tests {
         assert_eq!(&dst[4..8], &[2., 3., 8., 9.]);
         assert_eq!(&dst[8..12], &[4., 6., 7., 9.]);
         assert_eq!(&dst[12..16], &[5., 6., 8., 9.]);
+    }
+
+    #[test]
+    fn a_window_anywhere_is_filled_as_the_padded_frame_reads_there() {
+        // Windows inside the frame, across its right and bottom edges and wholly in the
+        // padding: each patch channel reads the frame with the last row and column
+        // repeated, as the plain per-pixel formula does.
+        let (w, h) = (45usize, 37usize);
+        let px: Vec<u8> = (0..w * h).map(|i| (i * 7 % 251) as u8).collect();
+        for (ox, oy, side, patch) in [
+            (0, 0, 16, 8),
+            (8, 16, 24, 8),
+            (32, 24, 16, 8),
+            (40, 32, 16, 8),
+            (48, 40, 16, 8),
+            (3, 5, 12, 4),
+        ] {
+            let (g, a, b) = (side / patch, 0.5f32, -3.0f32);
+            let mut got = vec![0f32; side * side];
+            fill_window(&px, w, h, (ox, oy), side, side, patch, a, b, &mut got);
+            for py in 0..side {
+                for qx in 0..side {
+                    let v = px[(oy + py).min(h - 1) * w + (ox + qx).min(w - 1)] as f32 * a + b;
+                    let c = (py % patch) * patch + qx % patch;
+                    let at = (c * g + py / patch) * g + qx / patch;
+                    assert_eq!(
+                        got[at], v,
+                        "window ({ox}, {oy}) side {side}: pixel ({qx}, {py})"
+                    );
+                }
+            }
+        }
     }
 
     fn grid(cols: usize, rows: usize) -> Grid {

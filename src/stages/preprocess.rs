@@ -483,11 +483,19 @@ impl RegionLabeller {
                 self.runs.push((y as u32, x0 as u32, x as u32));
                 self.parent.push(id);
                 // 8-connected: a run touches a previous-row run that overlaps [x0-1, x].
+                // Both rows' runs go left to right, so the previous row is walked once
+                // per row, not once per run (a textured frame has hundreds a row): skip
+                // the runs that end left of this one; the last one touched may touch the
+                // next run too, so the walk restarts there.
+                while prev.start < prev.end && self.runs[prev.start].2 as usize + 1 <= x0 {
+                    prev.start += 1;
+                }
                 for j in prev.clone() {
-                    let (_, px0, px1) = self.runs[j];
-                    if px1 as usize + 1 > x0 && (px0 as usize) < x + 1 {
-                        union(&mut self.parent, id, j as u32);
+                    let (_, px0, _) = self.runs[j];
+                    if px0 as usize >= x + 1 {
+                        break;
                     }
+                    union(&mut self.parent, id, j as u32);
                 }
             }
             prev = start..self.runs.len();
@@ -694,6 +702,69 @@ mod tests {
                 bbox: [0, 0, 3, 3]
             }]
         );
+    }
+
+    #[test]
+    fn a_textured_mask_gives_the_regions_a_flood_fill_finds() {
+        // Many short runs a row, as on crazed or scaled strip: every region, its area
+        // and box, the same as a plain 8-connected flood fill gives.
+        let (w, h) = (97usize, 61usize);
+        let mut seed = 12345u32;
+        let mask: Vec<u8> = (0..w * h)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((seed >> 16) % 100 < 45) as u8
+            })
+            .collect();
+        let mut seen = vec![false; w * h];
+        let mut want = Vec::new();
+        for start in 0..w * h {
+            if mask[start] == 0 || seen[start] {
+                continue;
+            }
+            let (mut area, mut b) = (0u32, [u32::MAX, u32::MAX, 0u32, 0u32]);
+            let mut stack = vec![start];
+            seen[start] = true;
+            while let Some(i) = stack.pop() {
+                let (x, y) = ((i % w) as i64, (i / w) as i64);
+                area += 1;
+                b = [
+                    b[0].min(x as u32),
+                    b[1].min(y as u32),
+                    b[2].max(x as u32),
+                    b[3].max(y as u32),
+                ];
+                for (dx, dy) in [
+                    (-1, -1),
+                    (0, -1),
+                    (1, -1),
+                    (-1, 0),
+                    (1, 0),
+                    (-1, 1),
+                    (0, 1),
+                    (1, 1),
+                ] {
+                    let (nx, ny) = (x + dx, y + dy);
+                    if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                        continue;
+                    }
+                    let j = ny as usize * w + nx as usize;
+                    if mask[j] == 1 && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+            want.push(Region {
+                area,
+                bbox: [b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1],
+            });
+        }
+        want.sort_unstable_by(|a, b| b.area.cmp(&a.area).then(a.bbox.cmp(&b.bbox)));
+        let mut out = Vec::new();
+        RegionLabeller::default().label(&mask, w, h, 0, true, 1, u32::MAX, &mut out);
+        assert!(want.len() > 50, "a textured mask has many regions");
+        assert_eq!(out, want);
     }
 
     #[test]
