@@ -487,12 +487,12 @@ impl RegionLabeller {
                 // per row, not once per run (a textured frame has hundreds a row): skip
                 // the runs that end left of this one; the last one touched may touch the
                 // next run too, so the walk restarts there.
-                while prev.start < prev.end && self.runs[prev.start].2 as usize + 1 <= x0 {
+                while prev.start < prev.end && (self.runs[prev.start].2 as usize) < x0 {
                     prev.start += 1;
                 }
                 for j in prev.clone() {
                     let (_, px0, _) = self.runs[j];
-                    if px0 as usize >= x + 1 {
+                    if px0 as usize > x {
                         break;
                     }
                     union(&mut self.parent, id, j as u32);
