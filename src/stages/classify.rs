@@ -886,13 +886,12 @@ pub(crate) fn fill_window(
         } else {
             &[][..]
         };
-        for (x, chunk) in straight.chunks_exact(patch).enumerate() {
-            for (dx, &v) in chunk.iter().enumerate() {
-                planes[(dx * gh + y) * gw + x] = v as f32 * a + b;
-            }
-        }
         for dx in 0..patch {
             let plane = &mut planes[(dx * gh + y) * gw..][..gw];
+            let column = straight.iter().skip(dx).step_by(patch);
+            for (o, &v) in plane.iter_mut().zip(column) {
+                *o = v as f32 * a + b;
+            }
             for (x, o) in plane.iter_mut().enumerate().skip(inside) {
                 *o = row[(ox + x * patch + dx).min(w - 1)] as f32 * a + b;
             }
