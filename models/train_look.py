@@ -122,18 +122,18 @@ class Teacher:
     neither taught to be flagged nor to be passed."""
 
     def __init__(self, onnx_path, config_path, band=(0.5, 0.8)):
-        self.band = band
         import tomllib
 
+        import onnx
         import onnxruntime as ort
+
+        self.band = band
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         # The detector's file takes one frame; the teacher runs a batch at once (the graph
         # has no shape that depends on the batch).
-        import onnx
-
         graph = onnx.load(onnx_path)
         for v in list(graph.graph.input) + list(graph.graph.output):
             v.type.tensor_type.shape.dim[0].dim_param = "n"

@@ -874,8 +874,8 @@ pub(crate) fn fill_window(
     dst: &mut [f32],
 ) {
     let (gw, gh) = (pw / patch, ph / patch);
-    // Patches that lie wholly inside the frame's columns: read straight, one pass over
-    // the row per pixel row (the rest repeat the last column, as the padding does).
+    // Patches that lie wholly inside the frame's columns are read with a stride and no
+    // clamp, a plane at a time; the rest repeat the last column, as the padding does.
     let inside = (w.saturating_sub(ox) / patch).min(gw);
     for py in 0..ph {
         let row = &px[(oy + py).min(h - 1) * w..][..w];
