@@ -139,8 +139,9 @@ class Teacher:
             v.type.tensor_type.shape.dim[0].dim_param = "n"
         self.sess = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         meta = json.load(open(os.path.splitext(onnx_path)[0] + ".json"))
-        self.labels, out = meta["labels"], meta["output"]
-        self.names = [out["heat"], out["box"], out["area"]]
+        self.id, self.labels, out = meta["id"], meta["labels"], meta["output"]
+        # Only heat and area say where the detector reports (a box is read at its peak).
+        self.names = [out["heat"], out["area"]]
         decide = tomllib.load(open(config_path, "rb"))["decide"]
         default = decide.get("default_threshold", 0.5)
         self.box_thr = np.array([decide.get("thresholds", {}).get(c, default) for c in self.labels], np.float32)
@@ -154,7 +155,7 @@ class Teacher:
         [n, 1, side/32, side/32]."""
         side = imgs.shape[1]
         patches = F.pixel_unshuffle(torch.from_numpy(imgs)[:, None], T.PATCH).numpy()
-        heat, _, area = self.sess.run(self.names, {"patches": patches})
+        heat, area = self.sess.run(self.names, {"patches": patches})
         n, g, k = imgs.shape[0], side // CELL, CELL // self.stride
         ratio = (heat / self.box_thr[None, :, None, None]).max(axis=1)
         # A defect is reported at its heat peak (its box may reach past the tile: the
@@ -294,7 +295,7 @@ def main():
     # What the targets came from: the labelled boxes, or a detector and its thresholds.
     teacher_id = None
     if teacher is not None:
-        teacher_id = {"model": json.load(open(os.path.splitext(a.teacher)[0] + ".json"))["id"],
+        teacher_id = {"model": teacher.id,
                       "band": list(teacher.band),
                       "thresholds": dict(zip(teacher.labels, teacher.box_thr.tolist())),
                       "area_thresholds": {c: float(v) for c, v in zip(teacher.labels, teacher.area_thr) if np.isfinite(v)}}
