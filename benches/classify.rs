@@ -12,6 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inspectd::config::ModelConfig;
 use inspectd::frame::Frame;
 use inspectd::stages::classify::Classifier;
+use inspectd::stages::look::FirstLook;
 
 fn frame_from(path: &std::path::Path) -> Frame {
     let (w, h, px) = inspectd::stages::capture::load_gray(path).unwrap();
@@ -65,6 +66,57 @@ fn bench(c: &mut Criterion) {
     let lite_ms = support::median_ms(20, || alt.classify(&mut line).unwrap());
     let cpu = support::cpu_model();
     println!("CPU: {cpu}");
+    // The first look and the detector on the camera frame: their patch stem in inspectd's
+    // code (as shipped, src/stages/stem.rs) against the whole net in tract, alternated in
+    // one run, this thread's CPU time.
+    {
+        let detector = inspectd::stages::classify::ModelMeta::load(&model).unwrap();
+        let look_path = support::repo().join("models/neu_look.onnx");
+        let cfg = inspectd::config::FirstLookConfig::default();
+        let mut own = FirstLook::new(&look_path, &cfg, &detector.input).unwrap();
+        let mut tract_stem = FirstLook::new(&look_path, &cfg, &detector.input).unwrap();
+        tract_stem.stem_in_tract().unwrap();
+        assert!(own.has_own_stem() && !tract_stem.has_own_stem());
+        let (w, h) = (line.width as usize, line.height as usize);
+        let padded = (w.div_ceil(32) * 32, h.div_ceil(32) * 32);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            a.push(support::median_thread_cpu_ms(20, || {
+                own.look(&line.pixels, (w, h), padded).unwrap();
+            }));
+            b.push(support::median_thread_cpu_ms(20, || {
+                tract_stem.look(&line.pixels, (w, h), padded).unwrap();
+            }));
+        }
+        let (a, b) = (support::median(&mut a), support::median(&mut b));
+        let mut tract_det = Classifier::new(
+            &ModelConfig::with_path(model.clone()),
+            Some((line.width, line.height)),
+        )
+        .unwrap();
+        tract_det.stem_in_tract().unwrap();
+        tract_det.classify(&mut line).unwrap();
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            c.push(support::median_thread_cpu_ms(10, || {
+                det.classify(&mut line).unwrap();
+            }));
+            d.push(support::median_thread_cpu_ms(10, || {
+                tract_det.classify(&mut line).unwrap();
+            }));
+        }
+        let (c, d) = (support::median(&mut c), support::median(&mut d));
+        println!(
+            "detector, 1280x1024 frame, one thread: stem in inspectd's code {c:.1} ms, \
+             whole net in tract {d:.1} ms CPU (medians of 3 alternated rounds); own / tract = {:.2}",
+            c / d
+        );
+        println!(
+            "first look, 1280x1024 frame, one thread: stem in inspectd's code {a:.2} ms, \
+             whole net in tract {b:.2} ms CPU (medians of 5 alternated rounds); own / tract = {:.2}",
+            a / b
+        );
+    }
     // model.threads: one frame's run split over a thread pool. Wall time per frame
     // (median) and CPU time per frame (getrusage over the same runs).
     for threads in [1, 2] {

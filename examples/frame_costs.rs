@@ -4,7 +4,8 @@
 //! (first look as configured; `INSPECTD__...` overrides apply, e.g.
 //! `INSPECTD__MODEL__FIRST_LOOK__PATH`). Prints, per surface, the median CPU time of this
 //! thread per frame for each step (blur + Otsu timed alone too), the first look's
-//! wall-clock time within classify, and the share of pixels the detector ran on.
+//! wall-clock time within classify, the share of pixels the detector ran on, and classify
+//! again with the nets' patch stems run in tract (as before `src/stages/stem.rs`).
 //!
 //! usage: cargo run --release --example frame_costs [-- FRAMES_PER_SURFACE]
 
@@ -57,6 +58,10 @@ fn main() {
     let frames = clean_frames(&crops, per * names.len(), (1280, 1024));
     let mut pre = Preprocessor::new(&settings.preprocess);
     let mut det = Classifier::new(&settings.model, Some((1280, 1024))).unwrap();
+    // The same classify with the nets' stems run in tract, as before they had their own
+    // code: timed on each frame right after the shipped one.
+    let mut det_tract = Classifier::new(&settings.model, Some((1280, 1024))).unwrap();
+    det_tract.stem_in_tract().unwrap();
     println!(
         "first look {} (threshold {}); medians of this thread's CPU time per frame, ms",
         if settings.model.first_look.enabled {
@@ -69,7 +74,7 @@ fn main() {
         },
         settings.model.first_look.threshold
     );
-    println!("surface | frames | PNG decode | preprocess | of which blur + Otsu | classify | of which first look | detector's share");
+    println!("surface | frames | PNG decode | preprocess | of which blur + Otsu | classify | of which first look | detector's share | classify, stems in tract");
     for (g, name) in names.iter().enumerate() {
         let mine: Vec<&Vec<u8>> = frames
             .iter()
@@ -80,7 +85,8 @@ fn main() {
             println!("{name} | 0 | | | | |");
             continue;
         }
-        let (mut dec, mut blur, mut prep, mut cls, mut look, mut share) = (
+        let (mut dec, mut blur, mut prep, mut cls, mut look, mut cls_tract, mut share) = (
+            Vec::new(),
             Vec::new(),
             Vec::new(),
             Vec::new(),
@@ -112,17 +118,21 @@ fn main() {
                 cls.push(cpu_ms() - t);
                 look.push(f.times.look_us as f64 / 1e3);
                 share += f.looked as f64;
+                let t = cpu_ms();
+                det_tract.classify(&mut f).unwrap();
+                cls_tract.push(cpu_ms() - t);
             }
         }
         println!(
-            "{name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} %",
+            "{name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} % | {:.1}",
             mine.len(),
             median(dec),
             median(prep),
             median(blur),
             median(cls),
             median(look),
-            100.0 * share / (3 * mine.len()) as f64
+            100.0 * share / (3 * mine.len()) as f64,
+            median(cls_tract)
         );
     }
 }

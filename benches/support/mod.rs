@@ -12,6 +12,12 @@ pub fn line_frame() -> PathBuf {
     repo().join("../shared/datasets/frames/line_1280x1024.png")
 }
 
+/// The median of some figures (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Median milliseconds of `iters` runs after a warm-up.
 pub fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..iters.min(10) {
@@ -86,6 +92,31 @@ fn rusage_seconds(who: libc::c_int) -> f64 {
 /// User + system CPU time of this process so far, in seconds.
 pub fn cpu_seconds() -> f64 {
     rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// Median milliseconds of this thread's CPU time over `iters` runs after a warm-up: a
+/// figure that a busy machine's other work does not stretch (wall time does).
+pub fn median_thread_cpu_ms(iters: usize, mut f: impl FnMut()) -> f64 {
+    let now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write into.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 * 1e-6
+    };
+    for _ in 0..iters.min(10) {
+        f();
+    }
+    let mut t: Vec<f64> = (0..iters)
+        .map(|_| {
+            let s = now();
+            f();
+            now() - s
+        })
+        .collect();
+    median(&mut t)
 }
 
 /// User + system CPU time of the child processes waited for so far, in seconds.

@@ -28,6 +28,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::config::ModelConfig;
 use crate::frame::{iou, AreaGrid, Detection, Frame, PooledFrame};
 use crate::stages::look::{FirstLook, Plan, Window};
+use crate::stages::stem::{Cut, Scratch, Stem};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
 
@@ -228,6 +229,8 @@ struct SizedPlan {
     /// Shared with tract only during a run (tract lets go of its inputs when the run
     /// ends), so the next frame refills it in place: no 5 MB copy per camera frame.
     input: Arc<Tensor>,
+    /// The stem's buffers.
+    rows: Scratch,
 }
 
 /// Plans kept for frame sizes seen; a replayed folder rarely holds more sizes than this.
@@ -237,8 +240,11 @@ const PLANS_KEPT: usize = 4;
 struct Loaded {
     path: PathBuf,
     meta: ModelMeta,
+    /// The net after its stem when `stem` is set, else the whole net.
     model: InferenceModel,
     outputs: Outputs,
+    /// The net's patch stem, run in our code ([`crate::stages::stem`]).
+    stem: Option<Cut>,
 }
 
 /// A loaded model, optimised per frame size: one per classify thread.
@@ -272,7 +278,7 @@ impl Classifier {
     /// so the first frame does not pay for it.
     pub fn new(cfg: &ModelConfig, frame: Option<(u32, u32)>) -> Result<Classifier, ClassifyError> {
         let meta = ModelMeta::load(&cfg.path)?;
-        let (model, outputs) = load_model(&cfg.path, &meta)?;
+        let (model, outputs, stem) = load_model(&cfg.path, &meta, true)?;
         let look = if cfg.first_look.enabled {
             let path = cfg.first_look.model_path(&cfg.path);
             Some(FirstLook::new(&path, &cfg.first_look, &meta.input)?)
@@ -285,6 +291,7 @@ impl Classifier {
                 meta,
                 model,
                 outputs,
+                stem,
             }),
             plans: Vec::new(),
             min_score: cfg.min_score as f32,
@@ -313,6 +320,26 @@ impl Classifier {
 
     pub fn meta(&self) -> &ModelMeta {
         &self.loaded.meta
+    }
+
+    /// Runs the nets' stems in tract too, as before they had their own code: for the
+    /// bench that compares the two ([`crate::stages::stem`]). Plans are made again as
+    /// frames come.
+    pub fn stem_in_tract(&mut self) -> Result<(), ClassifyError> {
+        let l = &self.loaded;
+        let (model, outputs, stem) = load_model(&l.path, &l.meta, false)?;
+        self.loaded = Arc::new(Loaded {
+            path: l.path.clone(),
+            meta: l.meta.clone(),
+            model,
+            outputs,
+            stem,
+        });
+        self.plans.clear();
+        if let Some(look) = &mut self.look {
+            look.stem_in_tract()?;
+        }
+        Ok(())
     }
 
     pub fn labels(&self) -> &[String] {
@@ -647,18 +674,28 @@ fn infer(
         let data = view
             .as_slice_mut::<f32>()
             .map_err(|e| ClassifyError::Run(e.to_string()))?;
-        fill_window(
-            pixels,
-            w,
-            h,
-            origin,
-            plan.width,
-            plan.height,
-            meta.input.patch,
-            a,
-            b,
-            data,
-        );
+        match &loaded.stem {
+            Some(cut) => cut.stem.run(
+                pixels,
+                (w, h),
+                origin,
+                (plan.width, plan.height),
+                &mut plan.rows,
+                data,
+            ),
+            None => fill_window(
+                pixels,
+                w,
+                h,
+                origin,
+                plan.width,
+                plan.height,
+                meta.input.patch,
+                a,
+                b,
+                data,
+            ),
+        }
     }
     let out = plan
         .state
@@ -706,12 +743,14 @@ fn plan_for(
         meta,
         model,
         outputs,
+        stem,
     } = loaded;
     let (pw, ph) = padded(meta, width, height);
     if let Some(i) = plans.iter().position(|p| p.width == pw && p.height == ph) {
         return Ok(i);
     }
-    let plan = build_plan(path, model, meta, *outputs, pw, ph)?;
+    let channels = stem.as_ref().map(|c| c.stem.channels());
+    let plan = build_plan(path, model, meta, *outputs, channels, pw, ph)?;
     let sized = sized_plan(loaded, plan, pw, ph)?;
     info!(width = pw, height = ph, model = %meta.id, "Optimised the model for this frame size.");
     if plans.len() == PLANS_KEPT {
@@ -733,8 +772,9 @@ fn sized_plan(
         reason: format!("cannot make a runnable state: {e}"),
     })?;
     let p = loaded.meta.input.patch;
+    let channels = loaded.stem.as_ref().map_or(p * p, |c| c.stem.channels());
     let input = Arc::new(
-        Tensor::zero::<f32>(&[1, p * p, height / p, width / p])
+        Tensor::zero::<f32>(&[1, channels, height / p, width / p])
             .map_err(|e| ClassifyError::Run(e.to_string()))?,
     );
     Ok(SizedPlan {
@@ -743,6 +783,7 @@ fn sized_plan(
         plan,
         state,
         input,
+        rows: Scratch::default(),
     })
 }
 
@@ -915,14 +956,23 @@ fn mismatch_error(path: &Path) -> impl Fn(String) -> ClassifyError + '_ {
     }
 }
 
-/// Reads the ONNX file and finds the heat and box outputs by name.
-fn load_model(path: &Path, meta: &ModelMeta) -> Result<(InferenceModel, Outputs), ClassifyError> {
+/// Reads the ONNX file, finds the heat and box outputs by name and cuts off the net's
+/// patch stem when it has one (then the model returned is the rest of the net).
+fn load_model(
+    path: &Path,
+    meta: &ModelMeta,
+    own_stem: bool,
+) -> Result<(InferenceModel, Outputs, Option<Cut>), ClassifyError> {
     let (model_err, mismatch) = (model_error(path), mismatch_error(path));
     if !path.is_file() {
         return Err(model_err("no such file".into()));
     }
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
+    let onnx = tract_onnx::onnx();
+    let proto = onnx
+        .proto_model_for_path(path)
+        .map_err(|e| model_err(format!("not a readable ONNX model: {e}")))?;
+    let model = onnx
+        .model_for_proto_model(&proto)
         .map_err(|e| model_err(format!("not a readable ONNX model: {e}")))?;
     let inputs = model
         .input_outlets()
@@ -966,7 +1016,24 @@ fn load_model(path: &Path, meta: &ModelMeta) -> Result<(InferenceModel, Outputs)
         image: meta.output.image.as_deref().map(find).transpose()?,
         area: meta.output.area.as_deref().map(find).transpose()?,
     };
-    Ok((model, outputs))
+    let Normalize { scale, mean, std } = meta.normalize;
+    let stem = if own_stem && meta.input.patch > 1 {
+        Stem::find(&proto, meta.input.patch, scale / std, -mean / std)
+    } else {
+        None
+    };
+    let model = match &stem {
+        Some(cut) => {
+            let body = Stem::body(&model, &cut.relu)
+                .map_err(|e| model_err(format!("cannot run the net after its stem: {e}")))?;
+            if body.output_outlets().map(|o| o.len()).ok() != Some(names.len()) {
+                return Err(model_err("the net after its stem lost an output".into()));
+            }
+            body
+        }
+        None => model,
+    };
+    Ok((model, outputs, stem))
 }
 
 fn build_plan(
@@ -974,12 +1041,13 @@ fn build_plan(
     model: &InferenceModel,
     meta: &ModelMeta,
     outputs: Outputs,
+    stem_channels: Option<usize>,
     width: usize,
     height: usize,
 ) -> Result<Arc<TypedRunnableModel>, ClassifyError> {
     let (model_err, mismatch) = (model_error(path), mismatch_error(path));
     let p = meta.input.patch;
-    let input = [1, p * p, height / p, width / p];
+    let input = [1, stem_channels.unwrap_or(p * p), height / p, width / p];
     let typed = model
         .clone()
         .with_input_fact(0, f32::fact(input).into())

@@ -18,6 +18,7 @@ use tract_onnx::prelude::*;
 
 use crate::config::FirstLookConfig;
 use crate::stages::classify::{fill_window, ClassifyError, InputSpec};
+use crate::stages::stem::{Cut, Scratch, Stem};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +64,8 @@ struct Sized {
     plan: Arc<TypedRunnableModel>,
     state: TypedSimpleState,
     input: Arc<Tensor>,
+    /// The stem's buffers.
+    rows: Scratch,
 }
 
 /// The first-look model, optimised for the frame size last seen: one per classify worker.
@@ -70,6 +73,9 @@ pub struct FirstLook {
     path: PathBuf,
     meta: Arc<LookMeta>,
     model: Arc<InferenceModel>,
+    /// The net's patch stem, run in our code ([`crate::stages::stem`]); tract runs the
+    /// rest. None: tract runs the whole net.
+    stem: Option<Arc<Cut>>,
     sized: Option<Sized>,
     pub cfg: FirstLookConfig,
     /// The last frame's cell probabilities (`cols x rows`).
@@ -121,16 +127,22 @@ impl FirstLook {
                 reason: "no such file".into(),
             });
         }
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| ClassifyError::Model {
-                path: path.to_path_buf(),
-                reason: format!("not a readable ONNX model: {e}"),
-            })?;
+        let unreadable = |e: TractError| ClassifyError::Model {
+            path: path.to_path_buf(),
+            reason: format!("not a readable ONNX model: {e}"),
+        };
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_path(path).map_err(unreadable)?;
+        let mut model = onnx.model_for_proto_model(&proto).map_err(unreadable)?;
+        let stem = Stem::find(&proto, i.patch, 1.0, 0.0).map(Arc::new);
+        if let Some(cut) = &stem {
+            model = Stem::body(&model, &cut.relu).map_err(unreadable)?;
+        }
         let mut look = FirstLook {
             path: path.to_path_buf(),
             meta: Arc::new(meta),
             model: Arc::new(model),
+            stem,
             sized: None,
             cfg: cfg.clone(),
             cells: Vec::new(),
@@ -163,6 +175,7 @@ impl FirstLook {
                     reason: format!("cannot make a runnable state: {e}"),
                 })?,
                 input: Arc::new(s.input.as_ref().clone()),
+                rows: Scratch::default(),
             }),
             None => None,
         };
@@ -170,12 +183,34 @@ impl FirstLook {
             path: self.path.clone(),
             meta: self.meta.clone(),
             model: self.model.clone(),
+            stem: self.stem.clone(),
             sized,
             cfg: self.cfg.clone(),
             cells: Vec::new(),
             windows: Vec::new(),
             streak: Streak::default(),
         })
+    }
+
+    /// Runs the stem in tract too, as before the stem had its own code: for the bench
+    /// that compares the two ([`crate::stages::stem`]).
+    pub fn stem_in_tract(&mut self) -> Result<(), ClassifyError> {
+        let model =
+            tract_onnx::onnx()
+                .model_for_path(&self.path)
+                .map_err(|e| ClassifyError::Model {
+                    path: self.path.clone(),
+                    reason: format!("not a readable ONNX model: {e}"),
+                })?;
+        self.model = Arc::new(model);
+        self.stem = None;
+        self.sized = None;
+        Ok(())
+    }
+
+    /// Whether the net's stem runs in inspectd's code.
+    pub fn has_own_stem(&self) -> bool {
+        self.stem.is_some()
     }
 
     /// Whether to skip the look for the next frame and run the detector whole: after
@@ -204,11 +239,13 @@ impl FirstLook {
     fn sized_for(&mut self, pw: usize, ph: usize) -> Result<&mut Sized, ClassifyError> {
         if !matches!(&self.sized, Some(s) if s.width == pw && s.height == ph) {
             let p = self.meta.input.patch;
-            let shape = [1, p * p, ph / p, pw / p];
             let err = |e: TractError| ClassifyError::Model {
                 path: self.path.clone(),
                 reason: format!("cannot run the first look on {pw}x{ph}: {e}"),
             };
+            // With the stem in our code, tract's net starts at the stem's ReLU.
+            let channels = self.stem.as_ref().map_or(p * p, |c| c.stem.channels());
+            let shape = [1, channels, ph / p, pw / p];
             let plan = (*self.model)
                 .clone()
                 .with_input_fact(0, f32::fact(shape).into())
@@ -235,6 +272,7 @@ impl FirstLook {
                 plan,
                 state,
                 input,
+                rows: Scratch::default(),
             });
         }
         Ok(self.sized.as_mut().expect("just made"))
@@ -252,13 +290,19 @@ impl FirstLook {
         let run_err = |e: TractError| ClassifyError::Run(format!("first look: {e}"));
         let patch = self.meta.input.patch;
         let stride = self.meta.output.stride;
+        let stem = self.stem.clone();
         let sized = self.sized_for(pw, ph)?;
         {
             let mut view = Arc::make_mut(&mut sized.input)
                 .try_as_plain_ram_mut()
                 .map_err(run_err)?;
             let data = view.as_slice_mut::<f32>().map_err(run_err)?;
-            fill_window(pixels, w, h, (0, 0), pw, ph, patch, 1.0, 0.0, data);
+            match &stem {
+                Some(cut) => cut
+                    .stem
+                    .run(pixels, (w, h), (0, 0), (pw, ph), &mut sized.rows, data),
+                None => fill_window(pixels, w, h, (0, 0), pw, ph, patch, 1.0, 0.0, data),
+            }
         }
         let out = sized
             .state
