@@ -7,7 +7,10 @@
 //! wall-clock time within classify, the share of pixels the detector ran on, and classify
 //! again with the nets' patch stems run in tract (as before `src/stages/stem.rs`).
 //!
-//! usage: cargo run --release --example frame_costs [-- FRAMES_PER_SURFACE]
+//! With a DIR, also writes each surface's frames there as PNG (`DIR/<surface>/NNN.png`),
+//! for a daemon to replay the same frames (under `perf`, say).
+//!
+//! usage: cargo run --release --example frame_costs [-- FRAMES_PER_SURFACE [DIR]]
 
 use std::path::Path;
 
@@ -40,6 +43,7 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().expect("FRAMES_PER_SURFACE is a number"))
         .unwrap_or(6);
+    let out_dir = std::env::args().nth(2).map(std::path::PathBuf::from);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let settings = Settings::load_with_env(
         &repo.join("config/inspectd.toml"),
@@ -94,12 +98,17 @@ fn main() {
             Vec::new(),
             0.0,
         );
-        for px in &mine {
+        for (i, px) in mine.iter().enumerate() {
             let mut png = Vec::new();
             image::GrayImage::from_raw(1280, 1024, px.to_vec())
                 .unwrap()
                 .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                 .unwrap();
+            if let Some(dir) = &out_dir {
+                let dir = dir.join(name);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("{i:03}.png")), &png).unwrap();
+            }
             for _ in 0..3 {
                 let t = cpu_ms();
                 let (w, h, gray) = gray_from_bytes(&png, Path::new("frame.png")).unwrap();

@@ -467,21 +467,11 @@ impl RegionLabeller {
         for y in 0..height {
             let row = &img[y * width..(y + 1) * width];
             let start = self.runs.len();
-            let mut x = 0;
-            while x < width {
-                while x < width && (row[x] > level) != bright {
-                    x += 1;
-                }
-                if x == width {
-                    break;
-                }
-                let x0 = x;
-                while x < width && (row[x] > level) == bright {
-                    x += 1;
-                }
-                let id = self.runs.len() as u32;
-                self.runs.push((y as u32, x0 as u32, x as u32));
-                self.parent.push(id);
+            push_runs(row, level, bright, y as u32, &mut self.runs);
+            for id in start..self.runs.len() {
+                let (_, x0, x) = self.runs[id];
+                let (x0, x) = (x0 as usize, x as usize);
+                self.parent.push(id as u32);
                 // 8-connected: a run touches a previous-row run that overlaps [x0-1, x].
                 // Both rows' runs go left to right, so the previous row is walked once
                 // per row, not once per run (a textured frame has hundreds a row): skip
@@ -495,7 +485,7 @@ impl RegionLabeller {
                     if px0 as usize > x {
                         break;
                     }
-                    union(&mut self.parent, id, j as u32);
+                    union(&mut self.parent, id as u32, j as u32);
                 }
             }
             prev = start..self.runs.len();
@@ -522,6 +512,105 @@ impl RegionLabeller {
             }
         }
         out.sort_unstable_by(|a, b| b.area.cmp(&a.area).then(a.bbox.cmp(&b.bbox)));
+    }
+}
+
+/// Appends the runs of `row`'s pixels `> level` (when `bright`, else `<= level`) as
+/// (y, x0, x1 exclusive), left to right. The row is read 64 pixels at a time into a bit
+/// mask ([`above`]), and the runs are read off the mask's bit changes, not pixel by
+/// pixel.
+fn push_runs(row: &[u8], level: u8, bright: bool, y: u32, runs: &mut Vec<(u32, u32, u32)>) {
+    let mut start: Option<u32> = None;
+    let (chunks, rest) = row.as_chunks::<64>();
+    for (c, chunk) in chunks.iter().enumerate() {
+        let bits = above(chunk, level);
+        runs_of_bits(
+            if bright { bits } else { !bits },
+            (c * 64) as u32,
+            y,
+            &mut start,
+            runs,
+        );
+    }
+    if !rest.is_empty() {
+        let mut bits = 0u64;
+        for (i, &v) in rest.iter().enumerate() {
+            bits |= ((v > level) as u64) << i;
+        }
+        let bits = if bright { bits } else { !bits } & ((1u64 << rest.len()) - 1);
+        runs_of_bits(bits, (chunks.len() * 64) as u32, y, &mut start, runs);
+    }
+    if let Some(x0) = start {
+        runs.push((y, x0, row.len() as u32));
+    }
+}
+
+/// Bit `i` set when `chunk[i] > level`: four 16-byte comparisons (SSE2, which every
+/// x86-64 has), each pixel's sign flipped so that a signed comparison orders bytes as
+/// unsigned ones.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn above(chunk: &[u8; 64], level: u8) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8, _mm_xor_si128,
+    };
+    // SAFETY: SSE2 is part of every x86-64 target, so these instructions exist; each
+    // load reads bytes 16k..16k+16 of the 64-byte chunk (unaligned loads are allowed).
+    unsafe {
+        let flip = _mm_set1_epi8(i8::MIN);
+        let lv = _mm_set1_epi8((level ^ 0x80) as i8);
+        let mut bits = 0u64;
+        for k in 0..4 {
+            let v = _mm_loadu_si128(chunk.as_ptr().add(16 * k).cast::<__m128i>());
+            let gt = _mm_cmpgt_epi8(_mm_xor_si128(v, flip), lv);
+            bits |= u64::from(_mm_movemask_epi8(gt) as u16) << (16 * k);
+        }
+        bits
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn above(chunk: &[u8; 64], level: u8) -> u64 {
+    let mut bits = 0u64;
+    for (i, &v) in chunk.iter().enumerate() {
+        bits |= ((v > level) as u64) << i;
+    }
+    bits
+}
+
+/// The runs of set bits of a 64-pixel mask starting at pixel `base`: `start` carries a run
+/// that began in an earlier mask (and one that goes on past this one).
+#[inline(always)]
+fn runs_of_bits(
+    bits: u64,
+    base: u32,
+    y: u32,
+    start: &mut Option<u32>,
+    runs: &mut Vec<(u32, u32, u32)>,
+) {
+    let mut pos = 0u32;
+    while pos < 64 {
+        match *start {
+            // In a run: it ends at the next clear bit, or goes on into the next mask.
+            Some(x0) => {
+                let len = (!bits >> pos).trailing_zeros();
+                if pos + len >= 64 {
+                    return;
+                }
+                pos += len;
+                runs.push((y, x0, base + pos));
+                *start = None;
+            }
+            None => {
+                let gap = (bits >> pos).trailing_zeros();
+                if pos + gap >= 64 {
+                    return;
+                }
+                pos += gap;
+                *start = Some(base + pos);
+            }
+        }
     }
 }
 
@@ -705,10 +794,32 @@ mod tests {
     }
 
     #[test]
+    fn the_word_mask_orders_gray_levels_as_unsigned() {
+        // Every gray level against levels on both sides of 128, where a signed byte
+        // comparison would go wrong.
+        for level in [0u8, 1, 100, 127, 128, 129, 200, 254, 255] {
+            for offset in [0usize, 64, 128, 192] {
+                let chunk: [u8; 64] = std::array::from_fn(|i| (offset + i * 7 % 64) as u8);
+                let want = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |m, (i, &v)| m | (((v > level) as u64) << i));
+                assert_eq!(above(&chunk, level), want, "level {level}, offset {offset}");
+            }
+        }
+    }
+
+    #[test]
     fn a_textured_mask_gives_the_regions_a_flood_fill_finds() {
         // Many short runs a row, as on crazed or scaled strip: every region, its area
-        // and box, the same as a plain 8-connected flood fill gives.
-        let (w, h) = (97usize, 61usize);
+        // and box, the same as a plain 8-connected flood fill gives. Rows read 64 pixels
+        // at a time: a width with a partial last word, and one of whole words.
+        for (w, h) in [(97usize, 61usize), (128, 40)] {
+            textured_mask_against_flood_fill(w, h);
+        }
+    }
+
+    fn textured_mask_against_flood_fill(w: usize, h: usize) {
         let mut seed = 12345u32;
         let mask: Vec<u8> = (0..w * h)
             .map(|_| {
@@ -764,6 +875,10 @@ mod tests {
         let mut out = Vec::new();
         RegionLabeller::default().label(&mask, w, h, 0, true, 1, u32::MAX, &mut out);
         assert!(want.len() > 50, "a textured mask has many regions");
+        assert_eq!(out, want);
+        // The same regions as the dark pixels of the inverted mask.
+        let inverted: Vec<u8> = mask.iter().map(|&m| 1 - m).collect();
+        RegionLabeller::default().label(&inverted, w, h, 0, false, 1, u32::MAX, &mut out);
         assert_eq!(out, want);
     }
 
