@@ -469,9 +469,13 @@ impl Classifier {
         let (s, a) = (meta.output.stride, meta.output.area_stride.unwrap_or(0));
         let (cols, rows) = (pw / s, ph / s);
         let st = &mut self.stitched;
+        // Nothing flagged: no window runs, and there is nothing to decode.
+        let clean = look.windows.is_empty();
         for (v, n) in [(&mut st.heat, classes), (&mut st.boxes, 4)] {
             v.clear();
-            v.resize(n * cols * rows, 0.0);
+            if !clean {
+                v.resize(n * cols * rows, 0.0);
+            }
         }
         st.image.clear();
         st.image.resize(classes, 0.0);
@@ -511,16 +515,20 @@ impl Classifier {
             frame_h: h,
         };
         let min_score = self.min_score;
-        decode(
-            &st.heat,
-            &st.boxes,
-            &grid,
-            classes,
-            min_score,
-            &mut frame.detections,
-            &mut frame.class_scores,
-        );
-        if self.loaded.outputs.image.is_some() {
+        if clean {
+            frame.detections.clear();
+        } else {
+            decode(
+                &st.heat,
+                &st.boxes,
+                &grid,
+                classes,
+                min_score,
+                &mut frame.detections,
+                &mut frame.class_scores,
+            );
+        }
+        if clean || self.loaded.outputs.image.is_some() {
             frame.class_scores.clear();
             frame.class_scores.extend_from_slice(&st.image);
         }
@@ -1212,10 +1220,20 @@ mod tests {
     #[test]
     fn nothing_flagged_runs_no_detector_and_too_much_runs_the_whole_frame() {
         // A probability is never above 1: nothing is flagged.
-        let (mut f, mut c) = line_frame_and(Some(look(1.0, 256, 64, 0.6)));
+        // The frame comes from the pool holding the last frame's findings: none stay.
+        let (mut f, mut whole) = line_frame_and(None);
+        whole.classify(&mut f).unwrap();
+        assert!(!f.detections.is_empty() && f.class_scores.iter().any(|&p| p > 0.1));
+        let (_, mut c) = line_frame_and(Some(look(1.0, 256, 64, 0.6)));
         c.classify(&mut f).unwrap();
         assert!(f.detections.is_empty());
         assert_eq!(f.looked, 0.0);
+        assert_eq!(f.class_scores, vec![0.0; c.labels().len()]);
+        assert!(f.area_grid.cols * f.area_grid.rows > 0);
+        assert_eq!(
+            f.area.len(),
+            c.labels().len() * f.area_grid.cols * f.area_grid.rows
+        );
         assert!(f.area.iter().all(|&v| v == 0.0));
         assert!(f.times.look_us > 0);
         // Everything flagged, at most 60 % of the frame in windows: the whole frame runs.
