@@ -69,9 +69,9 @@ fn bench(c: &mut Criterion) {
     // The first look and the detector on the camera frame: their patch stem in inspectd's
     // code (as shipped, src/stages/stem.rs) against the whole net in tract, alternated in
     // one run, this thread's CPU time.
-    {
+    let look_path = support::repo().join("models/neu_look.onnx");
+    let look_ms = {
         let detector = inspectd::stages::classify::ModelMeta::load(&model).unwrap();
-        let look_path = support::repo().join("models/neu_look.onnx");
         let cfg = inspectd::config::FirstLookConfig::default();
         let mut own = FirstLook::new(&look_path, &cfg, &detector.input).unwrap();
         let mut tract_stem = FirstLook::new(&look_path, &cfg, &detector.input).unwrap();
@@ -116,7 +116,8 @@ fn bench(c: &mut Criterion) {
              whole net in tract {b:.2} ms CPU (medians of 5 alternated rounds); own / tract = {:.2}",
             a / b
         );
-    }
+        a
+    };
     // model.threads: one frame's run split over a thread pool. Wall time per frame
     // (median) and CPU time per frame (getrusage over the same runs).
     for threads in [1, 2] {
@@ -167,6 +168,7 @@ fn bench(c: &mut Criterion) {
         ("shipped", &model, "1,64,28,28", neu_ms),
         ("shipped", &model, "1,64,128,160", line_ms),
         ("lite", &lite, "1,64,128,160", lite_ms),
+        ("first look", &look_path, "1,64,128,160", look_ms),
     ] {
         let args = [
             path.display().to_string(),
