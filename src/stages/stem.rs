@@ -353,20 +353,14 @@ fn rows_any(
 #[cfg(target_arch = "x86_64")]
 mod wide {
     use super::{Scratch, Stem};
-    use std::sync::OnceLock;
 
+    // (std caches what the CPU has: each check is a load and a test.)
     pub fn has_avx512() -> bool {
-        static F: OnceLock<bool> = OnceLock::new();
-        *F.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
-        })
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
     }
 
     pub fn has_avx2_fma() -> bool {
-        static F: OnceLock<bool> = OnceLock::new();
-        *F.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        })
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -552,30 +546,21 @@ mod tests {
             let input = &g.input[0].name;
             g.node.iter().position(|n| n.input.contains(input)).unwrap()
         };
-        let mut wider = proto.clone();
-        let i = first(&mut wider);
-        let g = wider.graph.as_mut().unwrap();
-        for a in &mut g.node[i].attribute {
-            if a.name == "kernel_shape" {
-                a.ints = vec![2, 2];
+        // The first convolution with one attribute set otherwise.
+        for (attribute, what) in [("kernel_shape", "a 2x2"), ("strides", "a strided")] {
+            let mut other = proto.clone();
+            let i = first(&mut other);
+            let g = other.graph.as_mut().unwrap();
+            for a in &mut g.node[i].attribute {
+                if a.name == attribute {
+                    a.ints = vec![2, 2];
+                }
             }
+            assert!(
+                Stem::find(&other, 8, 1.0, 0.0).is_none(),
+                "{what} first convolution"
+            );
         }
-        assert!(
-            Stem::find(&wider, 8, 1.0, 0.0).is_none(),
-            "a 2x2 first convolution"
-        );
-        let mut strided = proto.clone();
-        let i = first(&mut strided);
-        let g = strided.graph.as_mut().unwrap();
-        for a in &mut g.node[i].attribute {
-            if a.name == "strides" {
-                a.ints = vec![2, 2];
-            }
-        }
-        assert!(
-            Stem::find(&strided, 8, 1.0, 0.0).is_none(),
-            "a strided first convolution"
-        );
         // The convolution's output read before the ReLU too: the body needs it.
         let mut tapped = proto.clone();
         let i = first(&mut tapped);
