@@ -460,12 +460,10 @@ pub struct FirstLookConfig {
     /// the detector runs on the whole frame instead (it is cheaper then).
     #[serde(default = "default_look_max_share")]
     pub max_share: f64,
-    /// After this many frames in a row on which the first look sent the whole frame to
-    /// the detector (every tile flagged, or more than `max_share` of the frame: a
-    /// stretch full of defects, or strip whose texture the look reads as one), the look
-    /// is skipped and the detector runs whole, looking again at every `whole_streak`-th
-    /// frame, until a look sends less. The detector only ever runs on more, never less.
-    /// 0: look at every frame.
+    /// After this many frames in a row on which the first look flagged every tile (a
+    /// stretch full of defects), the look is skipped and the detector runs whole,
+    /// looking again at every `whole_streak`-th frame, until a look flags less. The
+    /// detector only ever runs on more, never less. 0: look at every frame.
     #[serde(default = "default_look_whole_streak")]
     pub whole_streak: u32,
 }

@@ -1375,34 +1375,6 @@ mod tests {
         }
         let t = true;
         assert_eq!(looked, [t, t, t, false, false, t, false, false, t]);
-        // Some tiles flagged, but over `max_share` (here any tile): the look sent the
-        // frame whole and saved nothing either, so such frames make a stretch too. The
-        // threshold: the look's 99th percentile cell on this frame.
-        let mut cells = c.look.as_ref().unwrap().cells().to_vec();
-        cells.sort_by(f32::total_cmp);
-        let threshold = cells[cells.len() * 99 / 100] as f64;
-        let cfg = crate::config::FirstLookConfig {
-            whole_streak: 3,
-            ..look(threshold, 256, 64, 0.01)
-        };
-        let plan = crate::stages::look::plan_windows(
-            c.look.as_ref().unwrap().cells(),
-            40,
-            (40, 32),
-            32,
-            (1280, 1024),
-            &cfg,
-            &mut Vec::new(),
-        );
-        assert_eq!(plan, Plan::Whole, "some tiles, not all");
-        let (mut f, mut c) = line_frame_and(Some(cfg));
-        let mut looked = Vec::new();
-        for _ in 0..6 {
-            c.classify(&mut f).unwrap();
-            looked.push(f.times.look_us > 0);
-            assert_eq!(f.looked, 1.0);
-        }
-        assert_eq!(looked, [t, t, t, false, false, t]);
         // A frame the look can spare ends the stretch: with nothing flagged it looks at
         // every frame.
         let (mut f, mut c) = line_frame_and(Some(crate::config::FirstLookConfig {

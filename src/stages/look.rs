@@ -52,7 +52,7 @@ pub enum Plan {
     /// The detector runs on the whole frame.
     Whole,
     /// Every tile was flagged: the detector runs on the whole frame, and the look saved
-    /// nothing (`whole_streak` counts these, and [`Plan::Whole`]).
+    /// nothing (`whole_streak` counts these).
     Everywhere,
     /// The detector runs on these windows (none: the frame is clean).
     Windows,
@@ -323,11 +323,9 @@ impl FirstLook {
             &self.cfg,
             &mut self.windows,
         );
-        // The look saved nothing when the whole frame runs: every tile flagged, or
-        // tiles over `max_share` (textured strip the detector must read all over).
         self.streak.whole = match plan {
-            Plan::Everywhere | Plan::Whole => self.streak.whole.saturating_add(1),
-            Plan::Windows => 0,
+            Plan::Everywhere => self.streak.whole.saturating_add(1),
+            Plan::Whole | Plan::Windows => 0,
         };
         Ok(plan)
     }
