@@ -136,7 +136,10 @@ impl FirstLook {
         let mut model = onnx.model_for_proto_model(&proto).map_err(unreadable)?;
         let stem = Stem::find(&proto, i.patch, 1.0, 0.0).map(Arc::new);
         if let Some(cut) = &stem {
-            model = Stem::body(&model, &cut.relu).map_err(unreadable)?;
+            model = Stem::body(&model, &cut.relu).map_err(|e| ClassifyError::Model {
+                path: path.to_path_buf(),
+                reason: format!("cannot run the net after its stem: {e}"),
+            })?;
         }
         let mut look = FirstLook {
             path: path.to_path_buf(),

@@ -95,6 +95,11 @@ impl Stem {
         if relu.op_type != "Relu" || relu.name.is_empty() {
             return None;
         }
+        // The rest of the net starts at the ReLU's output; one that is also a graph
+        // output would keep the stem in tract's graph.
+        if graph.output.iter().any(|o| relu.output.contains(&o.name)) {
+            return None;
+        }
         let load = |name: &str| -> Option<Tensor> {
             let t = initializer(name)?;
             tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)
@@ -574,6 +579,17 @@ mod tests {
         assert!(
             Stem::find(&tapped, 8, 1.0, 0.0).is_none(),
             "a second reader of the conv"
+        );
+        // The ReLU's output is also one of the graph's outputs.
+        let mut shown = proto.clone();
+        let i = first(&mut shown);
+        let g = shown.graph.as_mut().unwrap();
+        let mut out = g.output[0].clone();
+        out.name = g.node[i + 1].output[0].clone();
+        g.output.push(out);
+        assert!(
+            Stem::find(&shown, 8, 1.0, 0.0).is_none(),
+            "the ReLU's output is a graph output"
         );
     }
 }
