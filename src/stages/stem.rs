@@ -196,14 +196,15 @@ impl Stem {
                 return unsafe { wide::run_avx2(self, px, (w, h), (ox, oy), (pw, ph), rows, dst) };
             }
         }
-        run_generic::<false>(self, px, (w, h), (ox, oy), (pw, ph), rows, dst)
+        run_generic::<false, false>(self, px, (w, h), (ox, oy), (pw, ph), rows, dst)
     }
 }
 
 /// The stem over a window; `FMA` says whether a multiply-add is one instruction here
-/// (then `mul_add` is used, else it would call the C library).
+/// (then `mul_add` is used, else it would call the C library), `ZMM` whether AVX-512's
+/// 32 vector registers are there to hold more patches' sums at once.
 #[inline(always)]
-fn run_generic<const FMA: bool>(
+fn run_generic<const FMA: bool, const ZMM: bool>(
     s: &Stem,
     px: &[u8],
     (w, h): (usize, usize),
@@ -216,7 +217,9 @@ fn run_generic<const FMA: bool>(
         _ if s.patch != 8 => rows_any(s, px, (w, h), (ox, oy), (pw, ph), rows, dst),
         16 => rows_of::<16, 8, 4, FMA>(s, px, (w, h), (ox, oy), (pw, ph), rows, dst),
         32 => rows_of::<32, 8, 2, FMA>(s, px, (w, h), (ox, oy), (pw, ph), rows, dst),
-        64 => rows_of::<64, 8, 2, FMA>(s, px, (w, h), (ox, oy), (pw, ph), rows, dst),
+        // Two patches' 64 sums fill 8 of AVX-512's 32 registers, but all 16 of AVX2's.
+        64 if ZMM => rows_of::<64, 8, 2, FMA>(s, px, (w, h), (ox, oy), (pw, ph), rows, dst),
+        64 => rows_of::<64, 8, 1, FMA>(s, px, (w, h), (ox, oy), (pw, ph), rows, dst),
         _ => rows_any(s, px, (w, h), (ox, oy), (pw, ph), rows, dst),
     }
 }
@@ -378,7 +381,7 @@ mod wide {
         rows: &mut Scratch,
         dst: &mut [f32],
     ) {
-        super::run_generic::<true>(s, px, wh, o, pwh, rows, dst)
+        super::run_generic::<true, true>(s, px, wh, o, pwh, rows, dst)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -391,7 +394,7 @@ mod wide {
         rows: &mut Scratch,
         dst: &mut [f32],
     ) {
-        super::run_generic::<true>(s, px, wh, o, pwh, rows, dst)
+        super::run_generic::<true, false>(s, px, wh, o, pwh, rows, dst)
     }
 }
 
@@ -473,7 +476,9 @@ mod tests {
                     ),
                     (
                         "generic",
-                        Box::new(|r, d| run_generic::<false>(&s, &px, (w, h), origin, size, r, d)),
+                        Box::new(|r, d| {
+                            run_generic::<false, false>(&s, &px, (w, h), origin, size, r, d)
+                        }),
                     ),
                 ];
                 #[cfg(target_arch = "x86_64")]
