@@ -371,31 +371,26 @@ mod wide {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn run_avx512(
-        s: &Stem,
-        px: &[u8],
-        wh: (usize, usize),
-        o: (usize, usize),
-        pwh: (usize, usize),
-        rows: &mut Scratch,
-        dst: &mut [f32],
-    ) {
-        super::run_generic::<true, true>(s, px, wh, o, pwh, rows, dst)
+    /// A path compiled for CPU `features`; the caller checks the CPU has them.
+    macro_rules! path {
+        ($name:ident, $features:literal, $zmm:literal) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(
+                s: &Stem,
+                px: &[u8],
+                wh: (usize, usize),
+                o: (usize, usize),
+                pwh: (usize, usize),
+                rows: &mut Scratch,
+                dst: &mut [f32],
+            ) {
+                super::run_generic::<true, $zmm>(s, px, wh, o, pwh, rows, dst)
+            }
+        };
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn run_avx2(
-        s: &Stem,
-        px: &[u8],
-        wh: (usize, usize),
-        o: (usize, usize),
-        pwh: (usize, usize),
-        rows: &mut Scratch,
-        dst: &mut [f32],
-    ) {
-        super::run_generic::<true, false>(s, px, wh, o, pwh, rows, dst)
-    }
+    path!(run_avx512, "avx512f,avx2,fma", true);
+    path!(run_avx2, "avx2,fma", false);
 }
 
 #[cfg(test)]
@@ -551,50 +546,42 @@ mod tests {
         let proto = tract_onnx::onnx()
             .proto_model_for_path(repo.join("models/neu_look.onnx"))
             .unwrap();
-        let first = |p: &mut pb::ModelProto| -> usize {
-            let g = p.graph.as_ref().unwrap();
-            let input = &g.input[0].name;
-            g.node.iter().position(|n| n.input.contains(input)).unwrap()
-        };
-        // The first convolution with one attribute set otherwise.
-        for (attribute, what) in [("kernel_shape", "a 2x2"), ("strides", "a strided")] {
+        // Each change of the graph below leaves it without a stem inspectd can take.
+        let refused = |what: &str, change: &dyn Fn(&mut pb::GraphProto, usize)| {
             let mut other = proto.clone();
-            let i = first(&mut other);
             let g = other.graph.as_mut().unwrap();
-            for a in &mut g.node[i].attribute {
-                if a.name == attribute {
-                    a.ints = vec![2, 2];
+            let input = g.input[0].name.clone();
+            let first = g
+                .node
+                .iter()
+                .position(|n| n.input.contains(&input))
+                .unwrap();
+            change(g, first);
+            assert!(Stem::find(&other, 8, 1.0, 0.0).is_none(), "{what}");
+        };
+        let set = |name: &'static str| {
+            move |g: &mut pb::GraphProto, i: usize| {
+                for a in &mut g.node[i].attribute {
+                    if a.name == name {
+                        a.ints = vec![2, 2];
+                    }
                 }
             }
-            assert!(
-                Stem::find(&other, 8, 1.0, 0.0).is_none(),
-                "{what} first convolution"
-            );
-        }
-        // The convolution's output read before the ReLU too: the body needs it.
-        let mut tapped = proto.clone();
-        let i = first(&mut tapped);
-        let g = tapped.graph.as_mut().unwrap();
-        let conv_out = g.node[i].output[0].clone();
-        let mut extra = g.node[i + 1].clone();
-        extra.name = "tap".into();
-        extra.output = vec!["tapped".into()];
-        extra.input = vec![conv_out];
-        g.node.push(extra);
-        assert!(
-            Stem::find(&tapped, 8, 1.0, 0.0).is_none(),
-            "a second reader of the conv"
-        );
-        // The ReLU's output is also one of the graph's outputs.
-        let mut shown = proto.clone();
-        let i = first(&mut shown);
-        let g = shown.graph.as_mut().unwrap();
-        let mut out = g.output[0].clone();
-        out.name = g.node[i + 1].output[0].clone();
-        g.output.push(out);
-        assert!(
-            Stem::find(&shown, 8, 1.0, 0.0).is_none(),
-            "the ReLU's output is a graph output"
-        );
+        };
+        refused("a 2x2 first convolution", &set("kernel_shape"));
+        refused("a strided first convolution", &set("strides"));
+        // The convolution's output read before the ReLU too: the rest would need it.
+        refused("a second reader of the conv", &|g, i| {
+            let mut extra = g.node[i + 1].clone();
+            extra.name = "tap".into();
+            extra.output = vec!["tapped".into()];
+            extra.input = vec![g.node[i].output[0].clone()];
+            g.node.push(extra);
+        });
+        refused("the ReLU's output is a graph output", &|g, i| {
+            let mut out = g.output[0].clone();
+            out.name = g.node[i + 1].output[0].clone();
+            g.output.push(out);
+        });
     }
 }
