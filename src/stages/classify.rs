@@ -28,7 +28,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::config::ModelConfig;
 use crate::frame::{iou, AreaGrid, Detection, Frame, PooledFrame};
 use crate::stages::look::{FirstLook, Plan, Window};
-use crate::stages::stem::{Cut, Scratch, Stem};
+use crate::stages::stem::{Cut, FrameWindow, Scratch, Stem};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
 
@@ -691,10 +691,12 @@ fn infer(
             .map_err(|e| ClassifyError::Run(e.to_string()))?;
         match &loaded.stem {
             Some(cut) => cut.stem.run(
-                pixels,
-                (w, h),
-                origin,
-                (plan.width, plan.height),
+                FrameWindow {
+                    pixels,
+                    frame: (w, h),
+                    origin,
+                    size: (plan.width, plan.height),
+                },
                 &mut plan.rows,
                 data,
             ),

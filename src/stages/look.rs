@@ -18,7 +18,7 @@ use tract_onnx::prelude::*;
 
 use crate::config::FirstLookConfig;
 use crate::stages::classify::{fill_window, ClassifyError, InputSpec};
-use crate::stages::stem::{Cut, Scratch, Stem};
+use crate::stages::stem::{Cut, FrameWindow, Scratch, Stem};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,9 +301,16 @@ impl FirstLook {
                 .map_err(run_err)?;
             let data = view.as_slice_mut::<f32>().map_err(run_err)?;
             match &stem {
-                Some(cut) => cut
-                    .stem
-                    .run(pixels, (w, h), (0, 0), (pw, ph), &mut sized.rows, data),
+                Some(cut) => cut.stem.run(
+                    FrameWindow {
+                        pixels,
+                        frame: (w, h),
+                        origin: (0, 0),
+                        size: (pw, ph),
+                    },
+                    &mut sized.rows,
+                    data,
+                ),
                 None => fill_window(pixels, w, h, (0, 0), pw, ph, patch, 1.0, 0.0, data),
             }
         }
