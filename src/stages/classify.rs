@@ -28,7 +28,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::config::ModelConfig;
 use crate::frame::{iou, AreaGrid, Detection, Frame, PooledFrame};
 use crate::stages::look::{FirstLook, Plan, Window};
-use crate::stages::stem::{Cut, FrameWindow, Scratch, Stem};
+use crate::stages::stem::{FrameWindow, Scratch, Stem};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
 
@@ -246,7 +246,7 @@ struct Loaded {
     model: InferenceModel,
     outputs: Outputs,
     /// The net's patch stem, run in our code ([`crate::stages::stem`]).
-    stem: Option<Cut>,
+    stem: Option<Stem>,
     /// The area output is read before the net's final softmax, which runs here
     /// ([`softmax_channels`]): tract's took 3 ms of a camera frame for 7 x 1280 values.
     area_logits: bool,
@@ -689,30 +689,20 @@ fn infer(
         let data = view
             .as_slice_mut::<f32>()
             .map_err(|e| ClassifyError::Run(e.to_string()))?;
-        match &loaded.stem {
-            Some(cut) => cut.stem.run(
-                FrameWindow {
-                    pixels,
-                    frame: (w, h),
-                    origin,
-                    size: (plan.width, plan.height),
-                },
-                &mut plan.rows,
-                data,
-            ),
-            None => fill_window(
-                pixels,
-                w,
-                h,
-                origin,
-                plan.width,
-                plan.height,
-                meta.input.patch,
-                a,
-                b,
-                data,
-            ),
-        }
+        let at = FrameWindow {
+            pixels,
+            frame: (w, h),
+            origin,
+            size: (plan.width, plan.height),
+        };
+        fill_input(
+            loaded.stem.as_ref(),
+            at,
+            meta.input.patch,
+            (a, b),
+            &mut plan.rows,
+            data,
+        );
     }
     let out = plan
         .state
@@ -772,7 +762,7 @@ fn plan_for(
     if let Some(i) = plans.iter().position(|p| p.width == pw && p.height == ph) {
         return Ok(i);
     }
-    let channels = stem.as_ref().map(|c| c.stem.channels());
+    let channels = Stem::input_channels(stem.as_ref(), meta.input.patch);
     let plan = build_plan(path, model, meta, *outputs, channels, pw, ph)?;
     let sized = sized_plan(loaded, plan, pw, ph)?;
     info!(width = pw, height = ph, model = %meta.id, "Optimised the model for this frame size.");
@@ -795,7 +785,7 @@ fn sized_plan(
         reason: format!("cannot make a runnable state: {e}"),
     })?;
     let p = loaded.meta.input.patch;
-    let channels = loaded.stem.as_ref().map_or(p * p, |c| c.stem.channels());
+    let channels = Stem::input_channels(loaded.stem.as_ref(), p);
     let input = Arc::new(
         Tensor::zero::<f32>(&[1, channels, height / p, width / p])
             .map_err(|e| ClassifyError::Run(e.to_string()))?,
@@ -964,6 +954,26 @@ pub(crate) fn fill_window(
     }
 }
 
+/// A net's input for the window `at`: the stem's output when the stem runs in inspectd
+/// ([`crate::stages::stem`]), else the window's patches as channels ([`fill_window`]),
+/// each pixel `p * a + b`.
+pub(crate) fn fill_input(
+    stem: Option<&Stem>,
+    at: FrameWindow,
+    patch: usize,
+    (a, b): (f32, f32),
+    scratch: &mut Scratch,
+    dst: &mut [f32],
+) {
+    match stem {
+        Some(s) => s.run(at, scratch, dst),
+        None => {
+            let ((w, h), (pw, ph)) = (at.frame, at.size);
+            fill_window(at.pixels, w, h, at.origin, pw, ph, patch, a, b, dst)
+        }
+    }
+}
+
 /// Errors about the model file at `path`, from a reason.
 fn model_error(path: &Path) -> impl Fn(String) -> ClassifyError + '_ {
     move |reason| ClassifyError::Model {
@@ -988,7 +998,7 @@ fn load_model(
     path: &Path,
     meta: &ModelMeta,
     own: bool,
-) -> Result<(InferenceModel, Outputs, Option<Cut>, bool), ClassifyError> {
+) -> Result<(InferenceModel, Outputs, Option<Stem>, bool), ClassifyError> {
     let (model_err, mismatch) = (model_error(path), mismatch_error(path));
     if !path.is_file() {
         return Err(model_err("no such file".into()));
@@ -1061,21 +1071,11 @@ fn load_model(
         _ => false,
     };
     let Normalize { scale, mean, std } = meta.normalize;
-    let stem = if own && meta.input.patch > 1 {
-        Stem::find(&proto, meta.input.patch, scale / std, -mean / std)
+    let (model, stem) = if own && meta.input.patch > 1 {
+        Stem::cut(&proto, model, meta.input.patch, scale / std, -mean / std)
+            .map_err(|e| model_err(format!("cannot run the net after its stem: {e}")))?
     } else {
-        None
-    };
-    let model = match &stem {
-        Some(cut) => {
-            let body = Stem::body(&model, &cut.relu)
-                .map_err(|e| model_err(format!("cannot run the net after its stem: {e}")))?;
-            if body.output_outlets().map(|o| o.len()).ok() != Some(names.len()) {
-                return Err(model_err("the net after its stem lost an output".into()));
-            }
-            body
-        }
-        None => model,
+        (model, None)
     };
     Ok((model, outputs, stem, area_logits))
 }
@@ -1143,13 +1143,13 @@ fn build_plan(
     model: &InferenceModel,
     meta: &ModelMeta,
     outputs: Outputs,
-    stem_channels: Option<usize>,
+    channels: usize,
     width: usize,
     height: usize,
 ) -> Result<Arc<TypedRunnableModel>, ClassifyError> {
     let (model_err, mismatch) = (model_error(path), mismatch_error(path));
     let p = meta.input.patch;
-    let input = [1, stem_channels.unwrap_or(p * p), height / p, width / p];
+    let input = [1, channels, height / p, width / p];
     let typed = model
         .clone()
         .with_input_fact(0, f32::fact(input).into())

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use tract_onnx::prelude::*;
 
 use crate::config::FirstLookConfig;
-use crate::stages::classify::{fill_window, ClassifyError, InputSpec};
-use crate::stages::stem::{Cut, FrameWindow, Scratch, Stem};
+use crate::stages::classify::{fill_input, ClassifyError, InputSpec};
+use crate::stages::stem::{FrameWindow, Scratch, Stem};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +75,7 @@ pub struct FirstLook {
     model: Arc<InferenceModel>,
     /// The net's patch stem, run in our code ([`crate::stages::stem`]); tract runs the
     /// rest. None: tract runs the whole net.
-    stem: Option<Arc<Cut>>,
+    stem: Option<Arc<Stem>>,
     sized: Option<Sized>,
     pub cfg: FirstLookConfig,
     /// The last frame's cell probabilities (`cols x rows`).
@@ -133,14 +133,13 @@ impl FirstLook {
         };
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_path(path).map_err(unreadable)?;
-        let mut model = onnx.model_for_proto_model(&proto).map_err(unreadable)?;
-        let stem = Stem::find(&proto, i.patch, 1.0, 0.0).map(Arc::new);
-        if let Some(cut) = &stem {
-            model = Stem::body(&model, &cut.relu).map_err(|e| ClassifyError::Model {
+        let model = onnx.model_for_proto_model(&proto).map_err(unreadable)?;
+        let (model, stem) =
+            Stem::cut(&proto, model, i.patch, 1.0, 0.0).map_err(|e| ClassifyError::Model {
                 path: path.to_path_buf(),
                 reason: format!("cannot run the net after its stem: {e}"),
             })?;
-        }
+        let stem = stem.map(Arc::new);
         let mut look = FirstLook {
             path: path.to_path_buf(),
             meta: Arc::new(meta),
@@ -247,7 +246,7 @@ impl FirstLook {
                 reason: format!("cannot run the first look on {pw}x{ph}: {e}"),
             };
             // With the stem in our code, tract's net starts at the stem's ReLU.
-            let channels = self.stem.as_ref().map_or(p * p, |c| c.stem.channels());
+            let channels = Stem::input_channels(self.stem.as_deref(), p);
             let shape = [1, channels, ph / p, pw / p];
             let plan = (*self.model)
                 .clone()
@@ -293,26 +292,21 @@ impl FirstLook {
         let run_err = |e: TractError| ClassifyError::Run(format!("first look: {e}"));
         let patch = self.meta.input.patch;
         let stride = self.meta.output.stride;
-        let stem = self.stem.clone();
-        let sized = self.sized_for(pw, ph)?;
+        self.sized_for(pw, ph)?;
+        let sized = self.sized.as_mut().expect("just made");
         {
             let mut view = Arc::make_mut(&mut sized.input)
                 .try_as_plain_ram_mut()
                 .map_err(run_err)?;
             let data = view.as_slice_mut::<f32>().map_err(run_err)?;
-            match &stem {
-                Some(cut) => cut.stem.run(
-                    FrameWindow {
-                        pixels,
-                        frame: (w, h),
-                        origin: (0, 0),
-                        size: (pw, ph),
-                    },
-                    &mut sized.rows,
-                    data,
-                ),
-                None => fill_window(pixels, w, h, (0, 0), pw, ph, patch, 1.0, 0.0, data),
-            }
+            let at = FrameWindow {
+                pixels,
+                frame: (w, h),
+                origin: (0, 0),
+                size: (pw, ph),
+            };
+            let stem = self.stem.as_deref();
+            fill_input(stem, at, patch, (1.0, 0.0), &mut sized.rows, data);
         }
         let out = sized
             .state

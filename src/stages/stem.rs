@@ -164,6 +164,27 @@ impl Stem {
         })
     }
 
+    /// `model` (read from `proto`) with its stem cut off, and the stem, when it has one
+    /// ([`Stem::find`]); else `model` as it is.
+    pub fn cut(
+        proto: &pb::ModelProto,
+        model: InferenceModel,
+        patch: usize,
+        scale: f32,
+        offset: f32,
+    ) -> TractResult<(InferenceModel, Option<Stem>)> {
+        match Stem::find(proto, patch, scale, offset) {
+            Some(cut) => Ok((Stem::body(&model, &cut.relu)?, Some(cut.stem))),
+            None => Ok((model, None)),
+        }
+    }
+
+    /// The channels a net's input has: the stem's outputs when `stem` runs in inspectd,
+    /// else the `patch * patch` pixels of a patch.
+    pub fn input_channels(stem: Option<&Stem>, patch: usize) -> usize {
+        stem.map_or(patch * patch, |s| s.channels)
+    }
+
     /// The rest of `model` after the stem: the consumers of `relu`'s output read a new
     /// input instead, and what only the stem needed is dropped.
     pub fn body(model: &InferenceModel, relu: &str) -> TractResult<InferenceModel> {
