@@ -1007,7 +1007,7 @@ fn load_model(
     let proto = onnx
         .proto_model_for_path(path)
         .map_err(|e| model_err(format!("not a readable ONNX model: {e}")))?;
-    let model = onnx
+    let mut model = onnx
         .model_for_proto_model(&proto)
         .map_err(|e| model_err(format!("not a readable ONNX model: {e}")))?;
     let inputs = model
@@ -1052,7 +1052,6 @@ fn load_model(
         image: meta.output.image.as_deref().map(find).transpose()?,
         area: meta.output.area.as_deref().map(find).transpose()?,
     };
-    let mut model = model;
     let area_logits = match (own, outputs.area, meta.output.area.as_deref()) {
         (true, Some(k), Some(name)) => match channel_softmax_input(&proto, &model, name) {
             Some(logits) => {
@@ -1118,9 +1117,6 @@ fn softmax_channels(logits: &[f32], channels: usize, out: &mut Vec<f32>) {
     out.clear();
     out.extend_from_slice(logits);
     let n = logits.len() / channels.max(1);
-    if n == 0 {
-        return;
-    }
     for j in 0..n {
         let mut m = f32::NEG_INFINITY;
         for c in 0..channels {

@@ -533,10 +533,10 @@ fn push_runs(row: &[u8], level: u8, bright: bool, y: u32, runs: &mut Vec<(u32, u
         );
     }
     if !rest.is_empty() {
-        let mut bits = 0u64;
-        for (i, &v) in rest.iter().enumerate() {
-            bits |= ((v > level) as u64) << i;
-        }
+        // The row's last, partial word: read as a whole one, the bits past the row cleared.
+        let mut word = [0u8; 64];
+        word[..rest.len()].copy_from_slice(rest);
+        let bits = above(&word, level);
         let bits = if bright { bits } else { !bits } & ((1u64 << rest.len()) - 1);
         runs_of_bits(bits, (chunks.len() * 64) as u32, y, &mut start, runs);
     }
