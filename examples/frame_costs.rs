@@ -22,20 +22,13 @@ use inspectd::stages::capture::gray_from_bytes;
 use inspectd::stages::classify::Classifier;
 use inspectd::stages::preprocess::Preprocessor;
 
-/// This thread's CPU time, in milliseconds.
-fn cpu_ms() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
-}
+// The benches' helpers: this thread's CPU clock and the median.
+#[path = "../benches/support/mod.rs"]
+mod support;
+use support::thread_cpu_ms as cpu_ms;
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    support::median(&mut v)
 }
 
 fn main() {

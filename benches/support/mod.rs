@@ -94,26 +94,28 @@ pub fn cpu_seconds() -> f64 {
     rusage_seconds(libc::RUSAGE_SELF)
 }
 
-/// Median milliseconds of this thread's CPU time over `iters` runs after a warm-up: a
-/// figure that a busy machine's other work does not stretch (wall time does).
-pub fn median_thread_cpu_ms(iters: usize, mut f: impl FnMut()) -> f64 {
-    let now = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec to write into.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 * 1e-6
+/// This thread's CPU time, in milliseconds: a clock that a busy machine's other work
+/// does not stretch (wall time does).
+pub fn thread_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 * 1e-6
+}
+
+/// Median milliseconds of this thread's CPU time over `iters` runs after a warm-up.
+pub fn median_thread_cpu_ms(iters: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..iters.min(10) {
         f();
     }
     let mut t: Vec<f64> = (0..iters)
         .map(|_| {
-            let s = now();
+            let s = thread_cpu_ms();
             f();
-            now() - s
+            thread_cpu_ms() - s
         })
         .collect();
     median(&mut t)
