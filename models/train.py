@@ -814,7 +814,10 @@ class Exported(nn.Module):
         p8 = n.ctx8(F.relu(f8 + n.up16(p16)))
         h = n.head(p8)
         image = F.softmax(n.image(f32.mean(dim=(2, 3))), dim=1)
-        area = F.softmax(self.area(self.pool(f32)), dim=1)
+        # The average is linear and its weights sum to 1 (padding not counted), so the 1 x 1
+        # convolution goes first and the average runs over its 7 channels, not the 1/32
+        # map's 160: the same numbers at a twentieth of the averaging.
+        area = F.softmax(self.pool(self.area(f32)), dim=1)
         return torch.sigmoid(n.heat(h)), torch.exp(n.box(h).clamp(-4.0, 4.5)) * STRIDE, image, area
 
 

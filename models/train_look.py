@@ -81,7 +81,9 @@ class Exported(nn.Module):
     def forward(self, patches):
         n = self.net
         f8 = n.s8[2](n.s8[1](self.stem(patches)))
-        return torch.sigmoid(n.out(n.pool(n.s32(n.s16(f8)))))
+        # The average is linear and its weights sum to 1 (padding not counted): the 1 x 1
+        # output first, then the average over its one channel (the same numbers).
+        return torch.sigmoid(n.pool(n.out(n.s32(n.s16(f8)))))
 
 
 def cell_targets(boxes, side):

@@ -28,6 +28,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::config::ModelConfig;
 use crate::frame::{iou, AreaGrid, Detection, Frame, PooledFrame};
 use crate::stages::look::{FirstLook, Plan, Window};
+use crate::stages::rewrite;
 use crate::stages::stem::{FrameWindow, Scratch, Stem};
 use crate::stages::StageContext;
 use crate::telemetry::Stage;
@@ -1046,6 +1047,17 @@ fn load_model(
             ))
         })
     };
+    // The area head's average after its 1 x 1 convolution (exact; `rewrite`), with the
+    // rest of what inspectd runs itself.
+    if own {
+        model = rewrite::conv_before_average(&proto, model)
+            .map_err(|e| {
+                model_err(format!(
+                    "cannot move the average after its convolution: {e}"
+                ))
+            })?
+            .0;
+    }
     let outputs = Outputs {
         heat: find(&meta.output.heat)?,
         boxes: find(&meta.output.boxes)?,

@@ -18,6 +18,7 @@ use tract_onnx::prelude::*;
 
 use crate::config::FirstLookConfig;
 use crate::stages::classify::{fill_input, ClassifyError, InputSpec};
+use crate::stages::rewrite;
 use crate::stages::stem::{FrameWindow, Scratch, Stem};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +135,8 @@ impl FirstLook {
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_path(path).map_err(unreadable)?;
         let model = onnx.model_for_proto_model(&proto).map_err(unreadable)?;
+        // Its average after the output's 1 x 1 convolution (exact; `rewrite`).
+        let (model, _) = rewrite::conv_before_average(&proto, model).map_err(unreadable)?;
         let (model, stem) =
             Stem::cut(&proto, model, i.patch, 1.0, 0.0).map_err(|e| ClassifyError::Model {
                 path: path.to_path_buf(),

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod health;
 pub mod look;
 pub mod preprocess;
+pub mod rewrite;
 pub mod stem;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
