@@ -783,10 +783,10 @@ class Exported(nn.Module):
     into the first convolution, so inspectd only rearranges and converts. Out: heat
     probabilities, box distances in pixels, whole-image probabilities (the image head:
     which class the frame as a whole shows, or `none`), and `area`: the image head on every
-    window of `area_window` cells of the 1/32 grid (7: 224 px, an average of the 1/32
-    features, then the same weights as a 1 x 1 convolution; at the centre of a 224 x 224
-    input the 7-cell window is the image output itself), where a texture defect covers
-    the surface."""
+    window of `area_window` cells of the 1/32 grid (7: 224 px; the image head's weights as
+    a 1 x 1 convolution on the 1/32 features, then their average over the window, which
+    is the head on the averaged features: at the centre of a 224 x 224 input the 7-cell
+    window is the image output itself), where a texture defect covers the surface."""
 
     def __init__(self, net, mean, std, area_window=7):
         super().__init__()
