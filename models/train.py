@@ -402,6 +402,9 @@ DESIGNS = {
     # image (crazing, rolled-in scale): 192 channels and three 3x3 convolutions. The 1/32
     # map has a sixteenth of the 1/8 map's cells, so capacity there is cheap per frame.
     "deep_w32": {"c8": 64, "c16": 128, "c32": 192, "n16": 2, "n32": 3, "head": 64},
+    # "deep" with a wider 1/8 level (96 channels, 64): more of an 8 x 8 patch's texture
+    # kept past the patchify stem, where crazing's fine cracks are seen.
+    "deep_s96": {"c8": 96, "c16": 128, "c32": 160, "n16": 2, "n32": 2, "head": 64},
 }
 PATCH = 8  # the first layer sees 8x8 pixel patches (space-to-depth, done by inspectd)
 
