@@ -864,6 +864,7 @@ def main():
     ap.add_argument("--tag", default=None, help="names the metrics file (default: clean.s<seed>)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
+    ap.add_argument("--box-weight", type=float, default=5.0, help="weight of the boxes' GIoU loss")
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export --design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
     a = ap.parse_args()
@@ -943,7 +944,7 @@ def main():
                 out = model(((x - a_mean) / a_std).contiguous(memory_format=torch.channels_last), area_window)
             heat_logits, box, image_logits = out[0].float(), out[1].float(), out[2].float()
             quality = box_ious(box.detach(), reg)[0].clamp(0, 1) if a.iou_heat else None
-            losses = (focal_loss(heat_logits, heat, ignore, quality), 5.0 * giou_loss(box, reg, weight),
+            losses = (focal_loss(heat_logits, heat, ignore, quality), a.box_weight * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
             loss = sum(losses)
             if area_window and (area >= 0).any():
@@ -984,7 +985,7 @@ def main():
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share,
-              "area_window": a.area_window, "inner_val": a.inner_val,
+              "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
