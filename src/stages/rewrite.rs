@@ -24,6 +24,23 @@ fn int(node: &pb::NodeProto, attr: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == attr).map(|a| a.i)
 }
 
+/// Whether `node` has no `auto_pad`, or the one that means its explicit pads.
+fn explicit_pads(node: &pb::NodeProto) -> bool {
+    node.attribute
+        .iter()
+        .find(|a| a.name == "auto_pad")
+        .is_none_or(|a| a.s.is_empty() || a.s == b"NOTSET")
+}
+
+/// The nodes of `graph` that read the value `name`.
+pub(crate) fn readers<'a>(graph: &'a pb::GraphProto, name: &str) -> Vec<&'a pb::NodeProto> {
+    graph
+        .node
+        .iter()
+        .filter(|n| n.input.iter().any(|i| i == name))
+        .collect()
+}
+
 /// Whether `node` is an average that commutes with a per-cell linear map: stride 1,
 /// padding not counted, explicit pads, no ceil mode.
 fn is_plain_average(node: &pb::NodeProto) -> bool {
@@ -31,38 +48,32 @@ fn is_plain_average(node: &pb::NodeProto) -> bool {
         && int(node, "count_include_pad").unwrap_or(0) == 0
         && int(node, "ceil_mode").unwrap_or(0) == 0
         && ints(node, "strides").is_none_or(|s| s.iter().all(|&v| v == 1))
-        && node
-            .attribute
-            .iter()
-            .find(|a| a.name == "auto_pad")
-            .is_none_or(|a| a.s.is_empty() || a.s == b"NOTSET")
+        && explicit_pads(node)
 }
 
-/// Whether `node` is a 1 x 1 convolution over all channels (one group, stride 1, no
-/// padding, no dilation), its kernel read from its attribute or its weights.
-fn is_pointwise_conv(graph: &pb::GraphProto, node: &pb::NodeProto) -> bool {
+/// Whether `node` is a 1 x 1 convolution over all channels: one group, stride 1, no
+/// padding or dilation, no attribute beyond those, and its kernel 1 x 1 by its
+/// `kernel_shape` or by its weights' shape.
+pub(crate) fn is_pointwise_conv(graph: &pb::GraphProto, node: &pb::NodeProto) -> bool {
     let ones = |v: &[i64]| v.iter().all(|&x| x == 1);
-    let kernel_1x1 = match ints(node, "kernel_shape") {
-        Some(k) => ones(k),
-        None => node.input.get(1).is_some_and(|w| {
-            graph
-                .initializer
-                .iter()
-                .find(|t| &t.name == w)
-                .is_some_and(|t| t.dims.len() == 4 && ones(&t.dims[2..]))
-        }),
-    };
-    node.op_type == "Conv"
-        && kernel_1x1
-        && int(node, "group").unwrap_or(1) == 1
-        && ints(node, "strides").is_none_or(ones)
-        && ints(node, "dilations").is_none_or(ones)
-        && ints(node, "pads").is_none_or(|p| p.iter().all(|&v| v == 0))
-        && node
-            .attribute
+    let plain = node.attribute.iter().all(|a| match a.name.as_str() {
+        "kernel_shape" => a.ints.len() == 2 && ones(&a.ints),
+        "strides" | "dilations" => ones(&a.ints),
+        "pads" => a.ints.iter().all(|&v| v == 0),
+        "group" => a.i == 1,
+        "auto_pad" => explicit_pads(node),
+        _ => false,
+    });
+    let weights_1x1 = node.input.get(1).is_some_and(|w| {
+        graph
+            .initializer
             .iter()
-            .find(|a| a.name == "auto_pad")
-            .is_none_or(|a| a.s.is_empty() || a.s == b"NOTSET")
+            .find(|t| &t.name == w)
+            .is_some_and(|t| t.dims.len() == 4 && ones(&t.dims[2..]))
+    });
+    node.op_type == "Conv"
+        && plain
+        && (weights_1x1 || node.attribute.iter().any(|a| a.name == "kernel_shape"))
 }
 
 /// Moves every plain average read only by a 1 x 1 convolution (and not a graph output)
@@ -74,13 +85,6 @@ pub fn conv_before_average(
     let Some(graph) = proto.graph.as_ref() else {
         return Ok((model, 0));
     };
-    let readers = |name: &str| -> Vec<&pb::NodeProto> {
-        graph
-            .node
-            .iter()
-            .filter(|n| n.input.iter().any(|i| i == name))
-            .collect()
-    };
     let mut pairs = Vec::new();
     for avg in graph.node.iter().filter(|n| is_plain_average(n)) {
         let (Some(out), false) = (avg.output.first(), avg.name.is_empty()) else {
@@ -89,7 +93,7 @@ pub fn conv_before_average(
         if graph.output.iter().any(|o| &o.name == out) {
             continue;
         }
-        if let [conv] = readers(out).as_slice() {
+        if let [conv] = readers(graph, out).as_slice() {
             if !conv.name.is_empty()
                 && conv.input.first() == Some(out)
                 && conv.input.iter().filter(|i| *i == out).count() == 1

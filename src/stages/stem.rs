@@ -11,6 +11,8 @@
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+use crate::stages::rewrite::{is_pointwise_conv, readers};
+
 /// A 1x1 convolution over the frame's patches and its ReLU.
 #[derive(Debug, Clone)]
 pub struct Stem {
@@ -67,42 +69,18 @@ impl Stem {
             .filter(|n| initializer(n).is_none())
             .collect();
         let [input] = inputs[..] else { return None };
-        let readers = |name: &str| -> Vec<&pb::NodeProto> {
-            graph
-                .node
-                .iter()
-                .filter(|n| n.input.iter().any(|i| i == name))
-                .collect()
-        };
-        let [conv] = readers(input)[..] else {
+        let [conv] = readers(graph, input)[..] else {
             return None;
         };
-        if conv.op_type != "Conv" || conv.input.first().map(String::as_str) != Some(input) {
-            return None;
-        }
-        for a in &conv.attribute {
-            let plain = match a.name.as_str() {
-                "kernel_shape" | "strides" | "dilations" => {
-                    a.ints.iter().all(|&v| v == 1)
-                        && (a.name != "kernel_shape" || a.ints.len() == 2)
-                }
-                "pads" => a.ints.iter().all(|&v| v == 0),
-                "group" => a.i == 1,
-                "auto_pad" => a.s.is_empty() || a.s == b"NOTSET",
-                _ => false,
-            };
-            if !plain {
-                return None;
-            }
-        }
-        if !conv.attribute.iter().any(|a| a.name == "kernel_shape") {
+        if conv.input.first().map(String::as_str) != Some(input) || !is_pointwise_conv(graph, conv)
+        {
             return None;
         }
         let out = conv.output.first()?;
         if graph.output.iter().any(|o| &o.name == out) {
             return None;
         }
-        let [relu] = readers(out)[..] else {
+        let [relu] = readers(graph, out)[..] else {
             return None;
         };
         if relu.op_type != "Relu" || relu.name.is_empty() {
