@@ -66,9 +66,10 @@ fn bench(c: &mut Criterion) {
     let lite_ms = support::median_ms(20, || alt.classify(&mut line).unwrap());
     let cpu = support::cpu_model();
     println!("CPU: {cpu}");
-    // The first look and the detector on the camera frame: their patch stem in inspectd's
-    // code (as shipped, src/stages/stem.rs) against the whole net in tract, alternated in
-    // one run, this thread's CPU time.
+    // The first look and the detector on the camera frame as shipped (their patch stem in
+    // inspectd's code, src/stages/stem.rs; their last average moved after its
+    // convolution, src/stages/rewrite.rs) against the whole net as the file has it in
+    // tract, alternated in one run, this thread's CPU time.
     let look_path = support::repo().join("models/neu_look.onnx");
     let look_ms = {
         let detector = inspectd::stages::classify::ModelMeta::load(&model).unwrap();
@@ -107,12 +108,12 @@ fn bench(c: &mut Criterion) {
         }
         let (c, d) = (support::median(&mut c), support::median(&mut d));
         println!(
-            "detector, 1280x1024 frame, one thread: stem in inspectd's code {c:.1} ms, \
+            "detector, 1280x1024 frame, one thread: first layer and last average in inspectd's code {c:.1} ms, \
              whole net in tract {d:.1} ms CPU (medians of 3 alternated rounds); own / tract = {:.2}",
             c / d
         );
         println!(
-            "first look, 1280x1024 frame, one thread: stem in inspectd's code {a:.2} ms, \
+            "first look, 1280x1024 frame, one thread: first layer and last average in inspectd's code {a:.2} ms, \
              whole net in tract {b:.2} ms CPU (medians of 5 alternated rounds); own / tract = {:.2}",
             a / b
         );

@@ -1103,21 +1103,12 @@ fn channel_softmax_input(
         .node
         .iter()
         .find(|n| n.output.iter().any(|o| o == output))?;
-    let axis = node
-        .attribute
-        .iter()
-        .find(|a| a.name == "axis")
-        .map(|a| a.i);
+    let axis = rewrite::int(node, "axis");
     if node.op_type != "Softmax" || !matches!(axis, Some(1) | Some(-3)) || node.name.is_empty() {
         return None;
     }
     let input = node.input.first()?;
-    let readers = graph
-        .node
-        .iter()
-        .filter(|n| n.input.iter().any(|i| i == input))
-        .count();
-    if readers != 1 || graph.output.iter().any(|o| &o.name == input) {
+    if rewrite::readers(graph, input).len() != 1 || graph.output.iter().any(|o| &o.name == input) {
         return None;
     }
     let id = model.node_id_by_name(&node.name).ok()?;

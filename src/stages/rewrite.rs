@@ -11,7 +11,7 @@
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-/// The ONNX node named `name`'s integer-list attribute `attr`, if it has one.
+/// The ONNX node's integer-list attribute `attr`, if it has one.
 fn ints<'a>(node: &'a pb::NodeProto, attr: &str) -> Option<&'a [i64]> {
     node.attribute
         .iter()
@@ -20,7 +20,7 @@ fn ints<'a>(node: &'a pb::NodeProto, attr: &str) -> Option<&'a [i64]> {
 }
 
 /// The ONNX node's integer attribute `attr`, if it has one.
-fn int(node: &pb::NodeProto, attr: &str) -> Option<i64> {
+pub(crate) fn int(node: &pb::NodeProto, attr: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == attr).map(|a| a.i)
 }
 
@@ -116,19 +116,11 @@ pub fn conv_before_average(
         for inlet in after {
             m.add_edge(OutletId::new(a, 0), inlet)?;
         }
-        let outputs = m.output_outlets()?.to_vec();
-        if outputs.contains(&OutletId::new(c, 0)) {
-            let moved: Vec<OutletId> = outputs
-                .iter()
-                .map(|&o| {
-                    if o == OutletId::new(c, 0) {
-                        OutletId::new(a, 0)
-                    } else {
-                        o
-                    }
-                })
-                .collect();
-            m.select_output_outlets(&moved)?;
+        // A graph output the convolution made is now the average's.
+        let mut outputs = m.output_outlets()?.to_vec();
+        if let Some(o) = outputs.iter_mut().find(|o| **o == OutletId::new(c, 0)) {
+            *o = OutletId::new(a, 0);
+            m.select_output_outlets(&outputs)?;
         }
         // What either outlet was declared to hold no longer holds (channels moved).
         m.set_outlet_fact(OutletId::new(c, 0), InferenceFact::default())?;
