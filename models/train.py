@@ -405,6 +405,11 @@ DESIGNS = {
     # "deep" with a wider 1/8 level (96 channels, 64): more of an 8 x 8 patch's texture
     # kept past the patchify stem, where crazing's fine cracks are seen.
     "deep_s96": {"c8": 96, "c16": 128, "c32": 160, "n16": 2, "n32": 2, "head": 64},
+    # "deep" with the last 3x3 convolution at 1/16 and at 1/32 dilated by 2 (the issue's
+    # "dilated convolutions"): the same weights and multiply-adds, each of those layers
+    # seeing 5 x 5 cells (80 and 160 px) instead of 3 x 3, for the extent of a texture
+    # that fills an image, without SPPF's frame-wide pooling.
+    "deep_dil": {"c8": 64, "c16": 128, "c32": 160, "n16": 2, "n32": 2, "head": 64, "dilate": 2},
 }
 PATCH = 8  # the first layer sees 8x8 pixel patches (space-to-depth, done by inspectd)
 
@@ -458,13 +463,20 @@ class Detector(nn.Module):
         def cbr(cin, cout, k, s, p=0):
             return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-        def block(c):
-            return SepBlock(c) if d.get("block") == "sep" else cbr(c, c, 3, 1, 1)
+        def block(c, last=False):
+            if d.get("block") == "sep":
+                return SepBlock(c)
+            k = d.get("dilate", 1) if last else 1
+            return nn.Sequential(nn.Conv2d(c, c, 3, 1, k, dilation=k, bias=False), nn.BatchNorm2d(c),
+                                 nn.ReLU(inplace=True))
+
+        def level(c, n):
+            return [block(c, last=i == n - 1) for i in range(n)]
 
         self.s8 = nn.Sequential(cbr(PATCH * PATCH, c8, 1, 1), cbr(c8, c8, 1, 1))
-        self.s16 = nn.Sequential(cbr(c8, c16, 2, 2), *[block(c16) for _ in range(d["n16"])])
+        self.s16 = nn.Sequential(cbr(c8, c16, 2, 2), *level(c16, d["n16"]))
         context = [SPPF(c32)] if d.get("context") == "sppf" else []
-        self.s32 = nn.Sequential(cbr(c16, c32, 2, 2), *[block(c32) for _ in range(d["n32"])], *context)
+        self.s32 = nn.Sequential(cbr(c16, c32, 2, 2), *level(c32, d["n32"]), *context)
         self.up32 = nn.Sequential(nn.ConvTranspose2d(c32, c16, 2, 2, bias=False), nn.BatchNorm2d(c16))
         self.up16 = nn.Sequential(nn.ConvTranspose2d(c16, c8, 2, 2, bias=False), nn.BatchNorm2d(c8))
         self.ctx8 = SepBlock(c8) if d.get("ctx8") == "sep" else nn.Identity()

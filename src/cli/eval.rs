@@ -334,7 +334,6 @@ pub struct DetectionReport {
     pub ap50: std::collections::BTreeMap<String, f64>,
     /// Mean IoU of the reported defects (at the `[decide]` thresholds) that match a box.
     pub mean_iou: f64,
-    /// Share of box-free pixels inside reported defect boxes.
     /// Share of box-free pixels inside reported defect boxes (area defects not counted:
     /// see `Report::boxfree_flagged_with_areas`).
     pub boxfree_flagged: f64,
