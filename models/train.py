@@ -997,7 +997,7 @@ def main():
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share,
-              "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight,
+              "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
