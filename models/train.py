@@ -460,15 +460,15 @@ class Detector(nn.Module):
         d = DESIGNS[design]
         c8, c16, c32, ch = d["c8"], d["c16"], d["c32"], d["head"]
 
-        def cbr(cin, cout, k, s, p=0):
-            return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        def cbr(cin, cout, k, s, p=0, dilation=1):
+            return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, dilation=dilation, bias=False), nn.BatchNorm2d(cout),
+                                 nn.ReLU(inplace=True))
 
         def block(c, last=False):
             if d.get("block") == "sep":
                 return SepBlock(c)
             k = d.get("dilate", 1) if last else 1
-            return nn.Sequential(nn.Conv2d(c, c, 3, 1, k, dilation=k, bias=False), nn.BatchNorm2d(c),
-                                 nn.ReLU(inplace=True))
+            return cbr(c, c, 3, 1, k, dilation=k)
 
         def level(c, n):
             return [block(c, last=i == n - 1) for i in range(n)]
