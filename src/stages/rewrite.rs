@@ -24,12 +24,9 @@ pub(crate) fn int(node: &pb::NodeProto, attr: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == attr).map(|a| a.i)
 }
 
-/// Whether `node` has no `auto_pad`, or the one that means its explicit pads.
-fn explicit_pads(node: &pb::NodeProto) -> bool {
-    node.attribute
-        .iter()
-        .find(|a| a.name == "auto_pad")
-        .is_none_or(|a| a.s.is_empty() || a.s == b"NOTSET")
+/// Whether an `auto_pad` attribute is the one that means the node's explicit pads.
+fn explicit_pads(auto_pad: &pb::AttributeProto) -> bool {
+    auto_pad.s.is_empty() || auto_pad.s == b"NOTSET"
 }
 
 /// The nodes of `graph` that read the value `name`.
@@ -48,7 +45,11 @@ fn is_plain_average(node: &pb::NodeProto) -> bool {
         && int(node, "count_include_pad").unwrap_or(0) == 0
         && int(node, "ceil_mode").unwrap_or(0) == 0
         && ints(node, "strides").is_none_or(|s| s.iter().all(|&v| v == 1))
-        && explicit_pads(node)
+        && node
+            .attribute
+            .iter()
+            .find(|a| a.name == "auto_pad")
+            .is_none_or(explicit_pads)
 }
 
 /// Whether `node` is a 1 x 1 convolution over all channels: one group, stride 1, no
@@ -61,7 +62,7 @@ pub(crate) fn is_pointwise_conv(graph: &pb::GraphProto, node: &pb::NodeProto) ->
         "strides" | "dilations" => ones(&a.ints),
         "pads" => a.ints.iter().all(|&v| v == 0),
         "group" => a.i == 1,
-        "auto_pad" => explicit_pads(node),
+        "auto_pad" => explicit_pads(a),
         _ => false,
     });
     let weights_1x1 = node.input.get(1).is_some_and(|w| {
