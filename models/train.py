@@ -339,7 +339,8 @@ def negative(crops, rng):
 
 def targets(boxes, side, alpha, pos_gauss=1.0):
     """TTFNet targets on the side/8 grid: a Gaussian per box on its class's heat map
-    (sigma from the box's size, so a long scratch gets a long ellipse), and box
+    (sigma from the box's size, so a long scratch gets a long ellipse; `alpha` is one
+    width for every class or a list of one per class), and box
     regression weights around each centre (Gaussian, summing to log(area) per box, the
     smaller box winning a shared cell). With `pos_gauss` below 1, every cell inside the
     box where the Gaussian reaches it is a positive too (a centre region, not one peak)."""
@@ -349,12 +350,13 @@ def targets(boxes, side, alpha, pos_gauss=1.0):
     weight = np.zeros((g, g), np.float32)
     owner_area = np.full((g, g), np.inf, np.float32)
     ys, xs = np.mgrid[0:g, 0:g].astype(np.float32)
+    widths = alpha if isinstance(alpha, (list, tuple)) else [alpha] * len(CLASSES)
     for c, x0, y0, x1, y1 in sorted(boxes, key=lambda b: -(b[3] - b[1]) * (b[4] - b[2])):
         bw, bh = x1 - x0, y1 - y0
         if bw < 1 or bh < 1:
             continue
         cx, cy = (x0 + x1) / 2 / STRIDE - 0.5, (y0 + y1) / 2 / STRIDE - 0.5
-        sx, sy = max(alpha * bw / 6 / STRIDE, 0.5), max(alpha * bh / 6 / STRIDE, 0.5)
+        sx, sy = max(widths[c] * bw / 6 / STRIDE, 0.5), max(widths[c] * bh / 6 / STRIDE, 0.5)
         gauss = np.exp(-((xs - cx) ** 2 / (2 * sx * sx) + (ys - cy) ** 2 / (2 * sy * sy)))
         ix, iy = min(max(int(round(cx)), 0), g - 1), min(max(int(round(cy)), 0), g - 1)
         gauss[iy, ix] = 1.0
@@ -845,6 +847,8 @@ def main():
     ap.add_argument("--design", choices=sorted(DESIGNS), default="deep")
     ap.add_argument("--ema", type=float, default=0.999, help="decay of the weights' moving average")
     ap.add_argument("--alpha", type=float, default=0.54, help="Gaussian size as a share of the box (TTFNet)")
+    ap.add_argument("--alpha-class", action="append", default=[], metavar="CLASS=ALPHA",
+                    help="another Gaussian size for one class (repeatable), e.g. crazing=0.8")
     ap.add_argument("--val-share", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--clean-share", type=float, default=0.35,
@@ -880,6 +884,12 @@ def main():
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export --design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
     a = ap.parse_args()
+    widths = [a.alpha] * len(CLASSES)
+    for item in a.alpha_class:
+        name, _, value = item.partition("=")
+        if name not in CLASSES or not value:
+            ap.error(f"--alpha-class {item!r}: expected CLASS=ALPHA, CLASS one of {', '.join(CLASSES)}")
+        widths[CLASSES.index(name)] = float(value)
     if a.time_only:
         net = Detector(a.design).eval()
         exported = Exported(net, 0.5, 0.2, a.area_window).eval()
@@ -949,7 +959,7 @@ def main():
         mosaic_share = 0.0 if late else a.mosaic
         # Sizes likewise: the last tenth sees the camera's own scale only.
         scale = (0.0 if late else a.scale, *a.scale_range)
-        for x, heat, reg, weight, labels, ignore, area in batches(train, a.batch, rng, a.alpha, crops,
+        for x, heat, reg, weight, labels, ignore, area in batches(train, a.batch, rng, widths, crops,
                                                                   a.clean_share, a.pos_gauss, mosaic_share,
                                                                   a.mosaic_placed, a.laid, area_window, scale):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
@@ -998,6 +1008,7 @@ def main():
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share,
               "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
+              "alpha_class": dict(zip(CLASSES, widths)),
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
