@@ -844,6 +844,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW's decoupled weight decay")
     ap.add_argument("--design", choices=sorted(DESIGNS), default="deep")
     ap.add_argument("--ema", type=float, default=0.999, help="decay of the weights' moving average")
     ap.add_argument("--alpha", type=float, default=0.54, help="Gaussian size as a share of the box (TTFNet)")
@@ -937,7 +938,7 @@ def main():
     print(f"model: design {a.design}: {params} parameters, {macs_neu / 1e6:.1f} M multiply-adds "
           f"per 224x224, {macs_frame / 1e9:.2f} G per 1280x1024", flush=True)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     steps_per_epoch = int(len(train) * (1 + a.clean_share)) // a.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * steps_per_epoch,
                                                 pct_start=0.1)
@@ -1008,7 +1009,7 @@ def main():
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share,
               "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
-              "alpha_class": dict(zip(CLASSES, widths)),
+              "alpha_class": dict(zip(CLASSES, widths)), "lr": a.lr, "weight_decay": a.weight_decay,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
