@@ -888,9 +888,14 @@ def main():
     widths = [a.alpha] * len(CLASSES)
     for item in a.alpha_class:
         name, _, value = item.partition("=")
-        if name not in CLASSES or not value:
-            ap.error(f"--alpha-class {item!r}: expected CLASS=ALPHA, CLASS one of {', '.join(CLASSES)}")
-        widths[CLASSES.index(name)] = float(value)
+        try:
+            width = float(value)
+        except ValueError:
+            width = 0.0
+        if name not in CLASSES or not width > 0:
+            ap.error(f"--alpha-class {item!r}: expected CLASS=ALPHA, CLASS one of {', '.join(CLASSES)}, "
+                     "ALPHA a number above 0")
+        widths[CLASSES.index(name)] = width
     if a.time_only:
         net = Detector(a.design).eval()
         exported = Exported(net, 0.5, 0.2, a.area_window).eval()
