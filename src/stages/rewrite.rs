@@ -11,17 +11,19 @@
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+/// The ONNX node's attribute `name`, if it has one.
+fn attribute<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
 /// The ONNX node's integer-list attribute `attr`, if it has one.
 fn ints<'a>(node: &'a pb::NodeProto, attr: &str) -> Option<&'a [i64]> {
-    node.attribute
-        .iter()
-        .find(|a| a.name == attr)
-        .map(|a| a.ints.as_slice())
+    attribute(node, attr).map(|a| a.ints.as_slice())
 }
 
 /// The ONNX node's integer attribute `attr`, if it has one.
 pub(crate) fn int(node: &pb::NodeProto, attr: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name == attr).map(|a| a.i)
+    attribute(node, attr).map(|a| a.i)
 }
 
 /// Whether an `auto_pad` attribute is the one that means the node's explicit pads.
@@ -45,11 +47,7 @@ fn is_plain_average(node: &pb::NodeProto) -> bool {
         && int(node, "count_include_pad").unwrap_or(0) == 0
         && int(node, "ceil_mode").unwrap_or(0) == 0
         && ints(node, "strides").is_none_or(|s| s.iter().all(|&v| v == 1))
-        && node
-            .attribute
-            .iter()
-            .find(|a| a.name == "auto_pad")
-            .is_none_or(explicit_pads)
+        && attribute(node, "auto_pad").is_none_or(explicit_pads)
 }
 
 /// Whether `node` is a 1 x 1 convolution over all channels: one group, stride 1, no
