@@ -337,10 +337,10 @@ def negative(crops, rng):
     return lighting(img, rng).astype(np.float32)
 
 
-def targets(boxes, side, alpha, pos_gauss=1.0):
+def targets(boxes, side, widths, pos_gauss=1.0):
     """TTFNet targets on the side/8 grid: a Gaussian per box on its class's heat map
-    (sigma from the box's size, so a long scratch gets a long ellipse; `alpha` is one
-    width for every class or a list of one per class), and box
+    (sigma from the box's size and its class's entry in `widths`, TTFNet's alpha, so a
+    long scratch gets a long ellipse), and box
     regression weights around each centre (Gaussian, summing to log(area) per box, the
     smaller box winning a shared cell). With `pos_gauss` below 1, every cell inside the
     box where the Gaussian reaches it is a positive too (a centre region, not one peak)."""
@@ -350,7 +350,6 @@ def targets(boxes, side, alpha, pos_gauss=1.0):
     weight = np.zeros((g, g), np.float32)
     owner_area = np.full((g, g), np.inf, np.float32)
     ys, xs = np.mgrid[0:g, 0:g].astype(np.float32)
-    widths = alpha if isinstance(alpha, (list, tuple)) else [alpha] * len(CLASSES)
     for c, x0, y0, x1, y1 in sorted(boxes, key=lambda b: -(b[3] - b[1]) * (b[4] - b[2])):
         bw, bh = x1 - x0, y1 - y0
         if bw < 1 or bh < 1:
@@ -737,7 +736,7 @@ def area_targets(boxes, negative, window, side=SIDE, share=0.25):
     return out
 
 
-def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gauss=1.0, mosaic_share=0.0,
+def batches(items, batch_size, rng, widths, crops=None, clean_share=0.0, pos_gauss=1.0, mosaic_share=0.0,
             placed=False, laid_share=0.0, area_window=0, scale=(0.0, 1.0, 1.0)):
     """Shuffled batches of augmented images (a `mosaic_share` of them as four-image
     mosaics) and, `clean_share` as many again, defect-free negatives (no heat anywhere,
@@ -762,7 +761,7 @@ def batches(items, batch_size, rng, alpha, crops=None, clean_share=0.0, pos_gaus
             else:
                 img, boxes = augment(items[i]["img"], items[i]["boxes"], rng, scale=scale)
                 label[items[i]["label"]] = 1.0
-            heat, reg, weight = targets(boxes, SIDE, alpha, pos_gauss)
+            heat, reg, weight = targets(boxes, SIDE, widths, pos_gauss)
             imgs.append(img.astype(np.float32))
             heats.append(heat)
             regs.append(reg)
