@@ -1,0 +1,118 @@
+"""Decode rules probed on a screen's inner validation (the 240 images `train.py --inner-val`
+holds out of its 960; the 300 held-out images are never read): each rule re-scores or
+re-shapes the same net's peaks, and the AP@0.5 per class is computed as train.py does.
+
+    models/.venv/bin/python models/probe_decode.py RUN/neu_det.pt [RUN2/neu_det.pt ...]
+
+Each `neu_det.pt` must come from a `--inner-val` run of the `deep` design (train.py writes
+it beside the metrics). Nothing here changes a model or what inspectd reports.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train as T  # noqa: E402
+
+
+def inner_validation(dataset):
+    """The inner split of `train.py --inner-val` and the training pixels' mean and spread."""
+    items = T.load_dataset(dataset)
+    train, _ = T.stratified_split(items, 0.2, T.SPLIT_SEED)
+    train, val = T.stratified_split(train, 0.2, T.SPLIT_SEED + 1)
+    pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
+    return val, float(pixels.mean()) * 255.0, float(pixels.std()) * 255.0
+
+
+@torch.no_grad()
+def outputs(weights, val, mean, std):
+    """Per image: heat, boxes, the image head's and the 96 px windows' class probabilities."""
+    net = T.Detector("deep")
+    net.load_state_dict(torch.load(weights))
+    net.eval()
+    out = []
+    for it in val:
+        x = (torch.from_numpy(T.pad_to(it["img"], T.SIDE).astype(np.float32))[None, None] - mean) / std
+        heat, box, image, area = net(x, area_window=3)
+        out.append((torch.sigmoid(heat)[0], box[0], torch.softmax(image[0], 0), torch.softmax(area[0], 0), it))
+    return out
+
+
+def fused(found, thr):
+    """Weighted box fusion: peaks of one class overlapping a kept one by more than `thr`
+    move its box to their score-weighted mean; the kept score is the highest."""
+    kept = []
+    for c, s, *b in found:
+        for k in kept:
+            if k[0] == c and T.iou(k[2], b) > thr:
+                k[1].append((s, b))
+                total = sum(m[0] for m in k[1])
+                k[2] = [sum(m[0] * m[1][i] for m in k[1]) / total for i in range(4)]
+                break
+        else:
+            kept.append([c, [(s, b)], list(b)])
+    return [(c, max(m[0] for m in members), *b) for c, members, b in kept]
+
+
+def detections(out, nms=0.5, image_power=0.0, area_power=0.0, grow=1.0, fuse=None):
+    dets, truth = [], {}
+    for heat, box, p_image, p_area, it in out:
+        h, w = it["img"].shape
+        truth[it["stem"]] = [tuple(b) for b in it["boxes"]]
+        found = fused(T.decode(heat, box, nms_iou=1.01), fuse) if fuse else T.decode(heat, box, nms_iou=nms)
+        for c, s, x0, y0, x1, y1 in found:
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            hw, hh = (x1 - x0) / 2 * grow, (y1 - y0) / 2 * grow
+            s *= float(p_image[c]) ** image_power
+            if area_power:
+                ay = min(max(int(cy // 32), 0), p_area.shape[1] - 1)
+                ax = min(max(int(cx // 32), 0), p_area.shape[2] - 1)
+                s *= float(p_area[c, ay, ax]) ** area_power
+            dets.append((c, it["stem"], s, (max(cx - hw, 0), max(cy - hh, 0), min(cx + hw, w), min(cy + hh, h))))
+    ap = {}
+    for c, name in enumerate(T.CLASSES):
+        ap[name] = T.average_precision([(i, s, b) for cc, i, s, b in dets if cc == c], truth, c, 0.5)
+    return float(np.mean(list(ap.values()))), ap
+
+
+RULES = [
+    ("as inspectd decodes (model.nms_iou 0.5)", {}),
+    ("score times the image head's probability of the class, square root", {"image_power": 0.5}),
+    ("score times the image head's probability of the class", {"image_power": 1.0}),
+    ("score times the 96 px window's probability of the class, square root", {"area_power": 0.5}),
+    ("score times the 96 px window's probability of the class", {"area_power": 1.0}),
+    ("boxes grown by a tenth", {"grow": 1.1}),
+    ("boxes shrunk by a tenth", {"grow": 0.9}),
+    ("suppression at IoU 0.3", {"nms": 0.3}),
+    ("suppression at IoU 0.6", {"nms": 0.6}),
+    ("suppression at IoU 0.7", {"nms": 0.7}),
+    ("weighted box fusion at IoU 0.5", {"fuse": 0.5}),
+    ("weighted box fusion at IoU 0.6", {"fuse": 0.6}),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("weights", nargs="+", help="neu_det.pt of --inner-val runs")
+    ap.add_argument("--dataset", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "neu"))
+    a = ap.parse_args()
+    for w in a.weights:
+        if not os.path.isfile(w):
+            ap.error(f"{w}: no such file (a neu_det.pt written by train.py --inner-val)")
+    torch.set_num_threads(1)
+    val, mean, std = inner_validation(a.dataset)
+    runs = [outputs(w, val, mean, std) for w in a.weights]
+    print("rule | " + " | ".join(a.weights))
+    for name, rule in RULES:
+        cells = []
+        for out in runs:
+            m, ap50 = detections(out, **rule)
+            cells.append(f"{m:.4f} (crazing {ap50['crazing']:.3f}, rolled-in {ap50['rolled-in_scale']:.3f})")
+        print(f"{name} | " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
