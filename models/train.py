@@ -1014,6 +1014,7 @@ def main():
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share,
               "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
               "alpha_class": dict(zip(CLASSES, widths)), "lr": a.lr, "weight_decay": a.weight_decay,
+              "batch": a.batch, "ema": a.ema,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
