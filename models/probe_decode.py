@@ -19,12 +19,9 @@ import train as T  # noqa: E402
 
 
 def inner_validation(dataset):
-    """The inner split of `train.py --inner-val` and the training pixels' mean and spread."""
-    items = T.load_dataset(dataset)
-    train, _ = T.stratified_split(items, 0.2, T.SPLIT_SEED)
-    train, val = T.stratified_split(train, 0.2, T.SPLIT_SEED + 1)
-    pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
-    return val, float(pixels.mean()) * 255.0, float(pixels.std()) * 255.0
+    """The inner split of `train.py --inner-val` and its training pixels' mean and spread."""
+    train, val = T.split(T.load_dataset(dataset), 0.2, inner_val=True)
+    return (val, *T.pixel_stats(train))
 
 
 @torch.no_grad()
@@ -32,10 +29,10 @@ def outputs(weights, val, mean, std):
     """Per image: heat, boxes, the image head's and the 96 px windows' class probabilities."""
     net = T.Detector("deep")
     net.load_state_dict(torch.load(weights))
-    net.eval()
+    net = T.NormalisedNet(net, mean, std).eval()
     out = []
     for it in val:
-        x = (torch.from_numpy(T.pad_to(it["img"], T.SIDE).astype(np.float32))[None, None] - mean) / std
+        x = torch.from_numpy(T.pad_to(it["img"], T.SIDE).astype(np.float32))[None, None]
         heat, box, image, area = net(x, area_window=3)
         out.append((torch.sigmoid(heat)[0], box[0], torch.softmax(image[0], 0), torch.softmax(area[0], 0), it))
     return out

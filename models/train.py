@@ -95,6 +95,22 @@ def stratified_split(items, val_share, seed):
     return train, val
 
 
+def split(items, val_share, inner_val=False):
+    """(train, val): the held-out split (seed SPLIT_SEED); with `inner_val`, a screen's
+    split instead, a share of the training images held out of training and validated
+    on, the held-out images left out of both."""
+    train, val = stratified_split(items, val_share, SPLIT_SEED)
+    if inner_val:
+        train, val = stratified_split(train, val_share, SPLIT_SEED + 1)
+    return train, val
+
+
+def pixel_stats(items):
+    """The mean and standard deviation of the images' gray levels, on a 0-1 scale."""
+    pixels = np.concatenate([it["img"].ravel() for it in items]).astype(np.float64) / 255.0
+    return float(pixels.mean()), float(pixels.std())
+
+
 def pad_to(img, side, ox=0, oy=0):
     """The image at (ox, oy) in a side x side canvas, edges repeated outward (as inspectd
     pads a frame to a multiple of 32)."""
@@ -915,11 +931,10 @@ def main():
     rng = random.Random(a.seed)
 
     items = load_dataset(a.dataset)
-    train, val = stratified_split(items, a.val_share, SPLIT_SEED)
+    train, val = split(items, a.val_share, a.inner_val)
     if a.inner_val:
         # Screening a change: a fifth of the training images is held out of training and
         # validated on; the 300 held-out images are not looked at.
-        train, val = stratified_split(train, a.val_share, SPLIT_SEED + 1)
         print("inner validation: the held-out images are not used by this run", flush=True)
     print(f"{len(items)} images: {len(train)} train, {len(val)} held out (split seed {SPLIT_SEED}); "
           f"training seed {a.seed}", flush=True)
@@ -929,8 +944,7 @@ def main():
     print(f"defect-free crops: {sum(map(len, crops.values()))} from the training images, "
           f"{sum(map(len, val_crops.values()))} from the held-out ones (scoring only)", flush=True)
 
-    pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
-    mean, std = float(pixels.mean()), float(pixels.std())
+    mean, std = pixel_stats(train)
     # Channels-last tensors let oneDNN's convolutions skip a reorder at every layer: a
     # training step takes about three quarters of the time on a CPU (the weights and the
     # export are the same).
@@ -1092,8 +1106,8 @@ class NormalisedNet(nn.Module):
         super().__init__()
         self.net, self.mean, self.std = net, mean * 255.0, std * 255.0
 
-    def forward(self, x):
-        return self.net((x - self.mean) / self.std)
+    def forward(self, x, **kwargs):
+        return self.net((x - self.mean) / self.std, **kwargs)
 
 
 if __name__ == "__main__":

@@ -278,8 +278,7 @@ def main():
     items = T.load_dataset(a.dataset)
     train, val = T.stratified_split(items, 0.2, T.SPLIT_SEED)
     crops, val_crops = T.clean_crops(train), T.clean_crops(val)
-    pixels = np.concatenate([it["img"].ravel() for it in train]).astype(np.float64) / 255.0
-    mean, std = float(pixels.mean()), float(pixels.std())
+    mean, std = T.pixel_stats(train)
     net = Look(c16=a.c16, c32=a.c32, pool=a.pool)
     macs = T.count_macs(net, 1024, 1280)
     if a.time_only:
