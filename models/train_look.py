@@ -276,7 +276,7 @@ def main():
     torch.set_num_threads(a.threads)
     rng = random.Random(a.seed)
     items = T.load_dataset(a.dataset)
-    train, val = T.stratified_split(items, 0.2, T.SPLIT_SEED)
+    train, val = T.split(items, 0.2)
     crops, val_crops = T.clean_crops(train), T.clean_crops(val)
     mean, std = T.pixel_stats(train)
     net = Look(c16=a.c16, c32=a.c32, pool=a.pool)
