@@ -5,7 +5,10 @@ re-shapes the same net's peaks, and the AP@0.5 per class is computed as train.py
     models/.venv/bin/python models/probe_decode.py RUN/neu_det.pt [RUN2/neu_det.pt ...]
 
 Each `neu_det.pt` must come from a `--inner-val` run of the `deep` design (train.py writes
-it beside the metrics). Nothing here changes a model or what inspectd reports.
+it beside the metrics). With `--ensemble`, the nets given are also read as one: their
+heat probabilities, box distances and class probabilities averaged cell by cell (what a
+teacher made of them gives `train.py --teacher`), a last column. Nothing here changes a
+model or what inspectd reports.
 """
 import argparse
 import os
@@ -35,6 +38,16 @@ def outputs(weights, val, mean, std):
         x = torch.from_numpy(T.pad_to(it["img"], T.SIDE).astype(np.float32))[None, None]
         heat, box, image, area = net(x, area_window=3)
         out.append((torch.sigmoid(heat)[0], box[0], torch.softmax(image[0], 0), torch.softmax(area[0], 0), it))
+    return out
+
+
+def averaged(runs):
+    """The nets' outputs per image averaged: one ensemble's outputs, in `outputs`' form."""
+    out = []
+    for per_image in zip(*runs):
+        n = len(per_image)
+        means = [sum(o[k] for o in per_image) / n for k in range(4)]
+        out.append((*means, per_image[0][4]))
     return out
 
 
@@ -95,6 +108,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", nargs="+", help="neu_det.pt of --inner-val runs")
     ap.add_argument("--dataset", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "neu"))
+    ap.add_argument("--ensemble", action="store_true", help="also score the nets' average (a last column)")
     a = ap.parse_args()
     for w in a.weights:
         if not os.path.isfile(w):
@@ -102,13 +116,23 @@ def main():
     torch.set_num_threads(1)
     val, mean, std = inner_validation(a.dataset)
     runs = [outputs(w, val, mean, std) for w in a.weights]
-    print("rule | " + " | ".join(a.weights))
+    names = list(a.weights)
+    if a.ensemble:
+        if len(runs) < 2:
+            ap.error("--ensemble needs two nets or more")
+        runs.append(averaged(runs))
+        names.append(f"average of the {len(a.weights)}")
+    print("rule | " + " | ".join(names))
     for name, rule in RULES:
         cells = []
         for out in runs:
             m, ap50 = detections(out, **rule)
             cells.append(f"{m:.4f} (crazing {ap50['crazing']:.3f}, rolled-in {ap50['rolled-in_scale']:.3f})")
         print(f"{name} | " + " | ".join(cells), flush=True)
+    print("\nAP@0.5 per class, as inspectd decodes")
+    for name, out in zip(names, runs):
+        m, ap50 = detections(out)
+        print(f"{name}: mAP {m:.4f}  " + "  ".join(f"{c} {v:.3f}" for c, v in ap50.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -791,6 +791,43 @@ def batches(items, batch_size, rng, widths, crops=None, clean_share=0.0, pos_gau
                torch.from_numpy(np.stack(areas)))
 
 
+def load_teacher(path, design):
+    """A trained net (its EMA weights, as train.py saves them), frozen, for distillation."""
+    net = Detector(design)
+    net.load_state_dict(torch.load(path))
+    net = net.to(memory_format=torch.channels_last).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@torch.no_grad()
+def teachers_say(teachers, xn):
+    """The teachers' mean heat probability, box distances and image probabilities."""
+    outs = [t(xn) for t in teachers]
+    n = len(outs)
+    return (sum(torch.sigmoid(o[0].float()) for o in outs) / n, sum(o[1].float() for o in outs) / n,
+            sum(F.softmax(o[2].float(), 1) for o in outs) / n)
+
+
+def distill_loss(teachers, xn, heat_logits, box, image_logits, heat, box_weight):
+    """What the teachers teach, on the same input: the heat their mean probability at every
+    cell (cross-entropy to the soft target, weighted by the squared gap, as the quality
+    focal loss; normalised like the labels' focal loss, by the labels' peaks), the boxes
+    their mean boxes where their heat reaches 0.1 (GIoU, weighted by that heat), the image
+    head their mean image probabilities."""
+    t_heat, t_box, t_image = teachers_say(teachers, xn)
+    p = torch.sigmoid(heat_logits).clamp(1e-4, 1 - 1e-4)
+    bce = -(t_heat * torch.log(p) + (1 - t_heat) * torch.log(1 - p))
+    heat_kd = (bce * (t_heat - p).abs() ** 2).sum() / heat.eq(1.0).sum().clamp(min=1.0)
+    cx, cy = cell_centres(t_box.shape[-1])  # square inputs, as box_ious
+    t_reg = torch.stack([cx - t_box[:, 0], cy - t_box[:, 1], cx + t_box[:, 2], cy + t_box[:, 3]], 1)
+    sure = t_heat.max(1).values
+    box_kd = giou_loss(box, t_reg, sure * (sure >= 0.1))
+    image_kd = -(t_image * F.log_softmax(image_logits, 1)).sum(1).mean()
+    return heat_kd + box_weight * box_kd + 0.2 * image_kd
+
+
 def count_macs(model, side_h, side_w):
     macs = 0
 
@@ -897,9 +934,17 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--box-weight", type=float, default=5.0, help="weight of the boxes' GIoU loss")
+    ap.add_argument("--teacher", action="append", default=[], metavar="PT",
+                    help="neu_det.pt of a run on the same split (repeatable): the mean of these nets' heat, "
+                         "boxes and image probabilities teaches this one besides the labels (distillation)")
+    ap.add_argument("--teacher-design", choices=sorted(DESIGNS), default="deep", help="the teachers' design")
+    ap.add_argument("--distill", type=float, default=1.0, help="weight of the teachers' losses")
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export --design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
     a = ap.parse_args()
+    for path in a.teacher:
+        if not os.path.isfile(path):
+            ap.error(f"--teacher {path}: no such file (a neu_det.pt written by train.py)")
     widths = [a.alpha] * len(CLASSES)
     for item in a.alpha_class:
         name, _, value = item.partition("=")
@@ -956,6 +1001,9 @@ def main():
     print(f"model: design {a.design}: {params} parameters, {macs_neu / 1e6:.1f} M multiply-adds "
           f"per 224x224, {macs_frame / 1e9:.2f} G per 1280x1024", flush=True)
 
+    teachers = [load_teacher(path, a.teacher_design) for path in a.teacher]
+    if teachers:
+        print(f"distillation: {len(teachers)} teacher(s) ({a.teacher_design}), weight {a.distill}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     steps_per_epoch = int(len(train) * (1 + a.clean_share)) // a.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * steps_per_epoch,
@@ -972,7 +1020,7 @@ def main():
     step = 0
     for epoch in range(a.epochs):
         model.train()
-        sums = np.zeros(4)
+        sums = np.zeros(5)
         # YOLO's "close mosaic": the last tenth of the epochs sees whole images only.
         late = epoch >= a.epochs - max(a.epochs // 10, 1)
         mosaic_share = 0.0 if late else a.mosaic
@@ -981,13 +1029,18 @@ def main():
         for x, heat, reg, weight, labels, ignore, area in batches(train, a.batch, rng, widths, crops,
                                                                   a.clean_share, a.pos_gauss, mosaic_share,
                                                                   a.mosaic_placed, a.laid, area_window, scale):
+            xn = ((x - a_mean) / a_std).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-                out = model(((x - a_mean) / a_std).contiguous(memory_format=torch.channels_last), area_window)
+                out = model(xn, area_window)
             heat_logits, box, image_logits = out[0].float(), out[1].float(), out[2].float()
             quality = box_ious(box.detach(), reg)[0].clamp(0, 1) if a.iou_heat else None
             losses = (focal_loss(heat_logits, heat, ignore, quality), a.box_weight * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
             loss = sum(losses)
+            if teachers:
+                taught = distill_loss(teachers, xn, heat_logits, box, image_logits, heat, a.box_weight)
+                loss = loss + a.distill * taught
+                sums[4] += taught.item()
             if area_window and (area >= 0).any():
                 # The area output read through its own window, per cell; no cell of a defect
                 # image is taught `none` (area_targets).
@@ -1009,7 +1062,8 @@ def main():
             sums[:3] += [v.item() for v in losses]
         msg = (f"epoch {epoch + 1:3d}/{a.epochs}  heat {sums[0] / steps_per_epoch:.3f}  "
                f"giou {sums[1] / steps_per_epoch:.3f}  image {sums[2] / steps_per_epoch:.3f}  "
-               + (f"area {sums[3] / steps_per_epoch:.3f}  " if area_window else "") +
+               + (f"area {sums[3] / steps_per_epoch:.3f}  " if area_window else "")
+               + (f"taught {sums[4] / steps_per_epoch:.3f}  " if teachers else "") +
                f"{time.time() - t_start:.0f} s")
         print(msg, flush=True)
     train_seconds = time.time() - t_start
@@ -1029,6 +1083,8 @@ def main():
               "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
               "alpha_class": dict(zip(CLASSES, widths)), "lr": a.lr, "weight_decay": a.weight_decay,
               "batch": a.batch, "ema": a.ema,
+              "teachers": list(a.teacher), "teacher_design": a.teacher_design,
+              "distill": a.distill if a.teacher else 0.0,
               "parameters": params,
               "macs_224": macs_neu, "macs_1280x1024": macs_frame, "train_seconds": round(train_seconds, 1),
               "val_images": len(val), **metrics}
