@@ -42,13 +42,9 @@ def outputs(weights, val, mean, std):
 
 
 def averaged(runs):
-    """The nets' outputs per image averaged: one ensemble's outputs, in `outputs`' form."""
-    out = []
-    for per_image in zip(*runs):
-        n = len(per_image)
-        means = [sum(o[k] for o in per_image) / n for k in range(4)]
-        out.append((*means, per_image[0][4]))
-    return out
+    """The nets' outputs per image averaged (train.py's `mean_of`, as `--teacher` averages
+    its teachers): one ensemble's outputs, in `outputs`' form."""
+    return [(*T.mean_of([o[:4] for o in per_image]), per_image[0][4]) for per_image in zip(*runs)]
 
 
 def fused(found, thr):

@@ -540,11 +540,15 @@ def focal_loss(logits, heat, ignore=None, quality=None):
     if quality is None:
         pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos).sum()
     else:
-        q = quality[:, None].expand_as(p)
-        bce = q * torch.log(p) + (1 - q) * torch.log(1 - p)
-        pos_loss = -(bce * (q - p).abs() ** 2 * pos).sum()
+        pos_loss = (soft_focal(p, quality[:, None].expand_as(p)) * pos).sum()
     neg_loss = -(torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * neg).sum()
     return (pos_loss + neg_loss) / pos.sum().clamp(min=1.0)
+
+
+def soft_focal(p, q):
+    """Per cell, the quality focal loss of probabilities `p` (clamped away from 0 and 1)
+    taught soft targets `q`: the cross-entropy, weighted by the squared gap."""
+    return -(q * torch.log(p) + (1 - q) * torch.log(1 - p)) * (q - p).abs() ** 2
 
 
 def cell_centres(g, device=None):
@@ -552,12 +556,17 @@ def cell_centres(g, device=None):
     return c.view(1, g), c.view(g, 1)  # x along columns, y along rows
 
 
+def corners(box):
+    """Per cell, the box it predicts (distances from the cell's centre to the edges) as
+    x0 y0 x1 y1, the form of `targets`' `reg`. Square grids, as training's inputs."""
+    cx, cy = cell_centres(box.shape[-1])
+    return torch.stack([cx - box[:, 0], cy - box[:, 1], cx + box[:, 2], cy + box[:, 3]], 1)
+
+
 def box_ious(box, reg):
     """Per cell, the IoU and GIoU of the box it predicts (distances to the edges) with the
     box it is taught (`reg`, x0 y0 x1 y1)."""
-    g = box.shape[-1]
-    cx, cy = cell_centres(g)
-    px0, py0, px1, py1 = cx - box[:, 0], cy - box[:, 1], cx + box[:, 2], cy + box[:, 3]
+    px0, py0, px1, py1 = corners(box).unbind(1)
     tx0, ty0, tx1, ty1 = reg[:, 0], reg[:, 1], reg[:, 2], reg[:, 3]
     iw = (torch.min(px1, tx1) - torch.max(px0, tx0)).clamp(min=0)
     ih = (torch.min(py1, ty1) - torch.max(py0, ty0)).clamp(min=0)
@@ -801,13 +810,17 @@ def load_teacher(path, design):
     return net
 
 
+def mean_of(outs):
+    """Several nets' outputs (probabilities, box distances) averaged element by element:
+    an ensemble's outputs, in the same form."""
+    return tuple(sum(o[k] for o in outs) / len(outs) for k in range(len(outs[0])))
+
+
 @torch.no_grad()
 def teachers_say(teachers, xn):
     """The teachers' mean heat probability, box distances and image probabilities."""
-    outs = [t(xn) for t in teachers]
-    n = len(outs)
-    return (sum(torch.sigmoid(o[0].float()) for o in outs) / n, sum(o[1].float() for o in outs) / n,
-            sum(F.softmax(o[2].float(), 1) for o in outs) / n)
+    return mean_of([(torch.sigmoid(heat.float()), box.float(), F.softmax(image.float(), 1))
+                    for heat, box, image in (t(xn) for t in teachers)])
 
 
 def distill_loss(teachers, xn, heat_logits, box, image_logits, heat, box_weight):
@@ -818,12 +831,9 @@ def distill_loss(teachers, xn, heat_logits, box, image_logits, heat, box_weight)
     head their mean image probabilities."""
     t_heat, t_box, t_image = teachers_say(teachers, xn)
     p = torch.sigmoid(heat_logits).clamp(1e-4, 1 - 1e-4)
-    bce = -(t_heat * torch.log(p) + (1 - t_heat) * torch.log(1 - p))
-    heat_kd = (bce * (t_heat - p).abs() ** 2).sum() / heat.eq(1.0).sum().clamp(min=1.0)
-    cx, cy = cell_centres(t_box.shape[-1])  # square inputs, as box_ious
-    t_reg = torch.stack([cx - t_box[:, 0], cy - t_box[:, 1], cx + t_box[:, 2], cy + t_box[:, 3]], 1)
+    heat_kd = soft_focal(p, t_heat).sum() / heat.eq(1.0).sum().clamp(min=1.0)
     sure = t_heat.max(1).values
-    box_kd = giou_loss(box, t_reg, sure * (sure >= 0.1))
+    box_kd = giou_loss(box, corners(t_box), sure * (sure >= 0.1))
     image_kd = -(t_image * F.log_softmax(image_logits, 1)).sum(1).mean()
     return heat_kd + box_weight * box_kd + 0.2 * image_kd
 
