@@ -137,6 +137,12 @@ def rescaled(img, boxes, rng, share, lo, hi):
 # 176, scratches' 95), so a net can learn brightness as a class cue; on a line the
 # strip's brightness is the lamp's, and a scratch on bright strip is still a scratch.
 LEVEL_SHARE, LEVELS = 0.0, (50.0, 210.0)
+# `--no-turns`: inputs are mirrored but never turned by 90 degrees, so the strip keeps the
+# orientation the camera gives it (the daemon's strip moves up the image, as NEU's rolling
+# direction runs). NEU's boxes have one: crazing's bands lie across the image (362 of its
+# 571 boxes are wider than 1.5 x their height, 28 taller), inclusions along it (757 of 844
+# taller); turned inputs ask the net to learn each convention twice.
+TURNS = True
 
 
 def lighting(img, rng):
@@ -148,14 +154,13 @@ def lighting(img, rng):
 
 
 def augment(img, boxes, rng, place=True, scale=(0.0, 1.0, 1.0)):
-    """Turns, flips, a shift inside the padded canvas, lighting drift, and with `scale`
-    (share, lo, hi) a change of size. Steel texture has no orientation the classes depend
-    on; the line's lamp and gain drift. With `place` off, the image stays at its own size
-    (for a mosaic)."""
+    """Turns (unless `TURNS` is off: NEU's boxes have an orientation, above), flips, a
+    shift inside the padded canvas, lighting drift, and with `scale` (share, lo, hi) a
+    change of size. With `place` off, the image stays at its own size (for a mosaic)."""
     img, boxes = rescaled(img, boxes, rng, *scale)
     h, w = img.shape
     boxes = [list(b) for b in boxes]
-    for _ in range(rng.randrange(4)):  # 90 degrees counter-clockwise
+    for _ in range(rng.randrange(4) if TURNS else 0):  # 90 degrees counter-clockwise
         img = np.rot90(img)
         boxes = [[c, y0, w - x1, y1, w - x0] for c, x0, y0, x1, y1 in boxes]
         h, w = w, h
@@ -304,7 +309,13 @@ def clean_crops(items):
 
 
 def turned(img, rng):
-    for _ in range(rng.randrange(4)):
+    """A crop turned by a multiple of 90 degrees and mirrored at random; with `TURNS` off,
+    mirrored left-right and top-bottom at random instead (the same eight-fold variety of
+    a turned crop is four-fold then: what keeps the strip's orientation)."""
+    if not TURNS:
+        if rng.random() < 0.5:
+            img = img[::-1, :]
+    for _ in range(rng.randrange(4) if TURNS else 0):
         img = np.rot90(img)
     if rng.random() < 0.5:
         img = img[:, ::-1]
@@ -936,6 +947,8 @@ def main():
                          "the models before)")
     ap.add_argument("--level-share", type=float, default=0.0,
                     help="share of inputs moved to a random mean gray level (50-210) before the lighting drift")
+    ap.add_argument("--no-turns", action="store_true",
+                    help="mirror inputs but never turn them by 90 degrees (keep the strip's orientation)")
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast for the forward pass (weights, losses and the export stay float32)")
     ap.add_argument("--inner-val", action="store_true",
@@ -977,8 +990,9 @@ def main():
                           opset_version=13, dynamo=False)
         print(f"{a.time_only}: design {a.design}, {count_macs(net, 1024, 1280) / 1e9:.2f} G multiply-adds per 1280x1024")
         return
-    global LEVEL_SHARE
+    global LEVEL_SHARE, TURNS
     LEVEL_SHARE = a.level_share
+    TURNS = not a.no_turns
 
     t_start = time.time()
     torch.manual_seed(a.seed)
@@ -1089,7 +1103,7 @@ def main():
 
     record = {"seed": a.seed, "design": a.design, "epochs": a.epochs, "clean_share": a.clean_share,
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
-              "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share,
+              "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share, "turns": TURNS,
               "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
               "alpha_class": dict(zip(CLASSES, widths)), "lr": a.lr, "weight_decay": a.weight_decay,
               "batch": a.batch, "ema": a.ema,
