@@ -138,8 +138,8 @@ def rescaled(img, boxes, rng, share, lo, hi):
 # strip's brightness is the lamp's, and a scratch on bright strip is still a scratch.
 LEVEL_SHARE, LEVELS = 0.0, (50.0, 210.0)
 # `--no-turns`: inputs are mirrored but never turned by 90 degrees, so the strip keeps the
-# orientation the camera gives it (the daemon's strip moves up the image, as NEU's rolling
-# direction runs). NEU's boxes have one: crazing's bands lie across the image (362 of its
+# orientation the camera gives it (the daemon's strip moves up the image; NEU's
+# inclusions, drawn out by rolling, lie along its columns). NEU's boxes have one: crazing's bands lie across the image (362 of its
 # 571 boxes are wider than 1.5 x their height, 28 taller), inclusions along it (757 of 844
 # taller); turned inputs ask the net to learn each convention twice.
 TURNS = True
@@ -309,14 +309,13 @@ def clean_crops(items):
 
 
 def turned(img, rng):
-    """A crop turned by a multiple of 90 degrees and mirrored at random; with `TURNS` off,
-    mirrored left-right and top-bottom at random instead (the same eight-fold variety of
-    a turned crop is four-fold then: what keeps the strip's orientation)."""
-    if not TURNS:
-        if rng.random() < 0.5:
-            img = img[::-1, :]
-    for _ in range(rng.randrange(4) if TURNS else 0):
-        img = np.rot90(img)
+    """A crop turned by a multiple of 90 degrees and mirrored at random; with `TURNS`
+    off, mirrored top-bottom and left-right at random instead (keeping its orientation)."""
+    if TURNS:
+        for _ in range(rng.randrange(4)):
+            img = np.rot90(img)
+    elif rng.random() < 0.5:
+        img = img[::-1, :]
     if rng.random() < 0.5:
         img = img[:, ::-1]
     return np.ascontiguousarray(img)
