@@ -139,9 +139,10 @@ def rescaled(img, boxes, rng, share, lo, hi):
 LEVEL_SHARE, LEVELS = 0.0, (50.0, 210.0)
 # `--no-turns`: inputs are mirrored but never turned by 90 degrees, so the strip keeps the
 # orientation the camera gives it (the daemon's strip moves up the image; NEU's
-# inclusions, drawn out by rolling, lie along its columns). NEU's boxes have one: crazing's bands lie across the image (362 of its
-# 571 boxes are wider than 1.5 x their height, 28 taller), inclusions along it (757 of 844
-# taller); turned inputs ask the net to learn each convention twice.
+# inclusions, drawn out by rolling, lie along its columns). NEU's boxes have one:
+# crazing's bands lie across the image (362 of its 571 boxes are wider than 1.5 x their
+# height, 28 taller), inclusions along it (757 of 844 taller); turned inputs ask the net
+# to learn each convention twice.
 TURNS = True
 
 
