@@ -537,23 +537,27 @@ class Detector(nn.Module):
         return out
 
 
-def focal_loss(logits, heat, ignore=None, quality=None):
+def focal_loss(logits, heat, ignore=None, quality=None, class_weight=None):
     """CenterNet's focal loss; cells where `ignore` is 1 (a defect cut off by a mosaic's
     seam) count neither as positives nor as negatives. With `quality` (per cell, 0 to 1,
     no gradient: the IoU of the box the cell predicts with the box it is taught), a peak
     is taught that IoU instead of 1 (GFL's quality focal loss): of a class's peaks, those
-    whose boxes fit rank higher."""
+    whose boxes fit rank higher. With `class_weight` (one number per class), each class's
+    heat map counts that many times, its peaks and its background alike."""
     p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     pos = heat.eq(1.0).float()
     neg = 1.0 - pos
+    count = pos.sum().clamp(min=1.0)
     if ignore is not None:
         neg = neg * (1.0 - ignore[:, None])
+    if class_weight is not None:
+        pos, neg = pos * class_weight[:, None, None], neg * class_weight[:, None, None]
     if quality is None:
         pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos).sum()
     else:
         pos_loss = (soft_focal(p, quality[:, None].expand_as(p)) * pos).sum()
     neg_loss = -(torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * neg).sum()
-    return (pos_loss + neg_loss) / pos.sum().clamp(min=1.0)
+    return (pos_loss + neg_loss) / count
 
 
 def soft_focal(p, q):
@@ -923,6 +927,8 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.54, help="Gaussian size as a share of the box (TTFNet)")
     ap.add_argument("--alpha-class", action="append", default=[], metavar="CLASS=ALPHA",
                     help="another Gaussian size for one class (repeatable), e.g. crazing=0.8")
+    ap.add_argument("--class-weight", action="append", default=[], metavar="CLASS=WEIGHT",
+                    help="that class's heat map counts WEIGHT times in the focal loss (repeatable; default 1)")
     ap.add_argument("--val-share", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--clean-share", type=float, default=0.35,
@@ -968,17 +974,24 @@ def main():
     for path in a.teacher:
         if not os.path.isfile(path):
             ap.error(f"--teacher {path}: no such file (a neu_det.pt written by train.py)")
-    widths = [a.alpha] * len(CLASSES)
-    for item in a.alpha_class:
-        name, _, value = item.partition("=")
-        try:
-            width = float(value)
-        except ValueError:
-            width = 0.0
-        if name not in CLASSES or not width > 0:
-            ap.error(f"--alpha-class {item!r}: expected CLASS=ALPHA, CLASS one of {', '.join(CLASSES)}, "
-                     "ALPHA a number above 0")
-        widths[CLASSES.index(name)] = width
+
+    def per_class(items, default, flag, what):
+        """`CLASS=NUMBER` items over a default for every class."""
+        values = [default] * len(CLASSES)
+        for item in items:
+            name, _, value = item.partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = 0.0
+            if name not in CLASSES or not number > 0:
+                ap.error(f"{flag} {item!r}: expected CLASS={what}, CLASS one of {', '.join(CLASSES)}, "
+                         f"{what} a number above 0")
+            values[CLASSES.index(name)] = number
+        return values
+
+    widths = per_class(a.alpha_class, a.alpha, "--alpha-class", "ALPHA")
+    class_weight = per_class(a.class_weight, 1.0, "--class-weight", "WEIGHT")
     if a.time_only:
         net = Detector(a.design).eval()
         exported = Exported(net, 0.5, 0.2, a.area_window).eval()
@@ -1041,6 +1054,8 @@ def main():
     # The 7-cell window is the image head's own view of a 224 x 224 input: trained through
     # the image loss. A smaller window gets a loss of its own, per cell.
     area_window = a.area_window if a.area_window < 7 else 0
+    # All ones leaves the loss as it was, to the last bit.
+    heat_weight = torch.tensor(class_weight) if any(w != 1.0 for w in class_weight) else None
     step = 0
     for epoch in range(a.epochs):
         model.train()
@@ -1058,7 +1073,8 @@ def main():
                 out = model(xn, area_window)
             heat_logits, box, image_logits = out[0].float(), out[1].float(), out[2].float()
             quality = box_ious(box.detach(), reg)[0].clamp(0, 1) if a.iou_heat else None
-            losses = (focal_loss(heat_logits, heat, ignore, quality), a.box_weight * giou_loss(box, reg, weight),
+            losses = (focal_loss(heat_logits, heat, ignore, quality, heat_weight),
+                      a.box_weight * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
             loss = sum(losses)
             if teachers:
@@ -1105,7 +1121,8 @@ def main():
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range), "level_share": a.level_share, "turns": TURNS,
               "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
-              "alpha_class": dict(zip(CLASSES, widths)), "lr": a.lr, "weight_decay": a.weight_decay,
+              "alpha_class": dict(zip(CLASSES, widths)), "class_weight": dict(zip(CLASSES, class_weight)),
+              "lr": a.lr, "weight_decay": a.weight_decay,
               "batch": a.batch, "ema": a.ema,
               "teachers": list(a.teacher), "teacher_design": a.teacher_design,
               "distill": a.distill if a.teacher else 0.0,
