@@ -67,14 +67,15 @@ def fused(found, thr):
 def voted(heat, box, nms):
     """Each peak's box the mean of the boxes its 3 x 3 neighbourhood predicts (as corners),
     weighted by the heat of the peak's class there: one cell's regression noise averaged
-    out. Peaks, scores and suppression as `T.decode`."""
+    out. Peaks, scores and suppression as `T.decode`, class by class (its 50 highest peaks
+    of each, then the 50 highest of all)."""
     x0y0x1y1 = T.corners(box[None])[0]
+    cx, cy = T.cell_centres(box.shape[-1])
     found = []
     for c in range(heat.shape[0]):
         wgt = heat[c][None, None]
         total = F.avg_pool2d(wgt, 3, 1, 1)
         mean = F.avg_pool2d(wgt * x0y0x1y1[None], 3, 1, 1) / total.clamp(min=1e-9)
-        cx, cy = T.cell_centres(box.shape[-1])
         dist = torch.stack([cx - mean[0, 0], cy - mean[0, 1], mean[0, 2] - cx, mean[0, 3] - cy])
         only = torch.zeros_like(heat)
         only[c] = heat[c]
