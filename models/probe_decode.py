@@ -83,12 +83,43 @@ def voted(heat, box, nms):
     return sorted(found, key=lambda d: -d[1])[:50]
 
 
-def detections(out, nms=0.5, image_power=0.0, area_power=0.0, grow=1.0, fuse=None, vote=False):
+def dense(heat, box, k, nms, around_peaks=False):
+    """Every cell a candidate, not only the 3 x 3 peaks (as YOLO's grid: each cell's box at
+    its own heat), surest first: a box overlapping a kept one of its class by more than
+    `nms` is dropped, until `k` are kept. A defect whose extent is ambiguous (a crazed band drawn whole on
+    one image and in pieces on the next) keeps a second box of another size where a cell
+    beside the peak predicts one. With `around_peaks`, only the peaks and the 8 cells
+    around each."""
+    heat = torch.as_tensor(heat)
+    keep = heat
+    if around_peaks:
+        peak = (F.max_pool2d(heat[None], 3, 1, 1)[0] == heat).float()
+        keep = heat * (F.max_pool2d(peak[None], 3, 1, 1)[0] > 0)
+    c, g_h, g_w = heat.shape
+    scores, idx = keep.reshape(-1).topk(min(4 * k, c * g_h * g_w))
+    out = []
+    for s, i in zip(scores.tolist(), idx.tolist()):
+        if s < 0.01 or len(out) == k:
+            break
+        cls, rem = divmod(i, g_h * g_w)
+        iy, ix = divmod(rem, g_w)
+        l, t, r, b = box[:, iy, ix].tolist()
+        x, y = (ix + 0.5) * T.STRIDE, (iy + 0.5) * T.STRIDE
+        d = (cls, s, x - l, y - t, x + r, y + b)
+        if not any(o[0] == cls and T.iou(o[2:], d[2:]) > nms for o in out):
+            out.append(d)
+    return out
+
+
+def detections(out, nms=0.5, image_power=0.0, area_power=0.0, grow=1.0, fuse=None, vote=False, dense_k=0,
+               around_peaks=False):
     dets, truth = [], {}
     for heat, box, p_image, p_area, it in out:
         h, w = it["img"].shape
         truth[it["stem"]] = [tuple(b) for b in it["boxes"]]
-        if vote:
+        if dense_k:
+            found = dense(heat, box, dense_k, nms, around_peaks)
+        elif vote:
             found = voted(heat, box, nms)
         elif fuse:
             found = fused(T.decode(heat, box, nms_iou=1.01), fuse)
@@ -123,6 +154,11 @@ RULES = [
     ("weighted box fusion at IoU 0.5", {"fuse": 0.5}),
     ("weighted box fusion at IoU 0.6", {"fuse": 0.6}),
     ("each peak's box voted by its 3 x 3 neighbourhood, weighted by its class's heat", {"vote": True}),
+    ("every cell a candidate, 50 surest kept, suppression at IoU 0.5", {"dense_k": 50}),
+    ("every cell a candidate, 100 surest kept, suppression at IoU 0.5", {"dense_k": 100}),
+    ("the peaks and the 8 cells around each, 100 kept, suppression at IoU 0.5",
+     {"dense_k": 100, "around_peaks": True}),
+    ("every cell a candidate, 100 surest kept, suppression at IoU 0.3", {"dense_k": 100, "nms": 0.3}),
 ]
 
 
