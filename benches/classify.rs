@@ -9,7 +9,7 @@
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inspectd::config::ModelConfig;
+use inspectd::config::{Candidates, ModelConfig};
 use inspectd::frame::Frame;
 use inspectd::stages::classify::Classifier;
 use inspectd::stages::look::FirstLook;
@@ -139,6 +139,7 @@ fn bench(c: &mut Criterion) {
     // model.nms_iou: what suppressing a class's overlapping peaks costs a frame.
     let every_peak = ModelConfig {
         nms_iou: 1.0,
+        candidates: Candidates::Peaks,
         ..ModelConfig::with_path(model.clone())
     };
     let mut all = Classifier::new(&every_peak, Some((line.width, line.height))).unwrap();
@@ -149,6 +150,21 @@ fn bench(c: &mut Criterion) {
     println!(
         "model.nms_iou = 1 (every peak kept): {all_ms:.1} ms per 1280x1024 frame, {all_peaks} detections; \
          0.5 (shipped): {line_ms:.1} ms, {} detections",
+        line.detections.len()
+    );
+    // model.candidates: every cell (shipped) against the 3 x 3 peaks only.
+    let peaks_only = ModelConfig {
+        candidates: Candidates::Peaks,
+        ..ModelConfig::with_path(model.clone())
+    };
+    let mut peaks = Classifier::new(&peaks_only, Some((line.width, line.height))).unwrap();
+    peaks.classify(&mut line).unwrap();
+    let peaks_found = line.detections.len();
+    let peaks_ms = support::median_ms(20, || peaks.classify(&mut line).unwrap());
+    det.classify(&mut line).unwrap();
+    println!(
+        "model.candidates = \"peaks\": {peaks_ms:.1} ms per 1280x1024 frame, {peaks_found} detections; \
+         \"cells\" (shipped): {line_ms:.1} ms, {} detections",
         line.detections.len()
     );
     println!(

@@ -414,6 +414,14 @@ pub struct ModelConfig {
     /// every peak.
     #[serde(default = "default_nms_iou")]
     pub nms_iou: f64,
+    /// Which cells of the heat map may be a defect: `cells` (the default: every cell at
+    /// or above `min_score`, each with the box it predicts, then `nms_iou`, so a cell
+    /// beside a peak that reads the defect at another extent keeps its box as a second,
+    /// weaker answer) or `peaks` (a cell whose heat is the highest of its 3 x 3
+    /// neighbourhood, one box each: the decode before 2026-12-07). `cells` needs
+    /// `nms_iou` below 1.
+    #[serde(default)]
+    pub candidates: Candidates,
     /// Most detections kept per frame, best first (1 to 10000).
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
@@ -555,6 +563,17 @@ pub struct AlarmConfig {
     /// overlapping frames counts once.
     #[serde(default)]
     pub count: AlarmCount,
+}
+
+/// `model.candidates`: which heat-map cells the decode reads as candidate defects.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Candidates {
+    /// The 3 x 3 peaks of each class's heat, one box each.
+    Peaks,
+    /// Every cell at or above `model.min_score`, each with its own box.
+    #[default]
+    Cells,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -876,6 +895,7 @@ impl ModelConfig {
             path,
             min_score: default_min_score(),
             nms_iou: default_nms_iou(),
+            candidates: Candidates::default(),
             max_detections: default_max_detections(),
             workers: 0,
             threads: 1,
@@ -1269,6 +1289,14 @@ impl Settings {
                 "model.nms_iou: {} is not an overlap (above 0, at most 1; 1 keeps every peak)",
                 self.model.nms_iou
             ));
+        }
+        if self.model.candidates == Candidates::Cells && self.model.nms_iou >= 1.0 {
+            p.push(
+                "model.candidates = \"cells\" (the default) needs model.nms_iou below 1 \
+                 (every cell's box would be a defect); set model.candidates = \"peaks\" to \
+                 keep every peak"
+                    .to_string(),
+            );
         }
         if self.model.workers > 64 {
             p.push(format!(
@@ -1844,9 +1872,35 @@ port = 1883
             let err = Settings::load_with_env(&write(dir.path(), &body), []).unwrap_err();
             assert!(err.to_string().contains(needle), "{bad}: {err}");
         }
-        let body = GOOD.replace("path = \"m.onnx\"", "path = \"m.onnx\"\nnms_iou = 1");
+        let body = GOOD.replace(
+            "path = \"m.onnx\"",
+            "path = \"m.onnx\"\nnms_iou = 1\ncandidates = \"peaks\"",
+        );
         let s = Settings::load_with_env(&write(dir.path(), &body), []).unwrap();
         assert_eq!(s.model.nms_iou, 1.0, "1 keeps every peak");
+    }
+
+    #[test]
+    fn which_cells_are_candidates_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_with_env(&write(dir.path(), GOOD), []).unwrap();
+        assert_eq!(s.model.candidates, Candidates::Cells, "the default");
+        let with =
+            |extra: &str| GOOD.replace("path = \"m.onnx\"", &format!("path = \"m.onnx\"\n{extra}"));
+        let s = Settings::load_with_env(&write(dir.path(), &with("candidates = \"peaks\"")), [])
+            .unwrap();
+        assert_eq!(s.model.candidates, Candidates::Peaks);
+        let err =
+            Settings::load_with_env(&write(dir.path(), &with("nms_iou = 1")), []).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("model.candidates = \"cells\" (the default) needs model.nms_iou below 1"),
+            "{err}"
+        );
+        let err = Settings::load_with_env(&write(dir.path(), &with("candidates = \"all\"")), [])
+            .unwrap_err();
+        assert!(err.to_string().contains("candidates"), "{err}");
+        assert!(err.to_string().contains("all"), "{err}");
     }
 
     #[test]

@@ -110,25 +110,28 @@ fn preprocess_decide_and_our_classify_code_allocate_nothing_per_frame() {
         })
         .unwrap();
     let grid = grid.unwrap();
-    let (mut dets, mut scores) = (Vec::new(), Vec::new());
     let n = classifier.labels().len();
-    inspectd::stages::classify::decode(&heat, &boxes, &grid, n, 0.05, &mut dets, &mut scores);
-    let (decode_allocs, ()) = allocations_in(|| {
-        for _ in 0..200 {
+    // Both readings of the heat (`model.candidates`): the 3 x 3 peaks, every cell.
+    for peaks_only in [true, false] {
+        let (mut dets, mut scores) = (Vec::new(), Vec::new());
+        let decode = |dets: &mut Vec<_>, scores: &mut Vec<_>| {
             inspectd::stages::classify::decode(
-                &heat,
-                &boxes,
-                &grid,
-                n,
-                0.05,
-                &mut dets,
-                &mut scores,
+                &heat, &boxes, &grid, n, 0.05, peaks_only, dets, scores,
             );
-            inspectd::stages::classify::keep_distinct(&mut dets, 0.5, 100);
-        }
-    });
-    assert!(!dets.is_empty());
-    assert_eq!(decode_allocs, 0, "decode or its suppression allocated");
+        };
+        decode(&mut dets, &mut scores);
+        let (decode_allocs, ()) = allocations_in(|| {
+            for _ in 0..200 {
+                decode(&mut dets, &mut scores);
+                inspectd::stages::classify::keep_distinct(&mut dets, 0.5, 100);
+            }
+        });
+        assert!(!dets.is_empty());
+        assert_eq!(
+            decode_allocs, 0,
+            "decode (peaks only: {peaks_only}) or its suppression allocated"
+        );
+    }
 
     // The first look's part (the shipped config's settings): choosing the windows from
     // the cells and putting the windows' outputs back on the frame's grid, on this

@@ -94,6 +94,7 @@ fn toml_key() -> impl Strategy<Value = String> {
             "max_region_area",
             "min_score",
             "nms_iou",
+            "candidates",
             "max_detections",
             "workers",
             "default_threshold",

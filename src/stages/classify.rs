@@ -25,7 +25,7 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use crate::config::ModelConfig;
+use crate::config::{Candidates, ModelConfig};
 use crate::frame::{iou, AreaGrid, Detection, Frame, PooledFrame};
 use crate::stages::look::{FirstLook, Plan, Window};
 use crate::stages::rewrite;
@@ -260,6 +260,8 @@ pub struct Classifier {
     min_score: f32,
     /// `model.nms_iou`: above this overlap, two detections of one class are one defect.
     nms_iou: f32,
+    /// `model.candidates = "peaks"`: only a 3 x 3 peak of the heat is a candidate.
+    peaks_only: bool,
     max_detections: usize,
     /// `model.threads` > 1: the thread pool one frame's matrix products are split over.
     executor: Option<Executor>,
@@ -303,6 +305,7 @@ impl Classifier {
             plans: Vec::new(),
             min_score: cfg.min_score as f32,
             nms_iou: cfg.nms_iou as f32,
+            peaks_only: cfg.candidates == Candidates::Peaks,
             max_detections: cfg.max_detections,
             executor: (cfg.threads > 1)
                 .then(|| Executor::multithread_with_name(cfg.threads, "classify-mm")),
@@ -368,6 +371,7 @@ impl Classifier {
             plans,
             min_score: self.min_score,
             nms_iou: self.nms_iou,
+            peaks_only: self.peaks_only,
             max_detections: self.max_detections,
             // Each worker its own pool, so two workers never wait on each other's.
             executor: self
@@ -532,6 +536,7 @@ impl Classifier {
                 &grid,
                 classes,
                 min_score,
+                self.peaks_only,
                 &mut frame.detections,
                 &mut frame.class_scores,
             );
@@ -558,6 +563,7 @@ impl Classifier {
     /// The detector on the whole frame.
     fn classify_whole(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
         let (classes, min_score) = (self.loaded.meta.labels.len(), self.min_score);
+        let peaks_only = self.peaks_only;
         let area_stride = self.loaded.meta.output.area_stride.unwrap_or(0);
         let (detections, class_scores) = (&mut frame.detections, &mut frame.class_scores);
         let (area_map, area_grid) = (&mut frame.area, &mut frame.area_grid);
@@ -576,6 +582,7 @@ impl Classifier {
                     grid,
                     classes,
                     min_score,
+                    peaks_only,
                     detections,
                     class_scores,
                 );
@@ -819,14 +826,17 @@ pub struct Grid {
 }
 
 /// Reads peaks out of `heat` (`classes` maps of `rows x cols`) and their boxes out of
-/// `boxes` (4 maps: distances to the left, top, right, bottom edge, in pixels). Only
-/// cells whose centre lies inside the frame count (the rest is padding).
+/// `boxes` (4 maps: distances to the left, top, right, bottom edge, in pixels); with
+/// `peaks_only` false, every cell at or above `min_score` (`model.candidates = "cells"`).
+/// Only cells whose centre lies inside the frame count (the rest is padding).
+#[allow(clippy::too_many_arguments)]
 pub fn decode(
     heat: &[f32],
     boxes: &[f32],
     g: &Grid,
     classes: usize,
     min_score: f32,
+    peaks_only: bool,
     out: &mut Vec<Detection>,
     class_scores: &mut Vec<f32>,
 ) {
@@ -846,7 +856,9 @@ pub fn decode(
             for x in 0..live_cols {
                 let v = map[y * cols + x];
                 best = best.max(v);
-                if v < min_score || !is_peak(map, cols, live_cols, live_rows, x, y, v) {
+                if v < min_score
+                    || (peaks_only && !is_peak(map, cols, live_cols, live_rows, x, y, v))
+                {
                     continue;
                 }
                 let at = |k: usize| boxes[k * cells + y * cols + x];
@@ -1509,7 +1521,16 @@ mod tests {
             boxes[k * 16 + 5] = 4.0 + k as f32; // cell (1, 1): l 4, t 5, r 6, b 7
         }
         let (mut out, mut scores) = (Vec::new(), Vec::new());
-        decode(&heat, &boxes, &grid(4, 4), 1, 0.3, &mut out, &mut scores);
+        decode(
+            &heat,
+            &boxes,
+            &grid(4, 4),
+            1,
+            0.3,
+            true,
+            &mut out,
+            &mut scores,
+        );
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[0].score, 0.9);
         assert_eq!(
@@ -1559,15 +1580,19 @@ mod tests {
             }
             n
         };
-        let classifier = |nms_iou| {
+        let classifier = |nms_iou, candidates| {
             let cfg = ModelConfig {
                 nms_iou,
+                candidates,
                 ..ModelConfig::with_path(root.join("models/neu_det.onnx"))
             };
             Classifier::new(&cfg, Some((200, 200))).unwrap()
         };
-        let (mut every_peak, mut distinct) = (classifier(1.0), classifier(0.5));
-        let (mut every, mut kept) = (0, 0);
+        let mut every_peak = classifier(1.0, Candidates::Peaks);
+        let mut distinct = classifier(0.5, Candidates::Peaks);
+        let mut cells = classifier(0.5, Candidates::Cells);
+        let (mut every, mut kept, mut kept_cells) = (0, 0, 0);
+        let (mut peaks_found, mut cells_found) = (0, 0);
         for name in [
             "crazing_1",
             "crazing_12",
@@ -1577,13 +1602,18 @@ mod tests {
             let (w, h, px) =
                 crate::stages::capture::load_gray(&root.join(format!("models/samples/{name}.png")))
                     .unwrap();
-            for (c, pairs) in [(&mut every_peak, &mut every), (&mut distinct, &mut kept)] {
+            for (c, pairs, found) in [
+                (&mut every_peak, &mut every, &mut 0),
+                (&mut distinct, &mut kept, &mut peaks_found),
+                (&mut cells, &mut kept_cells, &mut cells_found),
+            ] {
                 let mut f = Frame::default();
                 f.reset(1, w, h);
                 f.pixels.copy_from_slice(&px);
                 c.classify(&mut f).unwrap();
                 assert!(!f.detections.is_empty(), "{name}");
                 *pairs += overlapping(&f.detections);
+                *found += f.detections.len();
             }
         }
         assert!(
@@ -1591,6 +1621,46 @@ mod tests {
             "these textures peak more than once on one defect"
         );
         assert_eq!(kept, 0, "model.nms_iou = 0.5 leaves no such pair");
+        assert_eq!(kept_cells, 0, "nor among every cell's boxes");
+        assert!(
+            cells_found > peaks_found,
+            "every cell adds boxes of other extents: {cells_found} against {peaks_found}"
+        );
+    }
+
+    #[test]
+    fn every_cell_is_a_candidate_when_asked_each_with_its_own_box() {
+        // One class on a 3 x 1 grid: a peak in the middle reading a small box, its left
+        // neighbour (not a peak) reading a band three times as wide.
+        let heat = [0.6, 0.9, 0.02];
+        let mut boxes = vec![4f32; 4 * 3];
+        for k in [0, 2] {
+            boxes[k * 3] = 12.0; // the left cell's left and right distances
+        }
+        let g = Grid {
+            cols: 3,
+            rows: 1,
+            stride: 8.0,
+            frame_w: 24,
+            frame_h: 8,
+        };
+        let (mut out, mut scores) = (Vec::new(), Vec::new());
+        decode(&heat, &boxes, &g, 1, 0.05, true, &mut out, &mut scores);
+        assert_eq!(out.len(), 1, "peaks: the middle cell only");
+        assert_eq!(out[0].rect, [8.0, 0.0, 16.0, 8.0]);
+        decode(&heat, &boxes, &g, 1, 0.05, false, &mut out, &mut scores);
+        let found: Vec<_> = out.iter().map(|d| (d.score, d.rect)).collect();
+        assert_eq!(
+            found,
+            vec![(0.9, [8.0, 0.0, 16.0, 8.0]), (0.6, [0.0, 0.0, 16.0, 8.0])],
+            "cells: the neighbour's wider box too, best first; 0.02 is under min_score"
+        );
+        keep_distinct(&mut out, 0.5, 100);
+        assert_eq!(out.len(), 2, "IoU 0.5 is not above 0.5: two extents kept");
+        decode(&heat, &boxes, &g, 1, 0.05, false, &mut out, &mut scores);
+        keep_distinct(&mut out, 0.4, 100);
+        assert_eq!(out.len(), 1, "above 0.4: one defect, the surer box");
+        assert_eq!(scores, vec![0.9]);
     }
 
     #[test]
@@ -1605,11 +1675,11 @@ mod tests {
             frame_h: 16,
         };
         let (mut out, mut scores) = (Vec::new(), Vec::new());
-        decode(&heat, &boxes, &g, 1, 0.05, &mut out, &mut scores);
+        decode(&heat, &boxes, &g, 1, 0.05, true, &mut out, &mut scores);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].score, 0.1, "the 0.95 peak lies in the padding");
         assert_eq!(out[0].rect, [0.0, 0.0, 6.0, 16.0]);
-        decode(&heat, &boxes, &g, 1, 0.2, &mut out, &mut scores);
+        decode(&heat, &boxes, &g, 1, 0.2, true, &mut out, &mut scores);
         assert!(out.is_empty());
     }
 }
