@@ -136,37 +136,35 @@ fn bench(c: &mut Criterion) {
             "model.threads = {threads}: 1280x1024 frame {wall:.1} ms wall (median), {cpu_ms:.1} ms CPU per frame"
         );
     }
-    // model.nms_iou: what suppressing a class's overlapping peaks costs a frame.
-    let every_peak = ModelConfig {
+    // The decode's settings, each timed on the same frame: model.nms_iou (what
+    // suppressing a class's overlapping boxes costs) and model.candidates (every cell,
+    // shipped, against the 3 x 3 peaks only).
+    let mut timed = |cfg: ModelConfig| {
+        let mut c = Classifier::new(&cfg, Some((line.width, line.height))).unwrap();
+        c.classify(&mut line).unwrap();
+        let found = line.detections.len();
+        (
+            support::median_ms(20, || c.classify(&mut line).unwrap()),
+            found,
+        )
+    };
+    let shipped = || ModelConfig::with_path(model.clone());
+    let (all_ms, all_peaks) = timed(ModelConfig {
         nms_iou: 1.0,
         candidates: Candidates::Peaks,
-        ..ModelConfig::with_path(model.clone())
-    };
-    let mut all = Classifier::new(&every_peak, Some((line.width, line.height))).unwrap();
-    all.classify(&mut line).unwrap();
-    let all_peaks = line.detections.len();
-    let all_ms = support::median_ms(20, || all.classify(&mut line).unwrap());
-    det.classify(&mut line).unwrap();
-    println!(
-        "model.nms_iou = 1 (every peak kept): {all_ms:.1} ms per 1280x1024 frame, {all_peaks} detections; \
-         0.5 (shipped): {line_ms:.1} ms, {} detections",
-        line.detections.len()
-    );
-    // model.candidates: every cell (shipped) against the 3 x 3 peaks only.
-    let peaks_only = ModelConfig {
+        ..shipped()
+    });
+    let (peaks_ms, peaks_found) = timed(ModelConfig {
         candidates: Candidates::Peaks,
-        ..ModelConfig::with_path(model.clone())
-    };
-    let mut peaks = Classifier::new(&peaks_only, Some((line.width, line.height))).unwrap();
-    peaks.classify(&mut line).unwrap();
-    let peaks_found = line.detections.len();
-    let peaks_ms = support::median_ms(20, || peaks.classify(&mut line).unwrap());
-    det.classify(&mut line).unwrap();
+        ..shipped()
+    });
+    let (cells_ms, cells_found) = timed(shipped());
     println!(
-        "model.candidates = \"peaks\": {peaks_ms:.1} ms per 1280x1024 frame, {peaks_found} detections; \
-         \"cells\" (shipped): {line_ms:.1} ms, {} detections",
-        line.detections.len()
+        "model.nms_iou = 1 with the peaks (every peak kept): {all_ms:.1} ms per 1280x1024 frame, \
+         {all_peaks} detections; model.candidates = \"peaks\": {peaks_ms:.1} ms, {peaks_found} \
+         detections; \"cells\" (shipped): {cells_ms:.1} ms, {cells_found} detections"
     );
+    det.classify(&mut line).unwrap();
     println!(
         "tract, one thread, detector: 200x200 image {neu_ms:.2} ms; 1280x1024 frame {line_ms:.1} ms \
          ({} detections)",
