@@ -411,7 +411,7 @@ pub struct ModelConfig {
     pub min_score: f64,
     /// Two detections of one class whose boxes overlap by more than this (intersection
     /// over union, above 0 and at most 1) mark one defect: the surer is kept. 1 keeps
-    /// every peak.
+    /// every peak (with `candidates = "peaks"`).
     #[serde(default = "default_nms_iou")]
     pub nms_iou: f64,
     /// Which cells of the heat map may be a defect: `cells` (the default: every cell at

@@ -4,9 +4,12 @@
 //! input, normalisation, outputs). It is fully convolutional: one run per frame gives, on
 //! a grid of `stride`-pixel cells, a heat map per class (the probability that a defect's
 //! centre lies in the cell) and four distances from the cell's centre to the edges of
-//! that defect's box. A defect is a cell whose heat is the largest of its 3x3
-//! neighbourhood; of peaks of one class whose boxes overlap by more than `model.nms_iou`,
-//! the surest is kept (a texture's heat can peak several times over one defect).
+//! that defect's box. A candidate defect is every cell at or above `model.min_score`
+//! with the box it reads (`model.candidates = "cells"`; `"peaks"`: only a cell whose heat
+//! is the largest of its 3x3 neighbourhood); of a class's candidates whose boxes overlap
+//! by more than `model.nms_iou`, the surest is kept (a texture's heat can peak several
+//! times over one defect), while a cell that reads the defect at another extent stays as
+//! a second, weaker box.
 //!
 //! [`Classifier::new`] checks the model against its metadata and optimises it once for
 //! the frame size it is given; a frame of another size (a replayed folder of mixed
@@ -439,8 +442,9 @@ impl Classifier {
         });
     }
 
-    /// Runs the model on the frame: fills `frame.detections` (every peak at or above
-    /// `model.min_score` that no surer one of its class overlaps by more than
+    /// Runs the model on the frame: fills `frame.detections` (every candidate, cell or
+    /// peak by `model.candidates`, at or above `model.min_score` that no surer one of its
+    /// class overlaps by more than
     /// `model.nms_iou`, best first, at most `model.max_detections`) and
     /// `frame.class_scores` (each class's highest heat inside the frame).
     pub fn classify(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
