@@ -85,11 +85,11 @@ def voted(heat, box, nms):
 
 def dense(heat, box, k, nms, around_peaks=False):
     """Every cell a candidate, not only the 3 x 3 peaks (as YOLO's grid: each cell's box at
-    its own heat), surest first: a box overlapping a kept one of its class by more than
-    `nms` is dropped, until `k` are kept. A defect whose extent is ambiguous (a crazed band drawn whole on
-    one image and in pieces on the next) keeps a second box of another size where a cell
-    beside the peak predicts one. With `around_peaks`, only the peaks and the 8 cells
-    around each."""
+    its own heat), surest first (the 4 k surest cells at most, from 0.01): a box
+    overlapping a kept one of its class by more than `nms` is dropped, until `k` are kept.
+    A defect whose extent is ambiguous (a crazed band drawn whole on one image and in
+    pieces on the next) keeps a second box of another size where a cell beside the peak
+    predicts one. With `around_peaks`, only the peaks and the 8 cells around each."""
     heat = torch.as_tensor(heat)
     keep = heat
     if around_peaks:

@@ -444,8 +444,8 @@ impl Classifier {
 
     /// Runs the model on the frame: fills `frame.detections` (every candidate, cell or
     /// peak by `model.candidates`, at or above `model.min_score` that no surer one of its
-    /// class overlaps by more than
-    /// `model.nms_iou`, best first, at most `model.max_detections`) and
+    /// class overlaps by more than `model.nms_iou`, best first, at most
+    /// `model.max_detections`) and
     /// `frame.class_scores` (each class's highest heat inside the frame).
     pub fn classify(&mut self, frame: &mut Frame) -> Result<(), ClassifyError> {
         match self.executor.clone() {
