@@ -83,13 +83,15 @@ def voted(heat, box, nms):
     return sorted(found, key=lambda d: -d[1])[:50]
 
 
-def dense(heat, box, k, nms, around_peaks=False):
+def dense(heat, box, k, nms, around_peaks=False, soft=0.0):
     """Every cell a candidate, not only the 3 x 3 peaks (as YOLO's grid: each cell's box at
     its own heat), surest first (the 4 k surest cells at most, from 0.01): a box
     overlapping a kept one of its class by more than `nms` is dropped, until `k` are kept.
     A defect whose extent is ambiguous (a crazed band drawn whole on one image and in
     pieces on the next) keeps a second box of another size where a cell beside the peak
-    predicts one. With `around_peaks`, only the peaks and the 8 cells around each."""
+    predicts one. With `around_peaks`, only the peaks and the 8 cells around each. With
+    `soft` (Gaussian soft-NMS's sigma), an overlapping box is not dropped but its score
+    multiplied by exp(-IoU^2 / soft) each time a surer box of its class is kept."""
     heat = torch.as_tensor(heat)
     keep = heat
     if around_peaks:
@@ -97,28 +99,41 @@ def dense(heat, box, k, nms, around_peaks=False):
         keep = heat * (F.max_pool2d(peak[None], 3, 1, 1)[0] > 0)
     c, g_h, g_w = heat.shape
     scores, idx = keep.reshape(-1).topk(min(4 * k, c * g_h * g_w))
-    out = []
+    cand = []
     for s, i in zip(scores.tolist(), idx.tolist()):
-        if s < 0.01 or len(out) == k:
+        if s < 0.01:
             break
         cls, rem = divmod(i, g_h * g_w)
         iy, ix = divmod(rem, g_w)
         l, t, r, b = box[:, iy, ix].tolist()
         x, y = (ix + 0.5) * T.STRIDE, (iy + 0.5) * T.STRIDE
-        d = (cls, s, x - l, y - t, x + r, y + b)
-        if not any(o[0] == cls and T.iou(o[2:], d[2:]) > nms for o in out):
+        cand.append((cls, s, x - l, y - t, x + r, y + b))
+    out = []
+    if soft:
+        while cand and len(out) < k:
+            best = max(range(len(cand)), key=lambda j: cand[j][1])
+            d = cand.pop(best)
+            out.append(d)
+            cand = [(o[0], o[1] * (np.exp(-T.iou(o[2:], d[2:]) ** 2 / soft) if o[0] == d[0] else 1.0)) + o[2:]
+                    for o in cand]
+            cand = [o for o in cand if o[1] >= 0.01]
+        return out
+    for d in cand:
+        if len(out) == k:
+            break
+        if not any(o[0] == d[0] and T.iou(o[2:], d[2:]) > nms for o in out):
             out.append(d)
     return out
 
 
 def detections(out, nms=0.5, image_power=0.0, area_power=0.0, grow=1.0, fuse=None, vote=False, dense_k=0,
-               around_peaks=False):
+               around_peaks=False, soft=0.0):
     dets, truth = [], {}
     for heat, box, p_image, p_area, it in out:
         h, w = it["img"].shape
         truth[it["stem"]] = [tuple(b) for b in it["boxes"]]
         if dense_k:
-            found = dense(heat, box, dense_k, nms, around_peaks)
+            found = dense(heat, box, dense_k, nms, around_peaks, soft)
         elif vote:
             found = voted(heat, box, nms)
         elif fuse:
@@ -159,6 +174,9 @@ RULES = [
     ("the peaks and the 8 cells around each, 100 kept, suppression at IoU 0.5",
      {"dense_k": 100, "around_peaks": True}),
     ("every cell a candidate, 100 surest kept, suppression at IoU 0.3", {"dense_k": 100, "nms": 0.3}),
+    ("every cell a candidate, 100 surest kept, suppression at IoU 0.6", {"dense_k": 100, "nms": 0.6}),
+    ("every cell a candidate, 100 surest kept, suppression at IoU 0.7", {"dense_k": 100, "nms": 0.7}),
+    ("every cell a candidate, 100 surest kept, Gaussian soft suppression (sigma 0.5)", {"dense_k": 100, "soft": 0.5}),
 ]
 
 
