@@ -829,9 +829,10 @@ pub struct Grid {
     pub frame_h: usize,
 }
 
-/// Reads peaks out of `heat` (`classes` maps of `rows x cols`) and their boxes out of
-/// `boxes` (4 maps: distances to the left, top, right, bottom edge, in pixels); with
-/// `peaks_only` false, every cell at or above `min_score` (`model.candidates = "cells"`).
+/// Reads candidate defects out of `heat` (`classes` maps of `rows x cols`) and their boxes
+/// out of `boxes` (4 maps: distances to the left, top, right, bottom edge, in pixels):
+/// every cell at or above `min_score` (`model.candidates = "cells"`), or with
+/// `peaks_only` only the 3x3 peaks among them (`"peaks"`).
 /// Only cells whose centre lies inside the frame count (the rest is padding).
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
@@ -888,8 +889,9 @@ pub fn decode(
 /// Keeps, in place, the best `limit` detections that no surer one of the same class
 /// overlaps by more than `max_iou` (intersection over union); `detections` is sorted
 /// best first, as [`decode`] leaves it, so the scan stops once `limit` are kept. A
-/// texture defect's heat often has several peaks, each reading nearly the same box: one
-/// defect, one box. `max_iou` of 1 keeps every peak.
+/// texture defect's heat often has several peaks and many cells reading nearly the same
+/// box: one defect, one box. `max_iou` of 1 keeps every candidate (the config allows it
+/// only with `model.candidates = "peaks"`).
 pub fn keep_distinct(detections: &mut Vec<Detection>, max_iou: f32, limit: usize) {
     if max_iou >= 1.0 {
         detections.truncate(limit);
