@@ -105,6 +105,18 @@ def split(items, val_share, inner_val=False):
     return train, val
 
 
+def subset(items, share):
+    """A share of `items`, per class, the first of one fixed shuffle (seed SPLIT_SEED + 2):
+    the same images whatever the training seed, and each smaller share inside the larger,
+    so a learning curve compares more images of the same kind, not other images."""
+    kept = []
+    for c in range(len(CLASSES)):
+        group = [it for it in items if it["label"] == c]
+        random.Random(SPLIT_SEED + 2).shuffle(group)
+        kept += group[:max(1, int(round(len(group) * share)))]
+    return kept
+
+
 def pixel_stats(items):
     """The mean and standard deviation of the images' gray levels, on a 0-1 scale."""
     pixels = np.concatenate([it["img"].ravel() for it in items]).astype(np.float64) / 255.0
@@ -959,6 +971,9 @@ def main():
                     help="bfloat16 autocast for the forward pass (weights, losses and the export stay float32)")
     ap.add_argument("--inner-val", action="store_true",
                     help="validate on a fifth of the training images (for screening changes), not the held-out split")
+    ap.add_argument("--train-share", type=float, default=1.0,
+                    help="train on this share of the training images only (per class, the same images for every "
+                         "seed, each smaller share inside the larger): a learning curve")
     ap.add_argument("--tag", default=None, help="names the metrics file (default: clean.s<seed>)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
@@ -971,6 +986,8 @@ def main():
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export --design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
     a = ap.parse_args()
+    if not 0.0 < a.train_share <= 1.0:
+        ap.error(f"--train-share must be above 0 and at most 1, not {a.train_share}")
     for path in a.teacher:
         if not os.path.isfile(path):
             ap.error(f"--teacher {path}: no such file (a neu_det.pt written by train.py)")
@@ -1014,6 +1031,9 @@ def main():
 
     items = load_dataset(a.dataset)
     train, val = split(items, a.val_share, a.inner_val)
+    if a.train_share < 1.0:
+        train = subset(train, a.train_share)
+        print(f"learning curve: training on {a.train_share:.0%} of the training images", flush=True)
     if a.inner_val:
         # Screening a change: a fifth of the training images is held out of training and
         # validated on; the 300 held-out images are not looked at.
@@ -1121,7 +1141,7 @@ def main():
               "pos_gauss": a.pos_gauss, "mosaic": a.mosaic, "mosaic_placed": a.mosaic_placed, "bf16": a.bf16,
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range),
               "level_share": a.level_share, "turns": TURNS,
-              "area_window": a.area_window, "inner_val": a.inner_val, "box_weight": a.box_weight, "alpha": a.alpha,
+              "area_window": a.area_window, "inner_val": a.inner_val, "train_share": a.train_share, "box_weight": a.box_weight, "alpha": a.alpha,
               "alpha_class": dict(zip(CLASSES, widths)), "class_weight": dict(zip(CLASSES, class_weight)),
               "lr": a.lr, "weight_decay": a.weight_decay, "batch": a.batch, "ema": a.ema,
               "teachers": list(a.teacher), "teacher_design": a.teacher_design,
