@@ -22,9 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train as T  # noqa: E402
 
 
-def inner_validation(dataset):
-    """The inner split of `train.py --inner-val` and its training pixels' mean and spread."""
+def inner_validation(dataset, train_share=1.0):
+    """The inner split of `train.py --inner-val` and its training pixels' mean and spread
+    (of the share it trained on, with `--train-share`)."""
     train, val = T.split(T.load_dataset(dataset), 0.2, inner_val=True)
+    if train_share < 1.0:
+        train = T.subset(train, train_share)
     return (val, *T.pixel_stats(train))
 
 
@@ -185,12 +188,14 @@ def main():
     ap.add_argument("weights", nargs="+", help="neu_det.pt of --inner-val runs")
     ap.add_argument("--dataset", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "neu"))
     ap.add_argument("--ensemble", action="store_true", help="also score the nets' average (a last column)")
+    ap.add_argument("--train-share", type=float, default=1.0,
+                    help="the nets' train.py --train-share (their input normalisation comes from those images)")
     a = ap.parse_args()
     for w in a.weights:
         if not os.path.isfile(w):
             ap.error(f"{w}: no such file (a neu_det.pt written by train.py --inner-val)")
     torch.set_num_threads(1)
-    val, mean, std = inner_validation(a.dataset)
+    val, mean, std = inner_validation(a.dataset, a.train_share)
     runs = [outputs(w, val, mean, std) for w in a.weights]
     names = list(a.weights)
     if a.ensemble:
