@@ -376,13 +376,16 @@ def negative(crops, rng):
     return lighting(img, rng).astype(np.float32)
 
 
-def targets(boxes, side, widths, pos_gauss=1.0):
+def targets(boxes, side, widths, pos_gauss=1.0, reg_floor=0.3):
     """TTFNet targets on the side/8 grid: a Gaussian per box on its class's heat map
     (sigma from the box's size and its class's entry in `widths`, TTFNet's alpha, so a
     long scratch gets a long ellipse), and box
     regression weights around each centre (Gaussian, summing to log(area) per box, the
     smaller box winning a shared cell). With `pos_gauss` below 1, every cell inside the
-    box where the Gaussian reaches it is a positive too (a centre region, not one peak)."""
+    box where the Gaussian reaches it is a positive too (a centre region, not one peak).
+    Boxes are regressed at the cells inside the box where the Gaussian exceeds `reg_floor`
+    (0.3: its core; lower reaches the cells further out, whose boxes every-cell decoding
+    also reads)."""
     g = side // STRIDE
     heat = np.zeros((len(CLASSES), g, g), np.float32)
     reg = np.zeros((4, g, g), np.float32)
@@ -405,7 +408,7 @@ def targets(boxes, side, widths, pos_gauss=1.0):
         heat[c] = np.maximum(heat[c], gauss)
         # Regression at the cells of the Gaussian's core that lie inside the box.
         ccx, ccy = (xs + 0.5) * STRIDE, (ys + 0.5) * STRIDE
-        inside = (ccx > x0) & (ccx < x1) & (ccy > y0) & (ccy < y1) & (gauss > 0.3)
+        inside = (ccx > x0) & (ccx < x1) & (ccy > y0) & (ccy < y1) & (gauss > reg_floor)
         inside[iy, ix] = True
         area = bw * bh
         take = inside & (area <= owner_area)
@@ -789,7 +792,7 @@ def area_targets(boxes, negative, window, side=SIDE, share=0.25):
 
 
 def batches(items, batch_size, rng, widths, crops=None, clean_share=0.0, pos_gauss=1.0, mosaic_share=0.0,
-            placed=False, laid_share=0.0, area_window=0, scale=(0.0, 1.0, 1.0)):
+            placed=False, laid_share=0.0, area_window=0, scale=(0.0, 1.0, 1.0), reg_floor=0.3):
     """Shuffled batches of augmented images (a `mosaic_share` of them as four-image
     mosaics) and, `clean_share` as many again, defect-free negatives (no heat anywhere,
     image label `none`). Image labels are class distributions (one-hot but for mosaics).
@@ -813,7 +816,7 @@ def batches(items, batch_size, rng, widths, crops=None, clean_share=0.0, pos_gau
             else:
                 img, boxes = augment(items[i]["img"], items[i]["boxes"], rng, scale=scale)
                 label[items[i]["label"]] = 1.0
-            heat, reg, weight = targets(boxes, SIDE, widths, pos_gauss)
+            heat, reg, weight = targets(boxes, SIDE, widths, pos_gauss, reg_floor)
             imgs.append(img.astype(np.float32))
             heats.append(heat)
             regs.append(reg)
@@ -978,6 +981,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--box-weight", type=float, default=5.0, help="weight of the boxes' GIoU loss")
+    ap.add_argument("--reg-floor", type=float, default=0.3,
+                    help="boxes are regressed at the cells inside a box where its Gaussian exceeds this")
     ap.add_argument("--teacher", action="append", default=[], metavar="PT",
                     help="neu_det.pt of a run on the same split (repeatable): the mean of these nets' heat, "
                          "boxes and image probabilities teaches this one besides the labels (distillation)")
@@ -986,6 +991,8 @@ def main():
     ap.add_argument("--time-only", metavar="ONNX",
                     help="export --design with random weights to ONNX (for timing in tract and ONNX Runtime) and exit")
     a = ap.parse_args()
+    if not 0.0 <= a.reg_floor < 1.0:
+        ap.error(f"--reg-floor must be at least 0 and below 1, not {a.reg_floor}")
     if not 0.0 < a.train_share <= 1.0:
         ap.error(f"--train-share must be above 0 and at most 1, not {a.train_share}")
     for path in a.teacher:
@@ -1087,7 +1094,8 @@ def main():
         scale = (0.0 if late else a.scale, *a.scale_range)
         for x, heat, reg, weight, labels, ignore, area in batches(train, a.batch, rng, widths, crops,
                                                                   a.clean_share, a.pos_gauss, mosaic_share,
-                                                                  a.mosaic_placed, a.laid, area_window, scale):
+                                                                  a.mosaic_placed, a.laid, area_window, scale,
+                                                                  a.reg_floor):
             xn = ((x - a_mean) / a_std).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
                 out = model(xn, area_window)
@@ -1142,7 +1150,7 @@ def main():
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range),
               "level_share": a.level_share, "turns": TURNS,
               "area_window": a.area_window, "inner_val": a.inner_val, "train_share": a.train_share,
-              "box_weight": a.box_weight, "alpha": a.alpha,
+              "box_weight": a.box_weight, "reg_floor": a.reg_floor, "alpha": a.alpha,
               "alpha_class": dict(zip(CLASSES, widths)), "class_weight": dict(zip(CLASSES, class_weight)),
               "lr": a.lr, "weight_decay": a.weight_decay, "batch": a.batch, "ema": a.ema,
               "teachers": list(a.teacher), "teacher_design": a.teacher_design,
