@@ -4,10 +4,11 @@ re-shapes the same net's peaks, and the AP@0.5 per class is computed as train.py
 
     models/.venv/bin/python models/probe_decode.py RUN/neu_det.pt [RUN2/neu_det.pt ...]
 
-Each `neu_det.pt` must come from a `--inner-val` run of the `deep` design (train.py writes
-it beside the metrics). With `--ensemble`, the nets given are also read as one: their
-heat probabilities, box distances and class probabilities averaged cell by cell (what a
-teacher made of them gives `train.py --teacher`), a last column. Nothing here changes a
+Each `neu_det.pt` must come from a `--inner-val` run (train.py writes it beside the
+metrics), of the `deep` design unless `--design` names another. With `--ensemble`, the
+nets given are also read as one: their heat probabilities, box distances and class
+probabilities averaged cell by cell (what a teacher made of them gives `train.py
+--teacher`), a last column. Nothing here changes a
 model or what inspectd reports.
 """
 import argparse
@@ -32,9 +33,9 @@ def inner_validation(dataset, train_share=1.0):
 
 
 @torch.no_grad()
-def outputs(weights, val, mean, std):
+def outputs(weights, val, mean, std, design="deep"):
     """Per image: heat, boxes, the image head's and the 96 px windows' class probabilities."""
-    net = T.Detector("deep")
+    net = T.Detector(design)
     net.load_state_dict(torch.load(weights))
     net = T.NormalisedNet(net, mean, std).eval()
     out = []
@@ -188,6 +189,7 @@ def main():
     ap.add_argument("weights", nargs="+", help="neu_det.pt of --inner-val runs")
     ap.add_argument("--dataset", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "neu"))
     ap.add_argument("--ensemble", action="store_true", help="also score the nets' average (a last column)")
+    ap.add_argument("--design", choices=sorted(T.DESIGNS), default="deep", help="the nets' design (train.py --design)")
     ap.add_argument("--train-share", type=float, default=1.0,
                     help="the nets' train.py --train-share (their input normalisation comes from those images)")
     a = ap.parse_args()
@@ -196,7 +198,7 @@ def main():
             ap.error(f"{w}: no such file (a neu_det.pt written by train.py --inner-val)")
     torch.set_num_threads(1)
     val, mean, std = inner_validation(a.dataset, a.train_share)
-    runs = [outputs(w, val, mean, std) for w in a.weights]
+    runs = [outputs(w, val, mean, std, a.design) for w in a.weights]
     names = list(a.weights)
     if a.ensemble:
         if len(runs) < 2:

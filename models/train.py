@@ -453,7 +453,13 @@ DESIGNS = {
     # seeing 5 x 5 cells (80 and 160 px) instead of 3 x 3, for the extent of a texture
     # that fills an image, without SPPF's frame-wide pooling.
     "deep_dil": {"c8": 64, "c16": 128, "c32": 160, "n16": 2, "n32": 2, "head": 64, "dilate": 2},
+    # "deep" with each box edge read as a distribution (GFL's distribution focal loss): per
+    # edge, 16 logits over log-distances from 0.4 to 265 px, the distance their softmax's
+    # expectation; an edge the net is unsure of is taught as two neighbouring bins, not a
+    # point. The exported graph folds the expectation in: `box` keeps its shape and meaning.
+    "deep_dfl": {"c8": 64, "c16": 128, "c32": 160, "n16": 2, "n32": 2, "head": 64, "dfl": 16},
 }
+DFL_RANGE = (-3.0, 3.5)  # log(distance / STRIDE) of the first and last bin
 PATCH = 8  # the first layer sees 8x8 pixel patches (space-to-depth, done by inspectd)
 
 
@@ -525,10 +531,26 @@ class Detector(nn.Module):
         self.ctx8 = SepBlock(c8) if d.get("ctx8") == "sep" else nn.Identity()
         self.head = cbr(c8, ch, 1, 1)
         self.heat = nn.Conv2d(ch, len(CLASSES), 1)
-        self.box = nn.Conv2d(ch, 4, 1)
+        self.bins = d.get("dfl", 0)
+        self.box = nn.Conv2d(ch, 4 * self.bins if self.bins else 4, 1)
         self.image = nn.Linear(c32, len(CLASSES) + 1)  # the classes and `none`
         nn.init.constant_(self.heat.bias, -4.6)  # start near p = 0.01 (focal-loss prior)
-        nn.init.constant_(self.box.bias, math.log(4.0))
+        nn.init.constant_(self.box.bias, 0.0 if self.bins else math.log(4.0))
+        if self.bins:
+            self.register_buffer("levels", torch.linspace(*DFL_RANGE, self.bins))
+        self.box_logits = None  # the last forward's per-edge bin logits (designs with "dfl")
+
+    def distances(self, h):
+        """The box output: per cell, the distances in pixels to the four edges; with bins,
+        each the exponential of its bins' expected log-distance (kept in `box_logits`)."""
+        raw = self.box(h)
+        if not self.bins:
+            return torch.exp(raw.clamp(-4.0, 4.5)) * STRIDE
+        n, _, gh, gw = raw.shape
+        logits = raw.reshape(n, 4, self.bins, gh, gw)
+        self.box_logits = logits
+        log_d = (F.softmax(logits, dim=2) * self.levels.view(1, 1, -1, 1, 1)).sum(dim=2)
+        return torch.exp(log_d) * STRIDE
 
     def features(self, patches):
         f8 = self.s8(patches)
@@ -544,8 +566,7 @@ class Detector(nn.Module):
         area logits: the image head on every window of that many 1/32 cells
         ([N, classes + 1, H/32, W/32], what the exported `area` output computes)."""
         h, f32 = self.features(F.pixel_unshuffle(x, PATCH))
-        box = torch.exp(self.box(h).clamp(-4.0, 4.5)) * STRIDE
-        out = (self.heat(h), box, self.image(f32.mean(dim=(2, 3))))
+        out = (self.heat(h), self.distances(h), self.image(f32.mean(dim=(2, 3))))
         if area_window:
             pooled = F.avg_pool2d(f32, area_window, 1, area_window // 2, count_include_pad=False)
             out += (self.image(pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),)
@@ -610,6 +631,21 @@ def box_ious(box, reg):
 def giou_loss(box, reg, weight):
     giou = box_ious(box, reg)[1]
     return ((1 - giou) * weight).sum() / weight.sum().clamp(min=1e-6)
+
+
+def dfl_loss(logits, reg, weight, levels):
+    """GFL's distribution focal loss: per edge, the cross-entropy of its bins with the
+    taught log-distance split between the two bins around it (nearer gets more), weighted
+    per cell as the GIoU loss is. logits [N, 4, bins, g, g]; reg x0 y0 x1 y1 per cell."""
+    cx, cy = cell_centres(reg.shape[-1])
+    taught = torch.stack([cx - reg[:, 0], cy - reg[:, 1], reg[:, 2] - cx, reg[:, 3] - cy], 1)
+    step = float(levels[1] - levels[0])
+    u = ((torch.log(taught.clamp(min=1e-3) / STRIDE) - float(levels[0])) / step).clamp(0, len(levels) - 1 - 1e-4)
+    lo = u.floor().long()
+    right = u - lo
+    logp = F.log_softmax(logits.float(), dim=2)
+    ce = -((1 - right) * logp.gather(2, lo[:, :, None]).squeeze(2) + right * logp.gather(2, lo[:, :, None] + 1).squeeze(2))
+    return (ce.mean(dim=1) * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
 def decode(heat, box, k=50, floor=0.01, nms_iou=0.5):
@@ -927,7 +963,7 @@ class Exported(nn.Module):
         # convolution goes first and the average runs over its 7 channels, not the 1/32
         # map's 160: the same numbers at a twentieth of the averaging.
         area = F.softmax(self.pool(self.area(f32)), dim=1)
-        return torch.sigmoid(n.heat(h)), torch.exp(n.box(h).clamp(-4.0, 4.5)) * STRIDE, image, area
+        return torch.sigmoid(n.heat(h)), n.distances(h), image, area
 
 
 def main():
@@ -981,6 +1017,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--box-weight", type=float, default=5.0, help="weight of the boxes' GIoU loss")
+    ap.add_argument("--dfl-weight", type=float, default=1.0,
+                    help="weight of the distribution focal loss (designs with bins per edge)")
     ap.add_argument("--reg-floor", type=float, default=0.3,
                     help="boxes are regressed at the cells inside a box where its Gaussian exceeds this")
     ap.add_argument("--teacher", action="append", default=[], metavar="PT",
@@ -1105,6 +1143,8 @@ def main():
                       a.box_weight * giou_loss(box, reg, weight),
                       0.2 * F.cross_entropy(image_logits, labels))
             loss = sum(losses)
+            if model.bins:
+                loss = loss + a.dfl_weight * dfl_loss(model.box_logits, reg, weight, model.levels)
             if teachers:
                 taught = distill_loss(teachers, xn, heat_logits, box, image_logits, heat, a.box_weight)
                 loss = loss + a.distill * taught
@@ -1150,7 +1190,7 @@ def main():
               "laid": a.laid, "scale": a.scale, "iou_heat": a.iou_heat, "scale_range": list(a.scale_range),
               "level_share": a.level_share, "turns": TURNS,
               "area_window": a.area_window, "inner_val": a.inner_val, "train_share": a.train_share,
-              "box_weight": a.box_weight, "reg_floor": a.reg_floor, "alpha": a.alpha,
+              "box_weight": a.box_weight, "reg_floor": a.reg_floor, "dfl_weight": a.dfl_weight, "alpha": a.alpha,
               "alpha_class": dict(zip(CLASSES, widths)), "class_weight": dict(zip(CLASSES, class_weight)),
               "lr": a.lr, "weight_decay": a.weight_decay, "batch": a.batch, "ema": a.ema,
               "teachers": list(a.teacher), "teacher_design": a.teacher_design,
