@@ -644,7 +644,8 @@ def dfl_loss(logits, reg, weight, levels):
     lo = u.floor().long()
     right = u - lo
     logp = F.log_softmax(logits.float(), dim=2)
-    ce = -((1 - right) * logp.gather(2, lo[:, :, None]).squeeze(2) + right * logp.gather(2, lo[:, :, None] + 1).squeeze(2))
+    below, above = logp.gather(2, lo[:, :, None]).squeeze(2), logp.gather(2, lo[:, :, None] + 1).squeeze(2)
+    ce = -((1 - right) * below + right * above)
     return (ce.mean(dim=1) * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
