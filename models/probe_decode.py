@@ -8,8 +8,7 @@ Each `neu_det.pt` must come from a `--inner-val` run (train.py writes it beside 
 metrics), of the `deep` design unless `--design` names another. With `--ensemble`, the
 nets given are also read as one: their heat probabilities, box distances and class
 probabilities averaged cell by cell (what a teacher made of them gives `train.py
---teacher`), a last column. Nothing here changes a
-model or what inspectd reports.
+--teacher`), a last column. Nothing here changes a model or what inspectd reports.
 """
 import argparse
 import os

@@ -406,7 +406,7 @@ def targets(boxes, side, widths, pos_gauss=1.0, reg_floor=0.3):
             core = (gauss >= pos_gauss) & (ccx > x0) & (ccx < x1) & (ccy > y0) & (ccy < y1)
             gauss[core] = 1.0
         heat[c] = np.maximum(heat[c], gauss)
-        # Regression at the cells of the Gaussian's core that lie inside the box.
+        # Regression at the cells inside the box where the Gaussian exceeds `reg_floor`.
         ccx, ccy = (xs + 0.5) * STRIDE, (ys + 0.5) * STRIDE
         inside = (ccx > x0) & (ccx < x1) & (ccy > y0) & (ccy < y1) & (gauss > reg_floor)
         inside[iy, ix] = True
